@@ -1,0 +1,71 @@
+"""Celery settings only (loaded with ``app.config_from_object("celeryconfig")``).
+
+Application settings live in ``worker/config.py``; this module reads just what Celery needs.
+"""
+
+import os
+
+from kombu import Exchange, Queue
+
+broker_url = (
+    os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+)
+
+# JSON only: task arguments are plain ids and event dicts, never pickled objects.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True  # the database is the source of truth, not a result backend
+result_backend = None
+
+# At-least-once delivery: ack after the task ran, requeue when the worker process dies, take one at a time.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+
+# Redis redelivers an unacked message after the visibility timeout; it must exceed the longest retry delay
+# (SEND_RETRY_BACKOFF_MAX, 600 s by default) and the longest ETA we publish (60 s), or tasks run twice.
+broker_transport_options = {
+    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600")),
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+    "retry_on_timeout": True,
+}
+broker_connection_retry_on_startup = True
+broker_connection_timeout = 4
+# A publish that cannot reach the broker gives up quickly; the sweeper publishes the row later.
+task_publish_retry = True
+task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 1}
+
+send_queue = os.environ.get("MAILWORKER_SEND_QUEUE", "mailworker.send")
+events_queue = os.environ.get("MAILWORKER_EVENTS_QUEUE", "mailworker.events")
+maintenance_queue = os.environ.get("MAILWORKER_MAINTENANCE_QUEUE", "mailworker.maintenance")
+_exchange = Exchange("mailworker", type="direct")
+task_queues = (
+    Queue(send_queue, _exchange, routing_key="send"),
+    Queue(events_queue, _exchange, routing_key="events"),
+    Queue(maintenance_queue, _exchange, routing_key="maintenance"),
+)
+task_default_queue = send_queue
+task_default_exchange = "mailworker"
+task_default_routing_key = "send"
+task_routes = {
+    "mailworker.send_email": {"queue": send_queue, "routing_key": "send"},
+    "mailworker.process_event": {"queue": events_queue, "routing_key": "events"},
+    "mailworker.sweep": {"queue": maintenance_queue, "routing_key": "maintenance"},
+    "mailworker.reconcile": {"queue": maintenance_queue, "routing_key": "maintenance"},
+    "mailworker.purge": {"queue": maintenance_queue, "routing_key": "maintenance"},
+}
+
+# Flower: task events on, and arguments shown as given (they are ids, never secrets or bodies).
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+beat_schedule = {
+    "sweep": {"task": "mailworker.sweep", "schedule": float(os.environ.get("SWEEP_INTERVAL", "15"))},
+}
+
+timezone = "UTC"
+enable_utc = True
+worker_hijack_root_logger = False

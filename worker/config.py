@@ -1,0 +1,158 @@
+"""Settings, read from the environment in one place.
+
+Every other module asks :func:`get_settings` instead of reading ``os.environ`` so that defaults, parsing and
+the error for a missing secret live together. Settings are cached; tests (and the CLI, after it changes the
+environment) call :func:`reset_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from worker.errors import ConfigurationError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SQLITE_PATH = PROJECT_ROOT / "var" / "mailworker.db"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_SMTP2GO_API_URL = "https://api.smtp2go.com/v3"
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from err
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as err:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from err
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(name: str) -> tuple[str, ...]:
+    raw = os.environ.get(name, "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _opt(name: str) -> str | None:
+    raw = os.environ.get(name, "").strip()
+    return raw or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything mailworker reads from its environment. Secrets are excluded from ``repr``."""
+
+    database_url: str
+    broker_url: str
+    smtp2go_api_key: str | None = field(repr=False)
+    smtp2go_api_url: str
+    smtp2go_webhook_secrets: tuple[str, ...] = field(repr=False)
+    allow_unauthenticated_webhooks: bool
+    smtp_host: str | None
+    smtp_port: int
+    smtp_username: str | None
+    smtp_password: str | None = field(repr=False)
+    smtp_security: str
+    smtp_timeout: float
+    smtp_ca_file: str | None
+    mail_default_sender: str | None
+    settings_encryption_keys: tuple[str, ...] = field(repr=False)
+    send_max_retries: int
+    smtp_max_retries: int
+    send_retry_backoff: float
+    send_retry_backoff_max: float
+    smtp2go_timeout: float
+    smtp2go_connect_timeout: float
+    smtp2go_ca_file: str | None
+    send_lease_seconds: int
+    max_task_crashes: int
+    webhook_max_body_bytes: int
+    sweep_interval: float
+    retention_days: int
+
+    @property
+    def smtp_configured(self) -> bool:
+        return bool(self.smtp_host)
+
+    def require_encryption_keys(self) -> tuple[str, ...]:
+        """The settings-encryption keys, or a loud error naming the variable."""
+        if not self.settings_encryption_keys:
+            raise ConfigurationError(
+                "SETTINGS_ENCRYPTION_KEY is not set: it is needed to store module settings encrypted "
+                "(generate one with `mailworker module keygen`)"
+            )
+        return self.settings_encryption_keys
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+def load_settings() -> Settings:
+    """Read the environment now (uncached)."""
+    security = (os.environ.get("SMTP_SECURITY") or "starttls").strip().lower()
+    if security not in {"starttls", "ssl", "none"}:
+        raise ConfigurationError(f"SMTP_SECURITY must be starttls, ssl or none, got {security!r}")
+    return Settings(
+        database_url=_opt("DATABASE_URL") or default_database_url(),
+        broker_url=_opt("CELERY_BROKER_URL") or _opt("REDIS_URL") or DEFAULT_BROKER_URL,
+        smtp2go_api_key=_opt("SMTP2GO_API_KEY"),
+        smtp2go_api_url=(_opt("SMTP2GO_API_URL") or DEFAULT_SMTP2GO_API_URL).rstrip("/"),
+        smtp2go_webhook_secrets=_list("SMTP2GO_WEBHOOK_SECRET"),
+        allow_unauthenticated_webhooks=_bool("MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS", False),
+        smtp_host=_opt("SMTP_HOST"),
+        smtp_port=_int("SMTP_PORT", 465 if security == "ssl" else 587),
+        smtp_username=_opt("SMTP_USERNAME"),
+        smtp_password=_opt("SMTP_PASSWORD"),
+        smtp_security=security,
+        smtp_timeout=_float("SMTP_TIMEOUT", 30.0),
+        smtp_ca_file=_opt("SMTP_CA_FILE"),
+        mail_default_sender=_opt("MAIL_DEFAULT_SENDER"),
+        settings_encryption_keys=_list("SETTINGS_ENCRYPTION_KEY"),
+        send_max_retries=_int("SEND_MAX_RETRIES", 5),
+        smtp_max_retries=_int("SMTP_MAX_RETRIES", 5),
+        send_retry_backoff=_float("SEND_RETRY_BACKOFF", 10.0),
+        send_retry_backoff_max=_float("SEND_RETRY_BACKOFF_MAX", 600.0),
+        smtp2go_timeout=_float("SMTP2GO_TIMEOUT", 30.0),
+        smtp2go_connect_timeout=_float("SMTP2GO_CONNECT_TIMEOUT", 5.0),
+        smtp2go_ca_file=_opt("SMTP2GO_CA_FILE"),
+        send_lease_seconds=_int("SEND_LEASE_SECONDS", 180),
+        max_task_crashes=_int("SEND_MAX_CRASHES", 3),
+        webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),
+        sweep_interval=_float("SWEEP_INTERVAL", 15.0),
+        retention_days=_int("RETENTION_DAYS", 90),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached)."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings so the next :func:`get_settings` re-reads the environment."""
+    get_settings.cache_clear()

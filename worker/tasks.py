@@ -1,0 +1,71 @@
+"""Celery tasks: thin wrappers that take an id (or an event dict), call a service, classify the outcome.
+
+Task names are part of the contract: ``mailworker.send_email(tracking_id)``, ``mailworker.process_event(event)``,
+``mailworker.sweep()``. Arguments are plain JSON values; bodies and secrets never travel through the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from celery import Task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from worker.celery_app import app
+from worker.config import get_settings
+
+log = logging.getLogger(__name__)
+_HOST = socket.gethostname()
+
+#: Database outages: wait and try again rather than lose the message (the row is still there).
+_DB_ERRORS = (OperationalError, DBAPIError)
+
+
+@app.task(name="mailworker.send_email", bind=True, acks_late=True, max_retries=None)
+def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
+    """Deliver one stored message; retries are scheduled from the row's ``next_attempt_at``."""
+    from worker.delivery import deliver
+
+    owner = f"{_HOST}:{self.request.hostname or '-'}:{self.request.id}"
+    try:
+        outcome = deliver(str(tracking_id), owner=owner)
+    except _DB_ERRORS as err:
+        delay = min(60, 2 ** min(self.request.retries, 5))
+        log.warning("database unavailable tracking_id=%s retry_in=%ss: %s", tracking_id, delay,
+                    type(err).__name__)
+        raise self.retry(countdown=delay, exc=None) from None
+    if outcome.kind == "retry" and outcome.delay is not None:
+        visibility = int(app.conf.broker_transport_options.get("visibility_timeout", 3600))
+        if outcome.delay < visibility / 2:
+            # Same task id; a duplicate delivery is harmless because deliver() claims atomically.
+            raise self.retry(countdown=outcome.delay, exc=None)
+        # Longer waits are left to the sweeper, never to a broker countdown.
+    return {"tracking_id": tracking_id, "outcome": outcome.kind,
+            "transport": outcome.transport.value if outcome.transport else None}
+
+
+@app.task(name="mailworker.process_event", bind=True, acks_late=True, max_retries=None)
+def process_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
+    """Apply one SMTP2Go webhook event (idempotent: duplicates change nothing)."""
+    from worker.events import process_event as apply_event
+
+    try:
+        result = apply_event(event)
+    except _DB_ERRORS as err:
+        delay = min(60, 2 ** min(self.request.retries, 5))
+        log.warning("database unavailable for event retry_in=%ss: %s", delay, type(err).__name__)
+        raise self.retry(countdown=delay, exc=None) from None
+    return result
+
+
+@app.task(name="mailworker.sweep", acks_late=True, ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Periodic repair (Celery beat): lost publishes, due ``send_at`` mail, expired leases, orphan events."""
+    from worker.events import link_orphan_events
+    from worker.sweeper import sweep as run_sweep
+
+    report = run_sweep(get_settings()).as_dict()
+    report["orphans_linked"] = link_orphan_events()
+    return report
