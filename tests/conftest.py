@@ -1,0 +1,226 @@
+"""Shared fixtures: real MariaDB, real Redis, a real Celery worker, a fake SMTP2Go API, a real SMTP server.
+
+Isolation: each test session owns one MariaDB database (``mwtest_<pid>``) and one Redis DB number
+(``MAILWORKER_TEST_REDIS_DB``, default 13); tables are emptied between tests and only our Redis DB is flushed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import Message as MimeMessage
+from typing import Any
+
+import pytest
+
+REDIS_DB = int(os.environ.get("MAILWORKER_TEST_REDIS_DB", "13"))
+REDIS_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+MARIADB_HOST = os.environ.get("MAILWORKER_TEST_MARIADB_HOST", "127.0.0.1")
+MARIADB_ADMIN_URL = f"mysql+pymysql://root@{MARIADB_HOST}:3306/?charset=utf8mb4"
+TEST_DB_NAME = f"mwtest_{os.getpid()}"
+MARIADB_URL = f"mysql+pymysql://root@{MARIADB_HOST}:3306/{TEST_DB_NAME}?charset=utf8mb4"
+API_KEY = "api-test-key-0123456789"
+
+# Celery reads its broker from the environment when celeryconfig is imported: set it before anything
+# imports ``worker``. The app's own settings are re-read per test through worker.config.reset_settings().
+os.environ["CELERY_BROKER_URL"] = REDIS_URL
+os.environ.pop("REDIS_URL", None)
+for _name in ("SMTP2GO_API_KEY", "SMTP_HOST", "SMTP2GO_WEBHOOK_SECRET", "DATABASE_URL",
+              "SETTINGS_ENCRYPTION_KEY", "MAIL_DEFAULT_SENDER"):
+    os.environ.pop(_name, None)
+
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from worker import app as celery_app  # noqa: E402
+from worker.config import reset_settings  # noqa: E402
+from worker.db import dispose_engines, get_engine  # noqa: E402
+from worker.models import Base  # noqa: E402
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+               message: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------------- database
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    admin = create_engine(MARIADB_ADMIN_URL)
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{TEST_DB_NAME}`"))
+        conn.execute(text(f"CREATE DATABASE `{TEST_DB_NAME}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+    from worker.migrate import upgrade
+
+    upgrade(MARIADB_URL)
+    yield MARIADB_URL
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{TEST_DB_NAME}`"))
+    admin.dispose()
+
+
+def _empty_tables(url: str) -> None:
+    engine = get_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def base_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """A clean environment: no provider configured, a default sender, short backoffs for tests."""
+    for name in ("SMTP2GO_API_KEY", "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "SMTP2GO_WEBHOOK_SECRET",
+                 "SETTINGS_ENCRYPTION_KEY", "SMTP2GO_API_URL", "SMTP_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CELERY_BROKER_URL", REDIS_URL)
+    monkeypatch.setenv("MAIL_DEFAULT_SENDER", "Support <support@example.org>")
+    monkeypatch.setenv("SEND_RETRY_BACKOFF", "0.2")
+    monkeypatch.setenv("SEND_RETRY_BACKOFF_MAX", "1")
+    monkeypatch.setenv("SEND_MAX_RETRIES", "3")
+    monkeypatch.setenv("SMTP_MAX_RETRIES", "2")
+    monkeypatch.setenv("SMTP_TIMEOUT", "5")
+    monkeypatch.setenv("SMTP2GO_TIMEOUT", "2")
+    monkeypatch.setenv("SMTP2GO_CONNECT_TIMEOUT", "1")
+    reset_settings()
+    yield monkeypatch
+    reset_settings()
+
+
+@pytest.fixture
+def db(base_env: pytest.MonkeyPatch, mariadb_url: str) -> Iterator[str]:
+    """MariaDB (migrated once per session, emptied per test) as DATABASE_URL."""
+    base_env.setenv("DATABASE_URL", mariadb_url)
+    reset_settings()
+    _empty_tables(mariadb_url)
+    yield mariadb_url
+    _empty_tables(mariadb_url)
+
+
+@pytest.fixture
+def sqlite_db(base_env: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[str]:
+    """A migrated SQLite file (the embedded default) as DATABASE_URL."""
+    url = f"sqlite:///{tmp_path / 'mailworker.db'}"
+    from worker.migrate import upgrade
+
+    upgrade(url)
+    base_env.setenv("DATABASE_URL", url)
+    reset_settings()
+    yield url
+
+
+# --------------------------------------------------------------------------------------------- broker
+
+
+@pytest.fixture
+def redis_client() -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()  # our own test DB number only
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def celery_worker(redis_client: Any, db: str) -> Iterator[Any]:
+    """A real Celery worker thread consuming the send, events and maintenance queues on real Redis."""
+    from celery.contrib.testing.worker import start_worker
+
+    celery_app.conf.broker_url = REDIS_URL
+    queues = [q.name for q in celery_app.conf.task_queues]
+    with start_worker(celery_app, pool="threads", concurrency=4, perform_ping_check=False,
+                      loglevel="WARNING", queues=queues, shutdown_timeout=20) as worker:
+        yield worker
+
+
+# --------------------------------------------------------------------------------------------- providers
+
+
+@pytest.fixture
+def fake_api(base_env: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A local server speaking SMTP2Go's v3 API, configured as the SMTP2Go module via the environment."""
+    from worker.fake_smtp2go import FakeSMTP2Go
+
+    server = FakeSMTP2Go(api_key=API_KEY).start()
+    base_env.setenv("SMTP2GO_API_KEY", API_KEY)
+    base_env.setenv("SMTP2GO_API_URL", server.url)
+    reset_settings()
+    yield server
+    server.stop()
+
+
+@dataclass
+class SmtpSink:
+    """What the loopback SMTP server received, and how it should answer."""
+
+    host: str
+    port: int
+    messages: list[tuple[str, list[str], MimeMessage]] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)  # address -> "550 reason" / "450 reason"
+    data_reply: str | None = None  # e.g. "554 5.7.1 rejected" or "451 4.3.0 try later"
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count_for(self, tracking_id: str) -> int:
+        with self.lock:
+            return sum(1 for _, _, m in self.messages if m["X-Mailworker-Id"] == tracking_id)
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink) -> None:
+        self.sink = sink
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
+                          rcpt_options: Any) -> str:
+        reply = self.sink.refuse.get(address.lower())
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        if self.sink.data_reply:
+            return self.sink.data_reply
+        with self.sink.lock:
+            self.sink.messages.append(
+                (envelope.mail_from, list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default))
+            )
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_sink(base_env: pytest.MonkeyPatch) -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) on loopback, configured as the fallback relay (no TLS)."""
+    from aiosmtpd.controller import Controller
+
+    port = free_port()
+    sink = SmtpSink(host="127.0.0.1", port=port)
+    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=port)
+    controller.start()
+    base_env.setenv("SMTP_HOST", "127.0.0.1")
+    base_env.setenv("SMTP_PORT", str(port))
+    base_env.setenv("SMTP_SECURITY", "none")
+    reset_settings()
+    yield sink
+    controller.stop()

@@ -1,0 +1,251 @@
+"""The send path end to end: enqueue_email -> real Celery worker on Redis -> fake SMTP2Go / loopback SMTP."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from tests.conftest import wait_until
+from worker import enqueue_email, get_email_status
+from worker.fake_smtp2go import Scripted
+
+FINAL = {"sent", "failed", "suppressed"}
+
+
+def _final(tracking_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        status = get_email_status(tracking_id)
+        return status if status and status["status"] in FINAL else None
+
+    return wait_until(done, timeout=timeout, message=f"{tracking_id} to reach a final state")
+
+
+def test_happy_path_records_email_id_and_sends_once(fake_api: Any, celery_worker: Any) -> None:
+    tid = enqueue_email("Alice <alice@example.com>", "Your ticket #1042", text_body="hello",
+                        cc=["carol@example.com"], reference="ticket_reply:42")
+    status = _final(tid)
+    assert status["status"] == "sent"
+    assert status["transport"] == "smtp2go"
+    assert fake_api.count_for(tid) == 1
+    send = fake_api.sends[0]
+    assert status["smtp2go_message_id"] == send["email_id"]
+    assert status["smtp2go_message_id"] != fake_api.requests[0].get("request_id")
+    assert send["payload"]["to"] == ["Alice <alice@example.com>"]
+    assert send["payload"]["cc"] == ["carol@example.com"]
+    assert {"header": "X-Mailworker-Id", "value": tid} in send["payload"]["custom_headers"]
+    assert status["reference"] == "ticket_reply:42"
+    assert status["attempts"] == 1
+    assert [r["status"] for r in status["recipients"]] == ["sent", "sent"]
+    assert status["sent_at"] is not None
+
+
+def test_server_errors_then_success(fake_api: Any, celery_worker: Any) -> None:
+    fake_api.script(Scripted.server_error(500), Scripted.server_error(503))
+    tid = enqueue_email("bob@example.net", "retry me", text_body="hi")
+    status = _final(tid)
+    assert status["status"] == "sent"
+    assert status["transport"] == "smtp2go"
+    assert status["api_attempts"] == 3
+    assert fake_api.count_for(tid) == 1
+    assert len(fake_api.requests) == 3
+
+
+def test_rate_limit_honours_reset_header(fake_api: Any, celery_worker: Any) -> None:
+    fake_api.script(Scripted.rate_limited(reset_seconds=1))
+    tid = enqueue_email("bob@example.net", "slow down", text_body="hi")
+    status = _final(tid)
+    assert status["status"] == "sent"
+    times = [r["time"] for r in fake_api.requests]
+    assert len(times) == 2
+    assert times[1] - times[0] >= 0.9, "the retry must wait for X-Ratelimit-Reset"
+    assert fake_api.count_for(tid) == 1
+
+
+def test_permanent_api_error_falls_back_to_smtp(fake_api: Any, smtp_sink: Any, celery_worker: Any) -> None:
+    fake_api.script(Scripted.error_400_data())
+    tid = enqueue_email("dave@example.com", "fallback", text_body="via relay")
+    status = _final(tid)
+    assert status["status"] == "sent"
+    assert status["transport"] == "smtp"
+    assert "ENDPOINT_PERMISSION_DENIED" in status["fallback_reason"]
+    assert smtp_sink.count_for(tid) == 1
+    assert fake_api.count_for(tid) == 0
+    _, rcpts, mime = smtp_sink.messages[0]
+    assert rcpts == ["dave@example.com"]
+    assert mime["Message-ID"] == status["message_id_header"]
+    assert mime.get_content().strip() == "via relay"
+
+
+def test_api_down_retries_then_falls_back(base_env: Any, smtp_sink: Any, celery_worker: Any) -> None:
+    from tests.conftest import free_port
+    from worker.config import reset_settings
+
+    base_env.setenv("SMTP2GO_API_KEY", "api-key-for-a-dead-endpoint")
+    base_env.setenv("SMTP2GO_API_URL", f"http://127.0.0.1:{free_port()}/v3")
+    base_env.setenv("SEND_MAX_RETRIES", "2")
+    reset_settings()
+    tid = enqueue_email("erin@example.com", "api down", text_body="x")
+    status = _final(tid)
+    assert status["status"] == "sent"
+    assert status["transport"] == "smtp"
+    assert status["api_attempts"] == 3  # first try + SEND_MAX_RETRIES
+    assert "retries used up" in status["fallback_reason"]
+    assert smtp_sink.count_for(tid) == 1
+
+
+def test_smtp_5xx_after_api_failure_is_failed(fake_api: Any, smtp_sink: Any, celery_worker: Any) -> None:
+    fake_api.script(Scripted.error_400_toplevel())
+    smtp_sink.data_reply = "554 5.7.1 Message rejected as spam"
+    tid = enqueue_email("frank@example.com", "doomed", text_body="x")
+    status = _final(tid)
+    assert status["status"] == "failed"
+    assert "554" in status["last_error"]
+    assert status["failed_at"] is not None
+    assert [r["status"] for r in status["recipients"]] == ["failed"]
+
+
+def test_smtp_only_when_no_api_configured(smtp_sink: Any, celery_worker: Any) -> None:
+    tid = enqueue_email(["a@example.com", "b@example.com"], "relay only", html_body="<p>hi</p>",
+                        bcc="hidden@example.com", attachments=[("a.txt", b"abc", "text/plain")])
+    status = _final(tid)
+    assert status["status"] == "sent"
+    assert status["transport"] == "smtp"
+    _, rcpts, mime = smtp_sink.messages[0]
+    assert sorted(rcpts) == ["a@example.com", "b@example.com", "hidden@example.com"]
+    assert "hidden@example.com" not in str(mime)
+    assert [p.get_filename() for p in mime.iter_attachments()] == ["a.txt"]
+
+
+def test_relay_refusing_some_recipients_records_them(smtp_sink: Any, celery_worker: Any) -> None:
+    smtp_sink.refuse["nobody@example.com"] = "550 5.1.1 No such user"
+    tid = enqueue_email(["ok@example.com", "nobody@example.com"], "partial", text_body="x")
+    status = _final(tid)
+    assert status["status"] == "sent"
+    by_addr = {r["address"]: r for r in status["recipients"]}
+    assert by_addr["ok@example.com"]["status"] == "sent"
+    assert by_addr["nobody@example.com"]["status"] == "rejected"
+    assert "550" in by_addr["nobody@example.com"]["error"]
+
+
+def test_suppressed_recipient_is_dropped(fake_api: Any, celery_worker: Any) -> None:
+    from worker.db import session_scope
+    from worker.suppressions import add_suppression
+
+    with session_scope() as session:
+        add_suppression(session, "gone@example.com", "hard_bounce")
+    only = enqueue_email("gone@example.com", "nobody home", text_body="x")
+    mixed = enqueue_email(["gone@example.com", "here@example.com"], "one left", text_body="x")
+    assert _final(only)["status"] == "suppressed"
+    status = _final(mixed)
+    assert status["status"] == "sent"
+    assert fake_api.count_for(only) == 0
+    assert fake_api.sends[0]["payload"]["to"] == ["here@example.com"]
+    assert {r["address"]: r["status"] for r in status["recipients"]} == {
+        "gone@example.com": "suppressed", "here@example.com": "sent"}
+
+
+def test_read_timeout_is_parked_as_ambiguous_not_resent(fake_api: Any, celery_worker: Any) -> None:
+    fake_api.script(Scripted.slow(4))  # SMTP2GO_TIMEOUT is 2 s in tests
+    tid = enqueue_email("gina@example.com", "slow api", text_body="x")
+
+    def parked() -> dict[str, Any] | None:
+        s = get_email_status(tid)
+        return s if s and s["ambiguous"] else None
+
+    status = wait_until(parked, timeout=15)
+    assert status["status"] == "retrying"
+    assert "ambiguous" in status["last_error"]
+    wait_until(lambda: fake_api.count_for(tid) == 1, timeout=10)  # the slow request did land
+    from worker.sweeper import sweep
+
+    sweep(grace=0)  # the sweeper must not resend an ambiguous message
+    import time
+
+    time.sleep(1.0)
+    assert len(fake_api.requests) == 1
+
+
+def test_two_workers_racing_one_message_send_it_once(fake_api: Any, celery_worker: Any) -> None:
+    """Duplicate task messages for one id, consumed concurrently by 4 worker threads: one send."""
+    from worker.publish import publish_send
+
+    fake_api.set_failure(latency=0.3)
+    ids = [enqueue_email(f"r{i}@example.com", "race", text_body="x") for i in range(5)]
+    for tid in ids:
+        for _ in range(3):
+            publish_send(tid)
+    for tid in ids:
+        assert _final(tid)["status"] == "sent"
+    assert fake_api.duplicates() == {}
+    assert all(fake_api.count_for(tid) == 1 for tid in ids)
+
+
+def test_concurrent_deliver_calls_claim_once(fake_api: Any, db: str) -> None:
+    """deliver() from 8 threads at once (two 'hosts' each): the atomic claim lets exactly one through."""
+    from worker.delivery import deliver
+    from worker.publish import publish_send  # noqa: F401 - enqueue publishes; no worker runs here
+
+    fake_api.set_failure(latency=0.2)
+    tid = enqueue_email("race@example.com", "threads", text_body="x")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def run(n: int) -> None:
+        barrier.wait()
+        outcomes.append(deliver(tid, owner=f"host{n % 2}:{n}").kind)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["sent"] + ["skipped"] * 7
+    assert fake_api.count_for(tid) == 1
+
+
+@pytest.mark.parametrize("crashes", [1, 3])
+def test_crashed_worker_is_taken_over_or_failed(fake_api: Any, db: str, base_env: Any, crashes: int) -> None:
+    """A lease left by a dead worker expires; with no send in flight it is resent, after N crashes failed."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from worker.db import session_scope
+    from worker.delivery import deliver
+    from worker.models import Message, MessageStatus, utcnow
+
+    tid = enqueue_email("crash@example.com", "crash", text_body="x")
+    with session_scope() as session:
+        session.execute(update(Message).where(Message.id == tid).values(
+            status=MessageStatus.SENDING, lease_owner="dead", crashes=crashes - 1,
+            lease_expires_at=utcnow() - timedelta(seconds=1)))
+    outcome = deliver(tid, owner="alive")
+    status = get_email_status(tid)
+    assert status is not None
+    if crashes < 3:
+        assert outcome.kind == "sent" and status["status"] == "sent"
+    else:
+        assert outcome.kind == "failed" and status["status"] == "failed"
+        assert "died 3 times" in status["last_error"]
+        assert fake_api.count_for(tid) == 0
+
+
+def test_takeover_of_inflight_send_is_ambiguous(fake_api: Any, db: str) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from worker.db import session_scope
+    from worker.delivery import deliver
+    from worker.models import Message, MessageStatus, Transport, utcnow
+
+    tid = enqueue_email("inflight@example.com", "crash mid-send", text_body="x")
+    with session_scope() as session:
+        session.execute(update(Message).where(Message.id == tid).values(
+            status=MessageStatus.SENDING, lease_owner="dead", inflight_since=utcnow(),
+            inflight_transport=Transport.SMTP2GO, lease_expires_at=utcnow() - timedelta(seconds=1)))
+    assert deliver(tid, owner="alive").kind == "ambiguous"
+    assert fake_api.count_for(tid) == 0
+    assert get_email_status(tid)["ambiguous"] is True
