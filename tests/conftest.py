@@ -30,6 +30,7 @@ API_KEY = "api-test-key-0123456789"
 # imports ``worker``. The app's own settings are re-read per test through worker.config.reset_settings().
 os.environ["CELERY_BROKER_URL"] = REDIS_URL
 os.environ.pop("REDIS_URL", None)
+os.environ["MAILWORKER_DEV_ENV_FILE"] = "/nonexistent/mailworker-dev.env"  # a running `mailworker dev` must not leak in
 for _name in ("SMTP2GO_API_KEY", "SMTP_HOST", "SMTP2GO_WEBHOOK_SECRET", "DATABASE_URL",
               "SETTINGS_ENCRYPTION_KEY", "MAIL_DEFAULT_SENDER"):
     os.environ.pop(_name, None)

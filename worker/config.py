@@ -111,8 +111,29 @@ def default_database_url() -> str:
     return f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
 
+def dev_env_file() -> Path:
+    return Path(os.environ.get("MAILWORKER_DEV_ENV_FILE") or PROJECT_ROOT / "var" / "dev.env")
+
+
+def apply_dev_env() -> None:
+    """While ``mailworker dev`` runs it writes its wiring to ``var/dev.env``; a second shell on the embedded
+    default (no DATABASE_URL) picks it up so ``mailworker send`` just works. The real environment wins."""
+    if os.environ.get("DATABASE_URL"):
+        return
+    path = dev_env_file()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip())
+
+
 def load_settings() -> Settings:
     """Read the environment now (uncached)."""
+    apply_dev_env()
     security = (os.environ.get("SMTP_SECURITY") or "starttls").strip().lower()
     if security not in {"starttls", "ssl", "none"}:
         raise ConfigurationError(f"SMTP_SECURITY must be starttls, ssl or none, got {security!r}")

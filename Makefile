@@ -1,0 +1,20 @@
+# The two commands from README.md; each does all of its set-up on a fresh machine.
+.PHONY: run test lint bench
+
+run:            ## start the whole system on the embedded default (SQLite, embedded Redis if none)
+	bash scripts/bootstrap.sh
+	.venv/bin/mailworker dev
+
+test:           ## start Redis + MariaDB if needed, install, run the whole test suite
+	bash scripts/services.sh
+	bash scripts/bootstrap.sh
+	.venv/bin/python -m pytest -q
+
+lint:
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+bench:
+	bash scripts/services.sh
+	bash scripts/bootstrap.sh
+	.venv/bin/python -m benchmarks.run

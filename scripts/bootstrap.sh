@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv and install mailworker with its test and dev extras (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[test,dev]'
+  rm -f .venv/.installed-* && touch "$stamp"
+fi
