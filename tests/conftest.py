@@ -204,9 +204,8 @@ class _Handler:
         if self.sink.data_reply:
             return self.sink.data_reply
         with self.sink.lock:
-            self.sink.messages.append(
-                (envelope.mail_from, list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default))
-            )
+            mime = message_from_bytes(envelope.content, policy=policy.default)
+            self.sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), mime))
         return "250 Message accepted for delivery"
 
 

@@ -5,6 +5,9 @@ Public API::
     from worker import enqueue_email, get_email_status, get_email_stats, InvalidEmail
 """
 
+from datetime import datetime
+from typing import Any
+
 from worker.api import enqueue_email, get_email_status
 from worker.celery_app import app
 from worker.errors import InvalidEmail
@@ -12,7 +15,8 @@ from worker.errors import InvalidEmail
 celery = app  # `celery -A worker` looks for `app` or `celery`
 
 
-def get_email_stats(since=None, until=None):  # type: ignore[no-untyped-def]
+def get_email_stats(since: datetime | None = None, until: datetime | None = None) -> dict[str, Any]:
+    """Totals and rates over messages queued in [since, until) (see ``worker.stats``)."""
     from worker.stats import get_email_stats as _stats
 
     return _stats(since=since, until=until)

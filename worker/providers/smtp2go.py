@@ -121,7 +121,8 @@ def interpret_response(status: int, body: Any, *, retry_after: float | None = No
             raise AmbiguousDeliveryError("200 with an unreadable body", provider=PROVIDER, status_code=status)
         raise PermanentDeliveryError(f"HTTP {status} with an unreadable body", provider=PROVIDER,
                                      status_code=status)
-    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    raw_data = body.get("data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
     error = _first(data, body, "error")
     error_code = _first(data, body, "error_code")
     failures = _first(data, body, "failures")
