@@ -122,11 +122,13 @@ def mark_failed(message: Message, reason: str) -> None:
 def mark_ambiguous(message: Message, reason: str) -> None:
     """Park a message whose last send may have landed: only reconciliation may release it."""
     now = utcnow()
+    transport = message.inflight_transport
     message.status = MessageStatus.RETRYING
     message.ambiguous_since = now
     message.last_error = f"ambiguous: {reason}"
     message.next_attempt_at = None
     _release(message)
+    message.inflight_transport = transport  # reconciliation needs to know where to look
     log.warning("send ambiguous tracking_id=%s reason=%s (parked for reconciliation)", message.id, reason)
 
 
@@ -147,6 +149,7 @@ def record_sent(session: Session, message: Message, transport: Transport, provid
     message.transport = transport
     message.sent_at = now
     message.next_attempt_at = None
+    message.ambiguous_since = None
     if transport == Transport.SMTP2GO:
         message.smtp2go_message_id = provider_id
     elif provider_id:

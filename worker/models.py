@@ -185,6 +185,7 @@ class Message(Base):
     email_clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     email_complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     recipients: Mapped[list[Recipient]] = relationship(
@@ -200,6 +201,7 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_status_next_attempt", "status", "next_attempt_at"),
         Index("ix_messages_queued_at", "queued_at"),
+        Index("ix_messages_status_sent_at", "status", "sent_at"),
         {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
     )
 

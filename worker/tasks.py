@@ -69,3 +69,11 @@ def sweep() -> dict[str, int]:
     report = run_sweep(get_settings()).as_dict()
     report["orphans_linked"] = link_orphan_events()
     return report
+
+
+@app.task(name="mailworker.reconcile", acks_late=True, ignore_result=True)
+def reconcile() -> dict[str, int]:
+    """Periodic: settle ambiguous sends and fill in delivery news whose webhooks never came (SMTP2Go activity)."""
+    from worker.reconcile import reconcile as run_reconcile
+
+    return run_reconcile(get_settings()).as_dict()
