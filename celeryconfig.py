@@ -64,6 +64,7 @@ task_track_started = True
 
 beat_schedule = {
     "sweep": {"task": "mailworker.sweep", "schedule": float(os.environ.get("SWEEP_INTERVAL", "15"))},
+    "purge": {"task": "mailworker.purge", "schedule": 24 * 3600.0},
     "reconcile": {"task": "mailworker.reconcile", "schedule": float(os.environ.get("RECONCILE_INTERVAL", "60"))},
 }
 

@@ -6,13 +6,15 @@ from typing import Any
 
 import click
 
-from worker.cli import emit, friendly_errors, parse_when
+from worker.cli import emit, friendly_errors, parse_duration, parse_when
 
 
 def register(main: click.Group) -> None:
     main.add_command(module)
     main.add_command(stats)
     main.add_command(suppressions)
+    main.add_command(requeue)
+    main.add_command(purge)
 
 
 # ------------------------------------------------------------------------------------------- module
@@ -216,3 +218,49 @@ def suppressions_remove(address: str) -> None:
     if not removed:
         raise click.ClickException(f"{address} is not on the suppression list")
     click.echo(f"{address}: removed")
+
+
+# ---------------------------------------------------------------------------------------- maintenance
+
+
+@click.command()
+@click.argument("ids", nargs=-1)
+@click.option("--failed", is_flag=True, help="Every failed message (with --since to narrow).")
+@click.option("--stuck", is_flag=True, help="Messages whose lease expired or whose publish was lost.")
+@click.option("--since", help="Only messages queued since (ISO time or duration ago, e.g. 1d).")
+@click.option("--include-ambiguous", is_flag=True, help="Also resend ambiguous sends (may deliver twice).")
+@click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@friendly_errors
+def requeue(ids: tuple[str, ...], failed: bool, stuck: bool, since: str | None, include_ambiguous: bool,
+            dry_run: bool, as_json: bool) -> None:
+    """Send failed or stuck messages again, by tracking id or by filter."""
+    from worker.maintenance import requeue as run
+
+    if not ids and not failed and not stuck:
+        raise click.UsageError("give tracking ids, --failed or --stuck")
+    result = run(list(ids) or None, failed=failed, stuck=stuck, since=parse_when(since),
+                 include_ambiguous=include_ambiguous, dry_run=dry_run)
+
+    def render(r: dict[str, Any]) -> str:
+        verb = "would requeue" if r["dry_run"] else "requeued"
+        lines = [f"{verb} {len(r['requeued'])} message(s)"] + [f"  {i}" for i in r["requeued"]]
+        lines += [f"skipped {i}: {why}" for i, why in r["skipped"].items()]
+        return "\n".join(lines)
+
+    emit(result.as_dict(), as_json, render)
+
+
+@click.command()
+@click.option("--older-than", "older_than", required=True, help="Age cut-off, e.g. 90d.")
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@friendly_errors
+def purge(older_than: str, dry_run: bool, as_json: bool) -> None:
+    """Drop bodies, attachments and events of finished mail older than the cut-off (statuses stay)."""
+    from worker.maintenance import purge as run
+
+    result = run(parse_duration(older_than), dry_run=dry_run)
+    emit(result.as_dict(), as_json, lambda r: (
+        f"{'would purge' if r['dry_run'] else 'purged'} {r['messages']} message(s), "
+        f"{r['attachments']} attachment(s), {r['events']} event(s)"))

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from worker.config import Settings, get_settings
@@ -212,6 +212,7 @@ def _fill_missing(session: Any, config: Smtp2GoConfig, settings: Settings, now: 
             if process_event(payload).get("status") not in {"duplicate"}:
                 report.filled_events += 1
         session.execute(
-            Message.__table__.update().where(Message.id.in_([t for t, _ in rows])).values(reconciled_at=now)
+            update(Message).where(Message.id.in_([t for t, _ in rows])).values(reconciled_at=now)
+            .execution_options(synchronize_session=False)
         )
         session.commit()

@@ -77,3 +77,13 @@ def reconcile() -> dict[str, int]:
     from worker.reconcile import reconcile as run_reconcile
 
     return run_reconcile(get_settings()).as_dict()
+
+
+@app.task(name="mailworker.purge", acks_late=True, ignore_result=True)
+def purge() -> dict[str, object]:
+    """Daily retention: drop content of finished mail older than RETENTION_DAYS."""
+    from datetime import timedelta
+
+    from worker.maintenance import purge as run_purge
+
+    return run_purge(timedelta(days=get_settings().retention_days)).as_dict()
