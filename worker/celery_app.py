@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 app = Celery("mailworker", include=["worker.tasks"])
 app.config_from_object("celeryconfig")
@@ -17,3 +17,12 @@ def _fresh_connections(**_kwargs: Any) -> None:
     from worker.db import dispose_engines
 
     dispose_engines()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_logs(logger: Any = None, **_kwargs: Any) -> None:
+    """Every handler the worker, beat or Flower log through drops secrets (see ``worker.redaction``)."""
+    from worker.redaction import install
+
+    install(logger)
