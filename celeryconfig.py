@@ -40,21 +40,19 @@ task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_
 send_queue = os.environ.get("MAILWORKER_SEND_QUEUE", "mailworker.send")
 events_queue = os.environ.get("MAILWORKER_EVENTS_QUEUE", "mailworker.events")
 maintenance_queue = os.environ.get("MAILWORKER_MAINTENANCE_QUEUE", "mailworker.maintenance")
+# Each queue is bound with its own name as routing key, so two deployments (or test runs) that share one
+# Redis database with different queue names never receive each other's tasks.
 _exchange = Exchange("mailworker", type="direct")
-task_queues = (
-    Queue(send_queue, _exchange, routing_key="send"),
-    Queue(events_queue, _exchange, routing_key="events"),
-    Queue(maintenance_queue, _exchange, routing_key="maintenance"),
-)
+task_queues = tuple(Queue(name, _exchange, routing_key=name) for name in (send_queue, events_queue, maintenance_queue))
 task_default_queue = send_queue
 task_default_exchange = "mailworker"
-task_default_routing_key = "send"
+task_default_routing_key = send_queue
 task_routes = {
-    "mailworker.send_email": {"queue": send_queue, "routing_key": "send"},
-    "mailworker.process_event": {"queue": events_queue, "routing_key": "events"},
-    "mailworker.sweep": {"queue": maintenance_queue, "routing_key": "maintenance"},
-    "mailworker.reconcile": {"queue": maintenance_queue, "routing_key": "maintenance"},
-    "mailworker.purge": {"queue": maintenance_queue, "routing_key": "maintenance"},
+    "mailworker.send_email": {"queue": send_queue, "routing_key": send_queue},
+    "mailworker.process_event": {"queue": events_queue, "routing_key": events_queue},
+    "mailworker.sweep": {"queue": maintenance_queue, "routing_key": maintenance_queue},
+    "mailworker.reconcile": {"queue": maintenance_queue, "routing_key": maintenance_queue},
+    "mailworker.purge": {"queue": maintenance_queue, "routing_key": maintenance_queue},
 }
 
 # Flower: task events on, and arguments shown as given (they are ids, never secrets or bodies).

@@ -29,6 +29,12 @@ API_KEY = "api-test-key-0123456789"
 # Celery reads its broker from the environment when celeryconfig is imported: set it before anything
 # imports ``worker``. The app's own settings are re-read per test through worker.config.reset_settings().
 os.environ["CELERY_BROKER_URL"] = REDIS_URL
+# Queue names unique to this test session: concurrent test runs on one Redis never consume each other's tasks,
+# and cleaning up deletes only our own keys (never FLUSHDB on a database someone else may use).
+QUEUE_PREFIX = f"mwtest{os.getpid()}"
+SEND_QUEUE = os.environ["MAILWORKER_SEND_QUEUE"] = f"{QUEUE_PREFIX}.send"
+EVENTS_QUEUE = os.environ["MAILWORKER_EVENTS_QUEUE"] = f"{QUEUE_PREFIX}.events"
+MAINTENANCE_QUEUE = os.environ["MAILWORKER_MAINTENANCE_QUEUE"] = f"{QUEUE_PREFIX}.maintenance"
 os.environ.pop("REDIS_URL", None)
 os.environ["MAILWORKER_DEV_ENV_FILE"] = "/nonexistent/mailworker-dev.env"  # a running `mailworker dev` must not leak in
 for _name in ("SMTP2GO_API_KEY", "SMTP_HOST", "SMTP2GO_WEBHOOK_SECRET", "DATABASE_URL",
@@ -138,9 +144,15 @@ def redis_client() -> Iterator[Any]:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()  # our own test DB number only
+
+    def clean() -> None:
+        keys = list(client.scan_iter(f"{QUEUE_PREFIX}*"))
+        if keys:
+            client.delete(*keys)
+
+    clean()
     yield client
-    client.flushdb()
+    clean()
     client.close()
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -40,6 +42,10 @@ from worker.providers import smtp as smtp_provider
 from worker.providers import smtp2go as smtp2go_provider
 
 log = logging.getLogger(__name__)
+
+#: Set by the Celery task to report steps (``api_attempt``, ``smtp_attempt``) to Flower while a send runs.
+progress_hook: ContextVar[Callable[[str, dict[str, object]], None] | None] = ContextVar("progress_hook",
+                                                                                        default=None)
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,11 @@ def _mark_inflight(session: Session, message: Message, transport: Transport) -> 
     else:
         message.smtp_attempts += 1
     session.commit()
+    hook = progress_hook.get()
+    if hook is not None:
+        step = "api_attempt" if transport == Transport.SMTP2GO else "smtp_attempt"
+        attempt = message.api_attempts if transport == Transport.SMTP2GO else message.smtp_attempts
+        hook(step, {"attempt": attempt, "fallback": bool(message.api_abandoned)})
 
 
 def _attempt(session: Session, message: Message, email: OutgoingEmail, transport: Transport,

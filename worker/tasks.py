@@ -23,12 +23,29 @@ _HOST = socket.gethostname()
 _DB_ERRORS = (OperationalError, DBAPIError)
 
 
+def _flower_progress(task: Task) -> Any:
+    """Report each step as a custom state: a ``task-progress`` event Flower shows, plus the result backend's
+    state when one is configured. Only the step name and counters -- never addresses, bodies or keys."""
+
+    def report(step: str, info: dict[str, object]) -> None:
+        state = step.upper()
+        try:
+            task.send_event("task-progress", state=state, **info)
+            if app.conf.result_backend and not task.request.called_directly:
+                task.update_state(state=state, meta=info)
+        except Exception as err:  # noqa: BLE001 - monitoring must never break a send
+            log.debug("progress event not sent: %s", type(err).__name__)
+
+    return report
+
+
 @app.task(name="mailworker.send_email", bind=True, acks_late=True, max_retries=None)
 def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
     """Deliver one stored message; retries are scheduled from the row's ``next_attempt_at``."""
-    from worker.delivery import deliver
+    from worker.delivery import deliver, progress_hook
 
     owner = f"{_HOST}:{self.request.hostname or '-'}:{self.request.id}"
+    token = progress_hook.set(_flower_progress(self))
     try:
         outcome = deliver(str(tracking_id), owner=owner)
     except _DB_ERRORS as err:
@@ -36,6 +53,8 @@ def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
         log.warning("database unavailable tracking_id=%s retry_in=%ss: %s", tracking_id, delay,
                     type(err).__name__)
         raise self.retry(countdown=delay, exc=None) from None
+    finally:
+        progress_hook.reset(token)
     if outcome.kind == "retry" and outcome.delay is not None:
         visibility = int(app.conf.broker_transport_options.get("visibility_timeout", 3600))
         if outcome.delay < visibility / 2:

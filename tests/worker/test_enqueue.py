@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from tests.conftest import SEND_QUEUE
 from worker import InvalidEmail, enqueue_email, get_email_status
 from worker.config import reset_settings
 from worker.db import session_scope
@@ -22,7 +23,7 @@ def _count() -> int:
 
 def _queued_task_ids(redis_client: Any) -> list[str]:
     out = []
-    for raw in redis_client.lrange("mailworker.send", 0, -1):
+    for raw in redis_client.lrange(SEND_QUEUE, 0, -1):
         out.append(json.loads(raw)["headers"]["id"])
     return out
 
@@ -79,7 +80,7 @@ def test_valid_call_stores_row_then_publishes_id_only(db: str, redis_client: Any
     assert status is not None and status["status"] == "queued"
     assert [(r["address"], r["kind"]) for r in status["recipients"]] == [
         ("a@example.com", "to"), ("b@example.com", "to"), ("c@example.com", "cc"), ("d@example.com", "bcc")]
-    raw = redis_client.lrange("mailworker.send", 0, -1)
+    raw = redis_client.lrange(SEND_QUEUE, 0, -1)
     assert len(raw) == 1
     message = json.loads(raw[0])
     assert message["headers"]["id"] == tid

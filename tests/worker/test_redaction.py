@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import API_KEY, REDIS_URL, wait_until
+from tests.conftest import API_KEY, REDIS_URL, SEND_QUEUE, wait_until
 from worker.config import reset_settings
 from worker.redaction import REDACTED, RedactingFilter, redact
 
@@ -56,7 +56,7 @@ def test_worker_process_logs_no_secrets(fake_api: Any, smtp_sink: Any, db: str, 
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads", "-c", "2",
-             "--loglevel", "DEBUG", "-Q", "mailworker.send", "-n", f"redact{os.getpid()}@%h"],
+             "--loglevel", "DEBUG", "-Q", SEND_QUEUE, "-n", f"redact{os.getpid()}@%h"],
             env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             fake_api.script(Scripted.server_error(500))
