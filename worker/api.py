@@ -20,7 +20,15 @@ from sqlalchemy.orm import selectinload
 from worker.config import get_settings
 from worker.db import session_scope
 from worker.errors import InvalidEmail
-from worker.models import Attachment, Message, MessageStatus, Recipient, RecipientKind, RecipientStatus, utcnow
+from worker.models import (
+    Attachment,
+    Message,
+    MessageStatus,
+    Recipient,
+    RecipientKind,
+    RecipientStatus,
+    utcnow,
+)
 from worker.publish import publish_send
 from worker.validation import (
     MAX_TOTAL_BYTES,

@@ -1,22 +1,539 @@
-"""SMTP2Go event processing (placeholder interface; implemented in the webhook issue)."""
+"""SMTP2Go event processing: normalise, deduplicate, store, link to the message, apply.
+
+SMTP2Go retries a webhook for 48 hours and opens/clicks repeat, so processing is idempotent: every event is one
+``tracking_events`` row keyed by SMTP2Go's event ``id`` (else a sha256 of email_id + event + recipient + time);
+the unique key makes a second delivery of the same event a no-op, even when two workers race on it.
+
+Linking. An event belongs to the message whose ``smtp2go_message_id`` is its ``email_id``, else to the message
+whose tracking id is the echoed ``X-Mailworker-Id`` header. An event for a message not known yet (the webhook
+beat our commit of the provider id) is stored as an orphan (``message_id`` and ``applied_at`` NULL), never
+dropped; :func:`link_pending_events` applies it when the send records the provider id, and the sweeper's
+:func:`link_orphan_events` catches the rest. An event for a message the send path still owns (queued, sending,
+retrying) is stored linked but unapplied and is applied the same way once the message is sent, so events never
+race the send path over the recipient rows.
+
+Applying (under a ``SELECT ... FOR UPDATE`` lock on the message row, so concurrent event workers never lose a
+count): per recipient (matched case-insensitively; an event for an address that is not a recipient only sets the
+message-level timestamps) the status only moves forward by rank
+
+    queued/sent < soft-bounced < delivered < opened < clicked < hard-bounced = rejected < complained
+
+so a late ``delivered`` does not undo a bounce, while a soft bounce does not block a later delivery. Timestamps
+keep the earliest event time (first wins, also when events arrive out of order); each distinct open/click event
+adds one to ``open_count``/``click_count``; ``bounce_type`` only goes soft -> hard. ``processed`` only records
+(and fills an empty ``message_id_header``); ``unsubscribe``/``resubscribe`` do not change delivery status.
+A bounce without a type and without a 5xx code is treated as soft (we never suppress on a guess).
+``processed`` is one row per event with recipient NULL: it is about the message, its ``recipients`` list stays
+in the stored payload.
+
+Message roll-up (only for messages a transport accepted: sent, delivered, bounced, complained, rejected; a
+message that is queued, sending, retrying, failed or suppressed keeps its status). Over the recipients that
+were handed to the transport (all but suppressed/failed ones):
+
+1. ``complained`` if any recipient complained;
+2. else ``bounced`` if any recipient hard-bounced, or every recipient bounced (soft included);
+3. else ``rejected`` if no recipient was delivered and every recipient was rejected or bounced;
+4. else ``delivered`` if any recipient reached delivered, opened or clicked;
+5. else ``sent``.
+
+Suppressions are address facts, applied once when the event is ingested (whether or not its message is known,
+so an unsubscribe takes effect at once): hard bounce, spam complaint, unsubscribe and a reject whose message or
+context mentions suppression add the address; resubscribe removes it; a soft bounce never suppresses. Events
+arriving out of order are respected: a suppression is not added if a later resubscribe for the address is
+already stored, and a resubscribe does not remove it if a later suppressing event is already stored.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr, parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
 
-from worker.models import Message
+from worker.db import session_scope
+from worker.errors import InvalidEmail
+from worker.models import (
+    ACCEPTED_STATUSES,
+    PENDING_STATUSES,
+    EventType,
+    Message,
+    MessageStatus,
+    Recipient,
+    RecipientStatus,
+    TrackingEvent,
+    utcnow,
+)
+from worker.suppressions import suppress_for_event
+
+log = logging.getLogger(__name__)
+
+#: SMTP2Go event names (and the aliases some integrations send) -> stored type; anything else is UNKNOWN.
+EVENT_MAP: dict[str, EventType] = {
+    "processed": EventType.PROCESSED,
+    "delivered": EventType.DELIVERED,
+    "open": EventType.OPEN,
+    "opened": EventType.OPEN,
+    "click": EventType.CLICK,
+    "clicked": EventType.CLICK,
+    "bounce": EventType.BOUNCE,
+    "spam": EventType.SPAM,
+    "spam_complaint": EventType.SPAM,
+    "unsubscribe": EventType.UNSUBSCRIBE,
+    "unsubscribed": EventType.UNSUBSCRIBE,
+    "resubscribe": EventType.RESUBSCRIBE,
+    "reject": EventType.REJECT,
+}
+
+#: How far back the sweeper looks for orphans. The race it repairs lasts seconds; older orphans (mail sent by
+#: something else on the same SMTP2Go account) are still linked by :func:`link_pending_events` if their message
+#: ever shows up, and the bound keeps the periodic query on the ``(applied_at, received_at)`` index.
+ORPHAN_REPAIR_WINDOW = timedelta(days=3)
+_TRACKING_HEADER = "x-mailworker-id"
+_MAX_TEXT = 8000  # url, user agent, detail: TEXT columns, and nobody needs more
+_SMTP_CODE_RE = re.compile(r"^\s*([245])(?:\d\d|\.\d)")
+_MIN_YEAR, _MAX_YEAR = 1971, 9998
 
 
-def link_pending_events(session: Session, message: Message) -> int:
-    """Apply stored events that arrived before ``message`` had its provider id; returns how many."""
-    return 0
+@dataclass(frozen=True)
+class NormalizedEvent:
+    """One SMTP2Go event in our terms; built by :func:`normalize_event` (pure, no I/O)."""
+
+    provider_event_id: str
+    event_type: EventType
+    raw_event: str
+    occurred_at: datetime
+    email_id: str | None = None
+    tracking_ref: str | None = None
+    recipient: str | None = None
+    recipients: tuple[str, ...] = ()
+    bounce_type: str | None = None
+    message: str | None = None
+    context: str | None = None
+    host: str | None = None
+    user_agent: str | None = None
+    url: str | None = None
+    message_id_header: str | None = None
+    time_source: str = "time"  # time | sendtime | received
+
+    @property
+    def detail(self) -> str | None:
+        """The provider's explanation in one line: ``message (context; host)``."""
+        extra = "; ".join(p for p in (self.context, self.host) if p)
+        if self.message and extra:
+            return f"{self.message} ({extra})"
+        return self.message or extra or None
 
 
-def link_orphan_events() -> int:
-    return 0
+# --------------------------------------------------------------------------------------------- normalising
+
+
+def _scalar(value: Any) -> str | None:
+    """Form bodies may arrive as ``{"k": ["v"]}`` and JSON may carry numbers; empty means absent."""
+    if isinstance(value, list | tuple):
+        value = next((v for v in value if v not in (None, "")), None)
+    if value is None or isinstance(value, bool | dict | list | tuple):
+        return None
+    return str(value).strip() or None
+
+
+def _recipient_list(value: Any) -> tuple[str, ...]:
+    """``recipients`` as a list, a comma-separated string, or a JSON list flattened into a form field."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    out: list[str] = []
+    for item in value if isinstance(value, list | tuple) else [value]:
+        for part in item.split(",") if isinstance(item, str) else ():
+            addr = (parseaddr(part)[1] if "<" in part else part).strip().lower()
+            if addr and addr not in out:
+                out.append(addr)
+    return tuple(out)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """ISO-8601 (``Z`` or an offset; naive means UTC), unix seconds (int, float or digits), or RFC 2822."""
+    text = _scalar(value)
+    if text is None:
+        return None
+    try:
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+            dt = datetime.fromtimestamp(seconds / 1000 if seconds > 1e11 else seconds, UTC)  # ms too
+        else:
+            try:
+                dt = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
+            except ValueError:
+                dt = parsedate_to_datetime(text)
+    except (OverflowError, OSError, TypeError, ValueError, IndexError):
+        return None
+    dt = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+    return dt if 1971 <= dt.year <= 9998 else None
+
+
+def _header_from(container: Any, name: str) -> str | None:
+    """Header ``name`` in ``custom_headers``/``headers``: a dict, JSON, ``{header, value}`` items, ``K: v``."""
+    if isinstance(container, str) and container.strip()[:1] in ("[", "{"):
+        try:
+            container = json.loads(container)
+        except ValueError:
+            return None
+    if isinstance(container, dict):
+        keyed = {str(k).lower(): v for k, v in container.items()}
+        if name in keyed:
+            return _scalar(keyed[name])
+        if str(keyed.get("header") or keyed.get("name") or "").lower() == name:
+            return _scalar(keyed.get("value"))
+        return None
+    for item in container if isinstance(container, list | tuple) else [container]:
+        if isinstance(item, str):
+            key, _, value = item.partition(":")
+            found = value.strip() if key.strip().lower() == name else None
+        else:
+            found = _header_from(item, name) if isinstance(item, dict) else None
+        if found:
+            return found
+    return None
+
+
+def _bounce_type(raw: str | None, message: str | None) -> str | None:
+    """SMTP2Go's ``bounce`` field; failing that the SMTP code (5xx hard, 4xx soft); else unknown."""
+    for kind in ("hard", "soft"):
+        if (raw or "").lower().startswith(kind):
+            return kind
+    match = _SMTP_CODE_RE.match(message or "")
+    return ("hard" if match.group(1) == "5" else "soft") if match else None
+
+
+def normalize_event(payload: dict[str, Any]) -> NormalizedEvent:
+    """Turn one webhook body (JSON object or flat form dict) into a :class:`NormalizedEvent`; never raises."""
+    fields = {str(k).lower(): v for k, v in payload.items()}
+
+    def get(name: str) -> str | None:
+        return _scalar(fields.get(name))
+
+    raw_event = (get("event") or "").lower()
+    event_type = EVENT_MAP.get(raw_event, EventType.UNKNOWN)
+    email_id = get("email_id")
+    tracking_ref = get(_TRACKING_HEADER)
+    for key in ("custom_headers", "headers"):
+        if tracking_ref is None and key in fields:
+            tracking_ref = _header_from(fields[key], _TRACKING_HEADER)
+    recipients = _recipient_list(fields.get("recipients"))
+    rcpt = _recipient_list(get("rcpt"))
+    recipient = None
+    if event_type != EventType.PROCESSED:  # processed is about the message: recipient NULL
+        recipient = rcpt[0] if rcpt else (recipients[0] if len(recipients) == 1 else None)
+
+    occurred_at, time_source = parse_time(get("time")), "time"
+    if occurred_at is None:
+        occurred_at, time_source = parse_time(get("sendtime")), "sendtime"
+    if occurred_at is None:
+        occurred_at, time_source = utcnow(), "received"
+
+    event_id = get("id")
+    if event_id and len(event_id) <= 191:
+        key = event_id
+    else:
+        raw_time = get("time") or get("sendtime") or ""
+        parts = [email_id or "", event_type.value if event_type != EventType.UNKNOWN else raw_event,
+                 recipient or ",".join(recipients), raw_time]
+        if event_id or not raw_time:  # an over-long id, or no time at all: the whole body is the identity
+            parts.append(event_id or json.dumps(payload, sort_keys=True, default=str))
+        key = "sha256:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+    message = get("message")
+    return NormalizedEvent(
+        provider_event_id=key,
+        event_type=event_type,
+        raw_event=raw_event[:64] or "(none)",
+        occurred_at=occurred_at,
+        time_source=time_source,
+        email_id=email_id if email_id and len(email_id) <= 128 else None,
+        tracking_ref=tracking_ref if tracking_ref and len(tracking_ref) <= 64 else None,
+        recipient=recipient[:320] if recipient else None,
+        recipients=recipients,
+        bounce_type=_bounce_type(get("bounce"), message) if event_type == EventType.BOUNCE else None,
+        message=message,
+        context=get("context"),
+        host=get("host"),
+        user_agent=get("user-agent") or get("user_agent"),
+        url=get("url"),
+        message_id_header=(get("message-id") or get("message_id") or "")[:255] or None,
+    )
+
+
+# --------------------------------------------------------------------------------------------- applying
+
+_RANK = {RecipientStatus.QUEUED: 0, RecipientStatus.SENT: 1, RecipientStatus.FAILED: 1,
+         RecipientStatus.SUPPRESSED: 1, RecipientStatus.DELIVERED: 3, RecipientStatus.OPENED: 4,
+         RecipientStatus.CLICKED: 5, RecipientStatus.BOUNCED: 6, RecipientStatus.REJECTED: 6,
+         RecipientStatus.COMPLAINED: 7}  # a soft-bounced recipient ranks 2 (see _rank)
+_REACHED = (RecipientStatus.DELIVERED, RecipientStatus.OPENED, RecipientStatus.CLICKED)
+
+#: event -> (recipient timestamp, recipient counter, recipient status, message timestamp).
+_EFFECTS: dict[EventType, tuple[str, str | None, RecipientStatus | None, str | None]] = {
+    EventType.DELIVERED: ("delivered_at", None, RecipientStatus.DELIVERED, "email_delivered_at"),
+    EventType.OPEN: ("opened_at", "open_count", RecipientStatus.OPENED, "email_opened_at"),
+    EventType.CLICK: ("clicked_at", "click_count", RecipientStatus.CLICKED, "email_clicked_at"),
+    EventType.BOUNCE: ("bounced_at", None, RecipientStatus.BOUNCED, "email_bounced_at"),
+    EventType.SPAM: ("complained_at", None, RecipientStatus.COMPLAINED, "email_complained_at"),
+    EventType.REJECT: ("rejected_at", None, RecipientStatus.REJECTED, None),
+    EventType.UNSUBSCRIBE: ("unsubscribed_at", None, None, None),
+}
+
+
+def _rank(r: Recipient) -> int:
+    if r.status == RecipientStatus.BOUNCED and r.bounce_type != "hard":
+        return 2
+    return _RANK.get(r.status, 0)
+
+
+def _first(obj: object, attr: str, new: datetime) -> None:
+    """Keep the earliest time: the first event wins even when a later one is delivered first."""
+    current = getattr(obj, attr)
+    if current is None or new < current:
+        setattr(obj, attr, new)
+
+
+def _apply(message: Message, row: TrackingEvent) -> None:
+    """Apply one stored event to its (locked) message and matching recipients; no suppression side effects."""
+    kind, when, soft = row.event_type, row.occurred_at, row.bounce_type != "hard"
+    if kind == EventType.PROCESSED and not message.message_id_header and row.smtp2go_data:
+        message.message_id_header = normalize_event(row.smtp2go_data).message_id_header
+    if kind not in _EFFECTS:
+        return  # processed, resubscribe (its effect is on the suppression list) and unknown: recorded only
+    at, counter, status, message_at = _EFFECTS[kind]
+    if message_at and not (kind == EventType.BOUNCE and soft):  # a soft bounce may yet be delivered
+        _first(message, message_at, when)
+    rcpt = (row.recipient or "").lower()
+    for r in (r for r in message.recipients if rcpt and r.address.lower() == rcpt):
+        _first(r, at, when)
+        if counter:
+            setattr(r, counter, (getattr(r, counter) or 0) + 1)
+        rank = 2 if kind == EventType.BOUNCE and soft else (_RANK[status] if status else 0)
+        if status and rank > _rank(r):
+            was_soft_bounce = _rank(r) == 2
+            r.status = status
+            if kind in (EventType.BOUNCE, EventType.REJECT) and row.detail:
+                r.error = row.detail[:2000]
+            elif was_soft_bounce:  # delivered after all: the soft bounce's error no longer applies
+                r.error = None
+        if kind == EventType.BOUNCE and (not soft or r.bounce_type is None):
+            r.bounce_type = "soft" if soft else "hard"
+
+
+def roll_up(message: Message) -> MessageStatus:
+    """Recompute an accepted message's status from its recipients (the rule is in the module docstring)."""
+    if message.status not in ACCEPTED_STATUSES:
+        return message.status
+    rs = [r for r in message.recipients
+          if r.status not in (RecipientStatus.SUPPRESSED, RecipientStatus.FAILED)]
+    if not rs:
+        return message.status
+    statuses = [r.status for r in rs]
+    if RecipientStatus.COMPLAINED in statuses:
+        new = MessageStatus.COMPLAINED
+    elif (any(r.status == RecipientStatus.BOUNCED and r.bounce_type == "hard" for r in rs)
+          or all(s == RecipientStatus.BOUNCED for s in statuses)):
+        new = MessageStatus.BOUNCED
+    elif any(s in _REACHED for s in statuses):
+        new = MessageStatus.DELIVERED
+    elif all(s in (RecipientStatus.REJECTED, RecipientStatus.BOUNCED) for s in statuses):
+        new = MessageStatus.REJECTED
+    else:
+        new = MessageStatus.SENT
+    if new == MessageStatus.BOUNCED and message.email_bounced_at is None:
+        message.email_bounced_at = min((r.bounced_at for r in rs if r.bounced_at), default=None)
+    message.status = new
+    return new
+
+
+def _suppression_effects(session: Session, ev: NormalizedEvent, message_id: str | None) -> str | None:
+    if not ev.recipient:
+        return None
+    try:
+        return suppress_for_event(
+            session, ev.recipient, ev.event_type, ev.occurred_at, bounce_type=ev.bounce_type,
+            text=f"{ev.message or ''} {ev.context or ''}", source_message_id=message_id,
+            detail=f"smtp2go {ev.raw_event} {ev.email_id or '-'}: {ev.detail or ''}".strip())
+    except InvalidEmail:
+        # We could never have sent to an address our validator refuses: there is nothing to suppress.
+        log.warning("event %s names an invalid address; suppression list unchanged", ev.provider_event_id)
+        return None
+
+
+def _claim_and_apply(session: Session, message: Message, event_ids: Sequence[int]) -> int:
+    """Apply stored, unapplied events to ``message`` (locked by the caller) in event-time order."""
+    if not event_ids:
+        return 0
+    rows = session.scalars(
+        select(TrackingEvent).where(TrackingEvent.id.in_(list(event_ids)), TrackingEvent.applied_at.is_(None))
+        .order_by(TrackingEvent.occurred_at, TrackingEvent.id)
+    ).all()
+    applied = 0
+    for row in rows:
+        # Conditional claim: whoever flips applied_at from NULL applies the event, exactly once.
+        claimed = session.execute(
+            update(TrackingEvent)
+            .where(TrackingEvent.id == row.id, TrackingEvent.applied_at.is_(None))
+            .values(applied_at=utcnow(), message_id=message.id)
+        )
+        if getattr(claimed, "rowcount", 0) != 1:
+            continue
+        _apply(message, row)
+        applied += 1
+    if applied:
+        roll_up(message)
+        session.flush()
+    return applied
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def _locked_message(session: Session, ev: NormalizedEvent) -> Message | None:
+    """The event's message, row-locked so concurrent event workers apply one at a time; None if unknown."""
+    message_id = None
+    if ev.email_id:
+        message_id = session.scalar(select(Message.id).where(Message.smtp2go_message_id == ev.email_id))
+    if message_id is None and ev.tracking_ref:
+        message_id = session.scalar(select(Message.id).where(Message.id == ev.tracking_ref))
+    if message_id is None:
+        return None
+    return session.scalars(
+        select(Message).where(Message.id == message_id).with_for_update()
+        .options(selectinload(Message.recipients))
+    ).one_or_none()
+
+
+def _event_exists(session: Session, key: str) -> bool:
+    return session.scalar(select(TrackingEvent.id).where(TrackingEvent.provider_event_id == key)) is not None
 
 
 def process_event(event: dict[str, Any]) -> dict[str, Any]:
-    raise NotImplementedError("event processing arrives with the webhook issue")
+    """Store and apply one SMTP2Go event (idempotent). Returns ``{"status": ...}``:
+
+    ``applied`` (linked and applied), ``deferred`` (linked; its message is still being sent), ``orphan``
+    (message not known yet; kept for later) or ``duplicate`` (seen before; nothing changed).
+    """
+    if not isinstance(event, dict):
+        raise TypeError(f"an SMTP2Go event is a JSON object, got {type(event).__name__}")
+    ev = normalize_event(event)
+    duplicate = {"status": "duplicate", "event_id": ev.provider_event_id, "type": ev.event_type.value}
+    try:
+        with session_scope() as session:
+            if _event_exists(session, ev.provider_event_id):
+                return duplicate
+            message = _locked_message(session, ev)
+            row = TrackingEvent(
+                provider_event_id=ev.provider_event_id,
+                message_id=message.id if message else None,
+                smtp2go_message_id=ev.email_id,
+                tracking_ref=ev.tracking_ref,
+                event_type=ev.event_type,
+                raw_event=ev.raw_event,
+                recipient=ev.recipient,
+                occurred_at=ev.occurred_at,
+                received_at=utcnow(),
+                bounce_type=ev.bounce_type,
+                url=(ev.url or "")[:_MAX_TEXT] or None,
+                user_agent=(ev.user_agent or "")[:_MAX_TEXT] or None,
+                detail=(ev.detail or "")[:_MAX_TEXT] or None,
+                smtp2go_data=event,
+            )
+            session.add(row)
+            session.flush()  # a duplicate event id fails here, before anything else changed
+            suppression = _suppression_effects(session, ev, message.id if message else None)
+            if message is None:
+                status = "orphan"
+            elif message.status in PENDING_STATUSES:
+                status = "deferred"
+            else:
+                row.applied_at = utcnow()
+                _apply(message, row)
+                roll_up(message)
+                status = "applied"
+            result = {"status": status, "event_id": ev.provider_event_id, "type": ev.event_type.value,
+                      "message_id": message.id if message else None,
+                      "message_status": message.status.value if message else None}
+            if suppression:
+                result["suppression"] = suppression
+    except IntegrityError:
+        # Two deliveries of the same event raced past the look-up; the unique key let exactly one in.
+        with session_scope() as session:
+            if _event_exists(session, ev.provider_event_id):
+                return duplicate
+        raise
+    log.debug("event %s type=%s status=%s message=%s", ev.provider_event_id, ev.event_type.value, status,
+             result["message_id"])
+    return result
+
+
+def link_pending_events(session: Session, message: Message) -> int:
+    """Apply stored events that arrived before ``message`` had its provider id; returns how many.
+
+    Called by the send path inside its transaction right after it set ``smtp2go_message_id`` and flushed
+    (which also holds the message row lock). Uses the given session and does not commit.
+    """
+    if not message.id:
+        return 0
+    conds = [TrackingEvent.message_id == message.id, TrackingEvent.tracking_ref == message.id]
+    if message.smtp2go_message_id:
+        conds.append(TrackingEvent.smtp2go_message_id == message.smtp2go_message_id)
+    ids = session.scalars(
+        select(TrackingEvent.id).where(TrackingEvent.applied_at.is_(None), or_(*conds))
+    ).all()
+    count = _claim_and_apply(session, message, ids)
+    if count:
+        log.info("linked %d pending event(s) tracking_id=%s", count, message.id)
+    return count
+
+
+def link_orphan_events(limit: int = 1000) -> int:
+    """Periodic repair: apply unapplied events whose message is now known and no longer being sent.
+
+    One short transaction per message, each taking the message lock first (the order every writer uses).
+    """
+    with session_scope() as session:
+        pairs = session.execute(
+            select(TrackingEvent.id, Message.id)
+            .join(Message, or_(
+                Message.id == TrackingEvent.message_id,
+                and_(TrackingEvent.smtp2go_message_id.is_not(None),
+                     Message.smtp2go_message_id == TrackingEvent.smtp2go_message_id),
+                Message.id == TrackingEvent.tracking_ref,
+            ))
+            .where(TrackingEvent.applied_at.is_(None), TrackingEvent.received_at >= utcnow() - ORPHAN_REPAIR_WINDOW,
+                   Message.status.not_in(PENDING_STATUSES))
+            .order_by(TrackingEvent.occurred_at, TrackingEvent.id)
+            .limit(max(1, int(limit)))
+        ).all()
+    by_message: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    for event_id, message_id in pairs:
+        if event_id not in seen:
+            seen.add(event_id)
+            by_message.setdefault(message_id, []).append(event_id)
+    total = 0
+    for message_id, event_ids in by_message.items():
+        with session_scope() as session:
+            message = session.scalars(
+                select(Message).where(Message.id == message_id).with_for_update()
+            ).one_or_none()
+            if message is None or message.status in PENDING_STATUSES:
+                continue
+            total += _claim_and_apply(session, message, event_ids)
+    if total:
+        log.info("linked %d orphan event(s)", total)
+    return total
