@@ -1,0 +1,270 @@
+"""Bodies, sizes, content types and the broker: real SMTP2Go fixtures through to the real events queue."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import FIXTURES_DIR
+
+EVENTS_PATH = "/api/webhooks/smtp2go/events"
+SECRET = "whsec-test-4f1c9a2b7d3e8f60"  # the conftest's SECRET
+FIXTURES = FIXTURES_DIR
+JSON_FIXTURES = sorted(FIXTURES.glob("webhook_*.json"))
+FORM_BODY = (FIXTURES / "webhook_delivered.form").read_bytes()
+EVENT = {"event": "delivered", "email_id": "1t9QkX-4Rb2Wm8YzK-Q7aP", "rcpt": "alice@example.com"}
+AUTH = {"Authorization": f"Bearer {SECRET}"}
+
+
+class _ChunkedStream:
+    """A WSGI input without a length, like a chunked request a server has already de-chunked."""
+
+    def __init__(self, data: bytes, chunk: int = 4096) -> None:
+        self._chunks: Iterator[bytes] = (data[i:i + chunk] for i in range(0, len(data), chunk))
+        self._buffer = b""
+        self.read_total = 0
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                break
+            self._buffer += nxt
+        if size < 0:
+            size = len(self._buffer)
+        out, self._buffer = self._buffer[:size], self._buffer[size:]
+        self.read_total += len(out)
+        return out
+
+
+def post_chunked(client: FlaskClient, stream: _ChunkedStream) -> Any:
+    """Transfer-Encoding: chunked, so there is no Content-Length and the server marks the input terminated."""
+    return client.post(EVENTS_PATH,
+                       headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked", **AUTH},
+                       environ_overrides={"wsgi.input": stream, "wsgi.input_terminated": True})
+
+
+def post_json(client: FlaskClient, payload: Any, headers: dict[str, str] | None = None) -> Any:
+    return client.post(EVENTS_PATH, data=json.dumps(payload).encode(),
+                       headers={"Content-Type": "application/json", **AUTH, **(headers or {})})
+
+
+def post_raw(client: FlaskClient, body: bytes, content_type: str | None, **headers: str) -> Any:
+    all_headers = {**AUTH, **headers}
+    if content_type is not None:
+        all_headers["Content-Type"] = content_type
+    return client.post(EVENTS_PATH, data=body, headers=all_headers)
+
+
+@pytest.fixture
+def broker_client(make_app: Callable[..., Flask], redis_client: Any) -> FlaskClient:
+    """The default (real) publisher: Celery on the test Redis."""
+    return make_app(secrets=[SECRET]).test_client()
+
+
+# ------------------------------------------------------------------ real fixtures to the real queue
+
+
+@pytest.mark.parametrize("path", JSON_FIXTURES, ids=lambda p: p.stem)
+def test_every_json_fixture_becomes_one_task(broker_client: FlaskClient, events_queue: Any, path: Path) -> None:
+    body = path.read_bytes()
+    response = broker_client.post(EVENTS_PATH, data=body, headers={"Content-Type": "application/json", **AUTH})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {"received": 1, "queued": 1, "ignored": 0}
+    assert events_queue() == [("mailworker.process_event", [json.loads(body)], {})]
+
+
+def test_form_fixture_becomes_one_task_with_real_field_names(broker_client: FlaskClient,
+                                                             events_queue: Any) -> None:
+    response = post_raw(broker_client, FORM_BODY, "application/x-www-form-urlencoded")
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {"received": 1, "queued": 1, "ignored": 0}
+    [(name, args, kwargs)] = events_queue()
+    assert (name, kwargs) == ("mailworker.process_event", {})
+    [event] = args
+    assert event == dict(parse_qsl(FORM_BODY.decode(), keep_blank_values=True))
+    assert event["event"] == "delivered"
+    assert event["email_id"] == "1t9QkX-4Rb2Wm8YzK-Q7aP"
+    assert event["rcpt"] == "alice@example.com"
+    assert event["sendtime"] == "2026-11-20T09:14:02.118204+00:00"
+    assert event["Message-Id"] == event["message-id"] == "<E1t9QkX-4Rb2Wm8YzK-Q7aP@message-id.smtpcorp.com>"
+    assert event["Subject"] == "Your ticket #1042"
+
+
+def test_json_batch_of_five(broker_client: FlaskClient, events_queue: Any) -> None:
+    batch = [json.loads(p.read_bytes()) for p in JSON_FIXTURES[:5]]
+    response = post_json(broker_client, batch)
+    assert response.get_json() == {"received": 5, "queued": 5, "ignored": 0}
+    assert [args[0] for _, args, _ in events_queue()] == batch
+
+
+def test_broker_down_answers_503_fast(make_app: Callable[..., Flask], closed_port: int) -> None:
+    client = make_app(secrets=[SECRET], broker_url=f"redis://127.0.0.1:{closed_port}/0").test_client()
+    started = time.monotonic()
+    response = post_json(client, EVENT)
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "broker unavailable"}
+    assert time.monotonic() - started < 4
+
+
+def test_broker_hung_answers_503_within_seconds(make_app: Callable[..., Flask], hung_port: int) -> None:
+    client = make_app(secrets=[SECRET], broker_url=f"redis://127.0.0.1:{hung_port}/0").test_client()
+    started = time.monotonic()
+    response = post_json(client, [EVENT, EVENT])
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "broker unavailable"}
+    assert time.monotonic() - started < 8
+
+
+# ------------------------------------------------------------------ shapes (recording publisher)
+
+
+def test_ignored_items_are_counted_not_published(client: FlaskClient, recorder: Any) -> None:
+    items = [EVENT, 1, "x", None, [], {}, {"foo": "bar"}, {"email_id": "only-id"}, {"event": "open"}]
+    response = post_json(client, items)
+    assert response.status_code == 200
+    assert response.get_json() == {"received": 9, "queued": 3, "ignored": 6}
+    assert recorder.events == [EVENT, {"email_id": "only-id"}, {"event": "open"}]
+
+
+def test_single_object_without_identity_is_ignored(client: FlaskClient, recorder: Any) -> None:
+    assert post_json(client, {"hello": "world"}).get_json() == {"received": 1, "queued": 0, "ignored": 1}
+    assert post_json(client, []).get_json() == {"received": 0, "queued": 0, "ignored": 0}
+    assert recorder.events == []
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json", "application/json; charset=utf-8", "Application/JSON; charset=UTF-8",
+    "application/json;charset=\"utf-8\"",
+])
+def test_json_content_type_variants(client: FlaskClient, content_type: str) -> None:
+    assert post_raw(client, json.dumps(EVENT).encode(), content_type).status_code == 200
+
+
+def test_form_repeated_keys_and_lists(client: FlaskClient, recorder: Any) -> None:
+    body = (b"event=processed&email_id=abc&recipients=a%40x.org&recipients=b%40x.org"
+            b"&tag%5B%5D=one&X-Custom=1&X-Custom=2&empty=&note=caf%C3%A9+ok")
+    assert post_raw(client, body, "application/x-www-form-urlencoded").status_code == 200
+    assert recorder.events == [{"event": "processed", "email_id": "abc", "recipients": ["a@x.org", "b@x.org"],
+                                "tag": ["one"], "X-Custom": ["1", "2"], "empty": "", "note": "café ok"}]
+
+
+def test_form_single_recipient_is_still_a_list(client: FlaskClient, recorder: Any) -> None:
+    body = b"event=processed&email_id=abc&recipients=a%40x.org\r\n"
+    assert post_raw(client, body, "application/x-www-form-urlencoded; charset=UTF-8").status_code == 200
+    assert recorder.events == [{"event": "processed", "email_id": "abc", "recipients": ["a@x.org"]}]
+
+
+def test_partial_batch_failure_answers_503(make_app: Callable[..., Flask], creds: SimpleNamespace) -> None:
+    recorder = creds.Recorder(fail_after=2)
+    client = make_app(secrets=[SECRET], publisher=recorder).test_client()
+    response = post_json(client, [EVENT] * 5)
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "broker unavailable"}
+
+
+def test_too_many_events_in_one_batch(make_app: Callable[..., Flask], recorder: Any) -> None:
+    client = make_app(secrets=[SECRET], publisher=recorder, max_batch_events=3).test_client()
+    assert post_json(client, [EVENT] * 4).status_code == 413
+    assert recorder.events == []
+
+
+# ------------------------------------------------------------------ rejections
+
+
+@pytest.mark.parametrize("body", [
+    b"{", b"", b"{\"event\": }", b"\xff\xfe{}", b"{\"a\": NaN}", b"[Infinity]", b"{\"event\": \"\\ud800\"}",
+    b"42", b"\"delivered\"", b"null", b"true", b"[" * 100000 + b"]" * 100000, b"1" * 5000,
+])
+def test_malformed_json_is_400(client: FlaskClient, recorder: Any, body: bytes) -> None:
+    response = post_raw(client, body, "application/json")
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "malformed body"}
+    assert recorder.events == []
+
+
+@pytest.mark.parametrize("body", [b"event", b"event=delivered&rcpt", b"event=%FF", b"%C3=x", b"=x", b"\xff=1"])
+def test_malformed_form_is_400(client: FlaskClient, body: bytes) -> None:
+    assert post_raw(client, body, "application/x-www-form-urlencoded").status_code == 400
+
+
+@pytest.mark.parametrize("content_type", [
+    "text/plain", None, "application/xml", "multipart/form-data; boundary=x", "application/json; charset=latin-1",
+    "application/jsonx", "json",
+])
+def test_unsupported_content_type_is_415(client: FlaskClient, recorder: Any, content_type: str | None) -> None:
+    response = post_raw(client, json.dumps(EVENT).encode(), content_type)
+    assert response.status_code == 415
+    assert response.get_json() == {"error": "unsupported content type"}
+    assert recorder.events == []
+
+
+def test_auth_is_checked_before_content(client: FlaskClient) -> None:
+    bad = {"Authorization": "Bearer nope"}
+    assert post_raw(client, b"{", "application/json", **bad).status_code == 401
+    assert post_raw(client, b"x", "text/plain", **bad).status_code == 401
+
+
+def test_oversize_content_length_is_413_before_auth(make_app: Callable[..., Flask], recorder: Any) -> None:
+    client = make_app(secrets=[SECRET], publisher=recorder, max_body_bytes=1000).test_client()
+    big = json.dumps([EVENT] * 30).encode()
+    assert len(big) > 1000
+    assert post_raw(client, big, "application/json").status_code == 413
+    response = post_raw(client, big, "application/json", Authorization="Bearer nope")
+    assert response.status_code == 413
+    assert response.get_json() == {"error": "payload too large"}
+    assert recorder.events == []
+
+
+def test_oversize_chunked_body_is_413_and_read_no_further(make_app: Callable[..., Flask],
+                                                         recorder: Any) -> None:
+    client = make_app(secrets=[SECRET], publisher=recorder, max_body_bytes=10_000).test_client()
+    stream = _ChunkedStream(json.dumps([EVENT] * 5000).encode())
+    response = post_chunked(client, stream)
+    assert response.status_code == 413
+    assert stream.read_total <= 10_001
+    assert recorder.events == []
+
+
+def test_chunked_body_within_the_cap_is_accepted(client: FlaskClient, recorder: Any) -> None:
+    stream = _ChunkedStream(json.dumps([EVENT] * 50).encode(), chunk=100)
+    response = post_chunked(client, stream)
+    assert response.get_json() == {"received": 50, "queued": 50, "ignored": 0}
+
+
+# ------------------------------------------------------------------ the rest of the surface
+
+
+def test_healthz(client: FlaskClient) -> None:
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+
+
+def test_other_methods_and_paths_answer_json(client: FlaskClient) -> None:
+    response = client.get(EVENTS_PATH)
+    assert response.status_code == 405
+    assert response.get_json() == {"error": "method not allowed"}
+    response = client.post("/nope")
+    assert (response.status_code, response.get_json()) == (404, {"error": "not found"})
+
+
+def test_unexpected_errors_are_a_bare_json_500(make_app: Callable[..., Flask]) -> None:
+    app = make_app(secrets=[SECRET])
+
+    def boom() -> str:
+        raise RuntimeError("internal detail /srv/secret/path")
+
+    app.add_url_rule("/boom", view_func=boom)
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    assert response.get_json() == {"error": "internal error"}
+    assert b"internal detail" not in response.data and b"Traceback" not in response.data

@@ -1,0 +1,116 @@
+"""The SMTP2Go webhook receiver: a thin Flask app that authenticates, parses and enqueues.
+
+It never touches the database on the request path (module secrets are refreshed in the background) and never
+runs event processing itself: each event becomes one ``mailworker.process_event`` task on the events queue.
+
+``test_config`` keys (all optional):
+
+- ``secrets``: list of valid secrets (replaces the environment and the database module row)
+- ``allow_unauthenticated``: accept unauthenticated webhooks when no secret is configured
+- ``max_body_bytes``: body size cap (default ``WEBHOOK_MAX_BODY_BYTES``, 1 MiB)
+- ``max_batch_events``: most events one JSON list may carry (default 1000)
+- ``publisher``: callable taking one event dict (unit tests); ``broker_url``: publish to this broker instead
+- ``secret_refresh_interval``: seconds between module-secret reloads (default 30)
+- anything else is copied into ``app.config`` (e.g. ``TESTING``)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from webhook_app.auth import SecretStore
+from webhook_app.views import EXTENSION, WebhookState, bp
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH_EVENTS = 1000
+DEFAULT_REFRESH_INTERVAL = 30.0
+#: create_app waits this long for the first database read of the module secret, then serves regardless.
+INITIAL_SECRET_LOAD_WAIT = 5.0
+
+_KNOWN_KEYS = {"secrets", "allow_unauthenticated", "max_body_bytes", "max_batch_events", "publisher",
+               "broker_url", "secret_refresh_interval"}
+
+
+def load_module_secrets() -> tuple[str, ...]:
+    """The SMTP2Go module's webhook secret(s) from the database (runs in the refresher thread only)."""
+    from worker.db import session_scope
+    from worker.modules import smtp2go_config
+
+    with session_scope() as session:
+        return smtp2go_config(session).webhook_secrets
+
+
+def _secret_store(test_config: dict[str, Any], env_secrets: Iterable[str]) -> SecretStore:
+    if "secrets" in test_config:
+        return SecretStore(test_config["secrets"] or ())
+    interval = float(test_config.get("secret_refresh_interval", DEFAULT_REFRESH_INTERVAL))
+    store = SecretStore(env_secrets, loader=load_module_secrets, interval=interval)
+    store.start(wait=INITIAL_SECRET_LOAD_WAIT)
+    return store
+
+
+def _register_error_handlers(app: Flask) -> None:
+    """Every error is a short JSON object: no traceback or exception text ever reaches the client."""
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> tuple[Response, int]:
+        code = err.code or 500
+        return jsonify({"error": (err.name or "error").lower()}), code
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> tuple[Response, int]:
+        log.error("unexpected error in the webhook receiver: %s", type(err).__name__, exc_info=err)
+        return jsonify({"error": "internal error"}), 500
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the receiver; without ``test_config`` everything comes from the environment (worker.config)."""
+    from worker.config import get_settings
+
+    test_config = dict(test_config or {})
+    settings = get_settings()
+    app = Flask(__name__)
+
+    max_body = int(test_config.get("max_body_bytes", settings.webhook_max_body_bytes))
+    # Werkzeug enforces this too on streamed (chunked) bodies: a second guard behind the view's own check.
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    app.config.update({k: v for k, v in test_config.items() if k not in _KNOWN_KEYS})
+
+    publisher = test_config.get("publisher")
+    if publisher is None:
+        from worker.publish import publish_event
+
+        publisher = functools.partial(publish_event, broker_url=test_config.get("broker_url"))
+
+    allow_unauthenticated = bool(test_config.get("allow_unauthenticated",
+                                                 settings.allow_unauthenticated_webhooks))
+    state = WebhookState(
+        secrets=_secret_store(test_config, settings.smtp2go_webhook_secrets),
+        publisher=publisher,
+        allow_unauthenticated=allow_unauthenticated,
+        max_body_bytes=max_body,
+        max_batch_events=int(test_config.get("max_batch_events", DEFAULT_MAX_BATCH_EVENTS)),
+    )
+    app.extensions[EXTENSION] = state
+
+    if state.open_door:
+        log.warning("!!! UNAUTHENTICATED WEBHOOKS ALLOWED: no webhook secret is configured and "
+                    "MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS is on; anyone can post events. "
+                    "Local development only !!!")
+    elif not state.secrets.configured:
+        log.warning("no SMTP2Go webhook secret configured (SMTP2GO_WEBHOOK_SECRET or the module's "
+                    "webhook_secret): every webhook is refused with 401 until one is set")
+
+    app.register_blueprint(bp)
+    _register_error_handlers(app)
+    return app
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,138 @@
+"""The webhook blueprint: authenticate, parse, enqueue, answer.
+
+Order matters and is part of the contract: size (before reading more than the cap), then credentials, then the
+content type and body. A rejected request is never parsed or published. Every answer is a short JSON object;
+SMTP2Go retries anything that is not 2xx for 48 hours, so 503 is reserved for "try again later" (the broker)
+and everything the sender cannot fix by retrying is a 4xx.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from webhook_app.auth import SIGNATURE_HEADER, SecretStore, authenticate
+from webhook_app.parsing import MalformedBody, UnsupportedContentType, parse_body, split_events
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("smtp2go_webhooks", __name__)
+
+EXTENSION = "mailworker_webhooks"
+_READ_CHUNK = 64 * 1024
+
+Publisher = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class WebhookState:
+    """What the view needs, built once by ``create_app`` (nothing here touches the database)."""
+
+    secrets: SecretStore
+    publisher: Publisher
+    allow_unauthenticated: bool
+    max_body_bytes: int
+    max_batch_events: int
+
+    @property
+    def open_door(self) -> bool:
+        """Unauthenticated webhooks are accepted only when explicitly allowed AND no secret exists."""
+        return self.allow_unauthenticated and not self.secrets.configured
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _state() -> WebhookState:
+    state: WebhookState = current_app.extensions[EXTENSION]
+    return state
+
+
+def _read_body(cap: int) -> bytes:
+    """Read at most ``cap + 1`` bytes: enough to know a chunked body is too large, never more."""
+    stream = request.stream
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            chunk = stream.read(min(_READ_CHUNK, cap + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > cap:
+                raise _TooLarge
+    except RequestEntityTooLarge as err:  # werkzeug's own MAX_CONTENT_LENGTH guard on streamed bodies
+        raise _TooLarge from err
+    return b"".join(chunks)
+
+
+def _answer(status: int, payload: dict[str, Any], *, auth: str = "-", received: int = 0, queued: int = 0,
+            ignored: int = 0, size: int | None = None) -> tuple[Response, int]:
+    """Build the JSON answer and log the single line for this request (counts only: no body, no secret)."""
+    level = logging.WARNING if status >= 500 else logging.INFO
+    length = size if size is not None else request.content_length
+    log.log(level, "smtp2go webhook status=%d received=%d queued=%d ignored=%d auth=%s type=%s bytes=%s",
+            status, received, queued, ignored, auth, request.mimetype or "-",
+            "-" if length is None else length)
+    response = jsonify(payload)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response, status
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Liveness only: it must stay up when the broker or database is down (the webhook answers 503 then)."""
+    return jsonify({"status": "ok"}), 200
+
+
+@bp.post("/api/webhooks/smtp2go/events")
+def receive_events() -> tuple[Response, int]:
+    state = _state()
+    state.secrets.start()  # no-op unless this process (e.g. a forked gunicorn worker) has no refresher yet
+
+    cap = state.max_body_bytes
+    if request.content_length is not None and request.content_length > cap:
+        return _answer(413, {"error": "payload too large"})
+    try:
+        body = _read_body(cap)
+    except _TooLarge:
+        return _answer(413, {"error": "payload too large"})
+
+    method = authenticate(request.headers.get("Authorization"), request.headers.get(SIGNATURE_HEADER), body,
+                          state.secrets.current())
+    if method is None:
+        if not state.open_door:
+            return _answer(401, {"error": "unauthorized"}, size=len(body))
+        method = "none"
+
+    try:
+        items = parse_body(request.mimetype, request.mimetype_params, body)
+    except UnsupportedContentType:
+        return _answer(415, {"error": "unsupported content type"}, auth=method, size=len(body))
+    except MalformedBody:
+        return _answer(400, {"error": "malformed body"}, auth=method, size=len(body))
+
+    events, ignored = split_events(items)
+    if len(events) > state.max_batch_events:
+        return _answer(413, {"error": "too many events"}, auth=method, received=len(items), size=len(body))
+
+    queued = 0
+    try:
+        for event in events:
+            state.publisher(event)
+            queued += 1
+    except Exception as err:  # noqa: BLE001 - any broker failure means "retry later" to SMTP2Go
+        log.warning("publishing webhook events failed after %d of %d: %s", queued, len(events),
+                    type(err).__name__)
+        return _answer(503, {"error": "broker unavailable"}, auth=method, received=len(items),
+                       queued=queued, ignored=ignored, size=len(body))
+    return _answer(200, {"received": len(items), "queued": queued, "ignored": ignored}, auth=method,
+                   received=len(items), queued=queued, ignored=ignored, size=len(body))
