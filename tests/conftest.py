@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import Message as MimeMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,8 @@ MARIADB_ADMIN_URL = f"mysql+pymysql://root@{MARIADB_HOST}:3306/?charset=utf8mb4"
 TEST_DB_NAME = f"mwtest_{os.getpid()}"
 MARIADB_URL = f"mysql+pymysql://root@{MARIADB_HOST}:3306/{TEST_DB_NAME}?charset=utf8mb4"
 API_KEY = "api-test-key-0123456789"
+#: SMTP2Go's real wire formats (a copy of shared/fixtures/smtp2go, kept with the tests so a clone is complete).
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures" / "smtp2go"
 
 # Celery reads its broker from the environment when celeryconfig is imported: set it before anything
 # imports ``worker``. The app's own settings are re-read per test through worker.config.reset_settings().
@@ -94,6 +97,19 @@ def _empty_tables(url: str) -> None:
             conn.execute(table.delete())
 
 
+def clean_redis_keys() -> None:
+    """Delete this session's keys (queues, protection state) -- never anyone else's."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(f"{QUEUE_PREFIX}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 @pytest.fixture
 def base_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """A clean environment: no provider configured, a default sender, short backoffs for tests."""
@@ -109,8 +125,11 @@ def base_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     monkeypatch.setenv("SMTP_TIMEOUT", "5")
     monkeypatch.setenv("SMTP2GO_TIMEOUT", "2")
     monkeypatch.setenv("SMTP2GO_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("SMTP2GO_BREAKER_THRESHOLD", "50")  # breaker tests lower it themselves
     reset_settings()
+    clean_redis_keys()
     yield monkeypatch
+    clean_redis_keys()
     reset_settings()
 
 
@@ -144,15 +163,9 @@ def redis_client() -> Iterator[Any]:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
-
-    def clean() -> None:
-        keys = list(client.scan_iter(f"{QUEUE_PREFIX}*"))
-        if keys:
-            client.delete(*keys)
-
-    clean()
+    clean_redis_keys()
     yield client
-    clean()
+    clean_redis_keys()
     client.close()
 
 

@@ -87,6 +87,10 @@ class Settings:
     smtp2go_timeout: float
     smtp2go_connect_timeout: float
     smtp2go_ca_file: str | None
+    smtp2go_rate_limit: float
+    smtp2go_breaker_threshold: int
+    smtp2go_breaker_window: float
+    smtp2go_breaker_cooldown: float
     send_lease_seconds: int
     max_task_crashes: int
     webhook_max_body_bytes: int
@@ -160,6 +164,10 @@ def load_settings() -> Settings:
         smtp2go_timeout=_float("SMTP2GO_TIMEOUT", 30.0),
         smtp2go_connect_timeout=_float("SMTP2GO_CONNECT_TIMEOUT", 5.0),
         smtp2go_ca_file=_opt("SMTP2GO_CA_FILE"),
+        smtp2go_rate_limit=_float("SMTP2GO_RATE_LIMIT", 0.0),
+        smtp2go_breaker_threshold=_int("SMTP2GO_BREAKER_THRESHOLD", 5),
+        smtp2go_breaker_window=_float("SMTP2GO_BREAKER_WINDOW", 30.0),
+        smtp2go_breaker_cooldown=_float("SMTP2GO_BREAKER_COOLDOWN", 30.0),
         send_lease_seconds=_int("SEND_LEASE_SECONDS", 180),
         max_task_crashes=_int("SEND_MAX_CRASHES", 3),
         webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),

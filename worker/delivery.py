@@ -246,9 +246,17 @@ def _mark_inflight(session: Session, message: Message, transport: Transport) -> 
 def _attempt(session: Session, message: Message, email: OutgoingEmail, transport: Transport,
              config: object, settings: Settings) -> Outcome:
     if transport == Transport.SMTP2GO:
+        from worker import protection
         from worker.modules import Smtp2GoConfig
 
         assert isinstance(config, Smtp2GoConfig) and config.api_key
+        gate = protection.before_api_send(settings)
+        if gate.verdict == "open":
+            if settings.smtp_configured:
+                return _fall_back(session, message, email, "SMTP2Go circuit breaker open", settings)
+            return _wait(message, f"SMTP2Go circuit breaker open for {gate.wait:.0f}s", gate.wait)
+        if gate.verdict == "paused":
+            return _wait(message, f"SMTP2Go rate limit: waiting {gate.wait:.1f}s", gate.wait)
         _mark_inflight(session, message, transport)
         try:
             email_id = smtp2go_provider.send(
@@ -257,18 +265,36 @@ def _attempt(session: Session, message: Message, email: OutgoingEmail, transport
                 verify=settings.smtp2go_ca_file or True, options=config.options,
             )
         except AmbiguousDeliveryError as err:
+            protection.record_failure(settings, gate)
             mark_ambiguous(message, err.describe())
             return Outcome("ambiguous", err.describe(), transport=transport)
         except RetryableDeliveryError as err:
+            if err.status_code == 429:
+                protection.pause_for_rate_limit(err.retry_after or 1.0, settings)
+            else:
+                protection.record_failure(settings, gate)
             if message.api_attempts <= settings.send_max_retries:
                 return _schedule_retry(message, err, backoff_delay(message.api_attempts, settings,
                                                                    err.retry_after))
             return _fall_back(session, message, email, f"API retries used up: {err.describe()}", settings)
         except PermanentDeliveryError as err:
+            protection.record_success(settings, gate)  # the service answered; it is up
             return _fall_back(session, message, email, f"API permanent error: {err.describe()}", settings)
+        protection.record_success(settings, gate)
         record_sent(session, message, Transport.SMTP2GO, email_id)
         return Outcome("sent", email_id, transport=Transport.SMTP2GO)
     return _send_smtp(session, message, email, settings)
+
+
+def _wait(message: Message, reason: str, delay: float) -> Outcome:
+    """Not an attempt: the shared protections say wait. The message keeps its retry budget."""
+    delay = max(0.2, delay) + random.uniform(0, 0.2)
+    message.status = MessageStatus.RETRYING
+    message.next_attempt_at = utcnow() + timedelta(seconds=delay)
+    message.last_error = reason
+    _release(message)
+    log.info("waiting tracking_id=%s delay=%.1fs reason=%s", message.id, delay, reason)
+    return Outcome("retry", reason, delay=delay)
 
 
 def _fall_back(session: Session, message: Message, email: OutgoingEmail, reason: str,

@@ -28,9 +28,10 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 
+from tests.conftest import FIXTURES_DIR
 from worker.fake_smtp2go import FakeSMTP2Go, Scripted, main
 
-FIXTURES = Path("/work/shared/fixtures/smtp2go")
+FIXTURES = FIXTURES_DIR
 KEY = "api-test-key"
 EMAIL_ID = re.compile(r"^[0-9A-Za-z]{6}-[0-9A-Za-z]{8}-[0-9A-Za-z]{4}$")
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import FIXTURES_DIR, free_port
 from worker.errors import AmbiguousDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from worker.fake_smtp2go import FakeSMTP2Go, Scripted
-from worker.providers import OutgoingAttachment, OutgoingEmail
-from worker.providers import smtp2go
+from worker.providers import OutgoingAttachment, OutgoingEmail, smtp2go
 from worker.providers.smtp2go import interpret_response
 
-FIXTURES = Path(__file__).resolve().parents[3].parent / "shared" / "fixtures" / "smtp2go"
+FIXTURES = FIXTURES_DIR
 
 
 def fixture(name: str) -> Any:
