@@ -8,9 +8,13 @@ Public API::
 from datetime import datetime
 from typing import Any
 
-from worker.api import enqueue_email, get_email_status
-from worker.celery_app import app
-from worker.errors import InvalidEmail
+from worker.config import apply_dev_env
+
+apply_dev_env()
+
+from worker.api import enqueue_email, get_email_status  # noqa: E402 - after apply_dev_env
+from worker.celery_app import app  # noqa: E402
+from worker.errors import InvalidEmail  # noqa: E402
 
 celery = app  # `celery -A worker` looks for `app` or `celery`
 

@@ -200,9 +200,10 @@ def status(tracking_id: str, as_json: bool) -> None:
 
 def _register_optional() -> None:
     """Attach command groups that live in their own modules."""
-    from worker import cli_ops
+    from worker import cli_dev, cli_ops
 
     cli_ops.register(main)
+    cli_dev.register(main)
 
 
 _register_optional()

@@ -115,24 +115,18 @@ def default_database_url() -> str:
     return f"sqlite:///{DEFAULT_SQLITE_PATH}"
 
 
-def dev_env_file() -> Path:
-    return Path(os.environ.get("MAILWORKER_DEV_ENV_FILE") or PROJECT_ROOT / "var" / "dev.env")
-
-
 def apply_dev_env() -> None:
-    """While ``mailworker dev`` runs it writes its wiring to ``var/dev.env``; a second shell on the embedded
-    default (no DATABASE_URL) picks it up so ``mailworker send`` just works. The real environment wins."""
-    if os.environ.get("DATABASE_URL"):
+    """Let ``mailworker`` in another shell use a running ``mailworker dev`` (it writes ``var/dev.env``).
+
+    Only on the embedded default (no DATABASE_URL), and the real environment always wins. It runs before
+    ``celeryconfig`` is imported (``worker/__init__.py``), because Celery reads the broker URL at import time.
+    """
+    if os.environ.get("DATABASE_URL", "").strip():
         return
-    path = dev_env_file()
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and key.strip() and not key.startswith("#"):
-            os.environ.setdefault(key.strip(), value.strip())
+    from worker.devstack import load_dev_env
+
+    for key, value in load_dev_env().items():
+        os.environ.setdefault(key, value)
 
 
 def load_settings() -> Settings:

@@ -1,0 +1,5 @@
+"""``python -m worker`` runs the ``mailworker`` CLI."""
+
+from worker.cli import run
+
+run()
