@@ -149,22 +149,24 @@ def send(to: tuple[str, ...], cc: tuple[str, ...], bcc: tuple[str, ...], sender:
 
 
 def _render_status(s: dict[str, Any]) -> str:
-    lines = [
-        f"id          {s['id']}",
-        f"status      {s['status']}" + ("  (ambiguous: awaiting reconciliation)" if s.get("ambiguous") else ""),
-        f"transport   {s['transport'] or '-'}",
-        f"smtp2go id  {s['smtp2go_message_id'] or '-'}",
-        f"message-id  {s['message_id_header'] or '-'}",
-        f"reference   {s['reference'] or '-'}",
-        f"attempts    {s['attempts']} (api {s.get('api_attempts', 0)}, smtp {s.get('smtp_attempts', 0)})",
+    ambiguous = "  (ambiguous: awaiting reconciliation)" if s.get("ambiguous") else ""
+    rows = [
+        ("id", s["id"]),
+        ("status", f"{s['status']}{ambiguous}"),
+        ("transport", s["transport"] or "-"),
+        ("smtp2go id", s["smtp2go_message_id"] or "-"),
+        ("message-id", s["message_id_header"] or "-"),
+        ("reference", s["reference"] or "-"),
+        ("attempts", f"{s['attempts']} (api {s.get('api_attempts', 0)}, smtp {s.get('smtp_attempts', 0)})"),
     ]
     for key in ("queued_at", "sent_at", "delivered_at", "bounced_at", "opened_at", "clicked_at", "failed_at"):
         if s.get(key):
-            lines.append(f"{key:<12}{s[key]}")
+            rows.append((key, s[key]))
     if s.get("fallback_reason"):
-        lines.append(f"fallback    {s['fallback_reason']}")
+        rows.append(("fallback", s["fallback_reason"]))
     if s.get("last_error"):
-        lines.append(f"last error  {s['last_error']}")
+        rows.append(("last error", s["last_error"]))
+    lines = [f"{label:<14}{value}" for label, value in rows]
     lines.append("recipients:")
     for r in s["recipients"]:
         extra = []
