@@ -36,6 +36,12 @@ redis.call('EXPIRE', key, 60)
 return tostring(wait)
 """
 
+_PAUSE_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2])) end
+return 1
+"""
+
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
 _warned = False
@@ -181,9 +187,8 @@ def pause_for_rate_limit(seconds: float, settings: Settings | None = None) -> No
         return
     until = time.time() + max(0.5, seconds)
     try:
-        current = client.get(_prefix() + "pause_until")
-        if not current or float(current) < until:
-            client.set(_prefix() + "pause_until", f"{until:.3f}", ex=int(seconds) + 5)
+        # One atomic script: the longest pause wins however concurrent 429s interleave across processes.
+        client.eval(_PAUSE_SCRIPT, 1, _prefix() + "pause_until", f"{until:.3f}", int(seconds) + 5)
         log.info("SMTP2Go rate limit: all workers pause %.1fs", seconds)
     except Exception as err:  # noqa: BLE001
         _fail_open(err)
