@@ -92,7 +92,7 @@ _EFFECTS: dict[EventType, tuple[str, str | None, RecipientStatus | None, str | N
     EventType.DELIVERED: ("delivered_at", None, RecipientStatus.DELIVERED, "email_delivered_at"),
     EventType.OPEN: ("opened_at", "open_count", RecipientStatus.OPENED, "email_opened_at"),
     EventType.CLICK: ("clicked_at", "click_count", RecipientStatus.CLICKED, "email_clicked_at"),
-    EventType.BOUNCE: ("bounced_at", None, RecipientStatus.BOUNCED, "email_bounced_at"),
+    EventType.BOUNCE: ("bounced_at", None, RecipientStatus.BOUNCED, None),  # message time: see roll_up
     EventType.SPAM: ("complained_at", None, RecipientStatus.COMPLAINED, "email_complained_at"),
     EventType.REJECT: ("rejected_at", None, RecipientStatus.REJECTED, None),
     EventType.UNSUBSCRIBE: ("unsubscribed_at", None, None, None),
@@ -120,7 +120,7 @@ def _apply(message: Message, row: TrackingEvent) -> None:
     if kind not in _EFFECTS:
         return  # processed, resubscribe (its effect is on the suppression list) and unknown: recorded only
     at, counter, status, message_at = _EFFECTS[kind]
-    if message_at and not (kind == EventType.BOUNCE and soft):  # a soft bounce may yet be delivered
+    if message_at:
         _first(message, message_at, when)
     rcpt = (row.recipient or "").lower()
     for r in (r for r in message.recipients if rcpt and r.address.lower() == rcpt):
@@ -159,8 +159,10 @@ def roll_up(message: Message) -> MessageStatus:
         new = MessageStatus.REJECTED
     else:
         new = MessageStatus.SENT
-    if new == MessageStatus.BOUNCED and message.email_bounced_at is None:
-        message.email_bounced_at = min((r.bounced_at for r in rs if r.bounced_at), default=None)
+    # Derived, never accumulated, so arrival order cannot change it: the earliest bounce of a recipient that is
+    # bounced now (a soft bounce later overtaken by a delivery does not count).
+    message.email_bounced_at = min(
+        (r.bounced_at for r in rs if r.status == RecipientStatus.BOUNCED and r.bounced_at), default=None)
     message.status = new
     return new
 

@@ -173,7 +173,8 @@ def suppress_for_event(session: Session, address: str, event_type: EventType, oc
         added = add_suppression(session, addr, reason, detail=detail, source_message_id=source_message_id)
         return "suppressed" if added else None
     if event_type == EventType.RESUBSCRIBE:
-        if _later_event(session, addr, occurred_at, [EventType.BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBE]):
+        if _later_event(session, addr, occurred_at,
+                        [EventType.BOUNCE, EventType.SPAM, EventType.UNSUBSCRIBE, EventType.REJECT]):
             return None
         return "unsuppressed" if remove_suppression(session, addr) else None
     return None
