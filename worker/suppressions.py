@@ -143,7 +143,9 @@ def _later_event(session: Session, address: str, after: datetime, types: list[Ev
     """Is an event of ``types`` for ``address`` that happened after ``after`` already stored? (hard bounces)"""
     cond = and_(TrackingEvent.recipient == address, TrackingEvent.event_type.in_(types),
                 TrackingEvent.occurred_at > after,
-                or_(TrackingEvent.event_type != EventType.BOUNCE, TrackingEvent.bounce_type == "hard"))
+                or_(TrackingEvent.event_type != EventType.BOUNCE, TrackingEvent.bounce_type == "hard"),
+                # only rejects that say the address is suppressed count; "sender not verified" does not
+                or_(TrackingEvent.event_type != EventType.REJECT, TrackingEvent.detail.ilike("%suppress%")))
     return bool(session.scalar(select(exists().where(cond))))
 
 
