@@ -1,0 +1,109 @@
+"""Redis restarted mid-run, and Redis flushed mid-run (broker messages lost): every email still ends ``sent``.
+
+These tests never touch the machine's shared Redis: they start a redis-server of their own (no persistence, so
+a restart loses everything, like a flush) and point the workers and this process at it. Recovery is the
+sweeper's job: the database rows are the truth, and rows whose broker message vanished are re-published.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REDIS_URL
+from tests.faults.harness import (
+    Driver,
+    PrivateRedis,
+    Supervisor,
+    WorkerProcess,
+    all_sent,
+    enqueue_many,
+    point_broker_at,
+    report,
+    send_totals,
+    worker_env,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
+
+N = 300
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, base_env: pytest.MonkeyPatch) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path).start()
+    base_env.setenv("CELERY_BROKER_URL", server.url)
+    point_broker_at(server.url)
+    try:
+        yield server
+    finally:
+        server.kill()
+        base_env.setenv("CELERY_BROKER_URL", REDIS_URL)
+        point_broker_at(REDIS_URL)
+
+
+def _run(name: str, fault: Callable[[PrivateRedis], list[str]], private_redis: PrivateRedis, fake_api: Any,
+         workers: Callable[..., WorkerProcess]) -> None:
+    fake_api.set_failure(latency=0.02)
+    started = time.monotonic()
+    env = worker_env(CELERY_BROKER_URL=private_redis.url)
+    ids = enqueue_many(N, name)  # all in the broker before the worker starts: the fault hits a full queue
+    worker = workers("faultsA", pool="threads", concurrency=8, env=env)
+    # Mid-run: a good part sent, a good part still waiting in the broker.
+    deadline = time.monotonic() + 60
+    while len(fake_api.sends) < N // 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sent_before = len(fake_api.sends)
+    assert sent_before < N, "everything was sent before the fault"
+    fault_started = time.monotonic()
+    ids += fault(private_redis)
+    fault_seconds = time.monotonic() - fault_started
+    driver = Driver(grace=3, reconcile=True, resend_after=5)
+    supervisor = Supervisor(worker)
+    took = driver.run_until(all_sent(len(ids)), timeout=150, what=f"all {len(ids)} sent after {name}",
+                            on_tick=supervisor)
+    totals = send_totals(ids, fake_api)
+    log = worker.log_text()
+    reconnects = log.count("Connection to broker lost") + log.count("Cannot connect to")
+    report(name, sent=totals.sent, duplicates=totals.duplicates, lost=totals.lost, failed_over=totals.failed_over,
+           sent_before_fault=sent_before, fault_seconds=fault_seconds, worker_reconnects=reconnects,
+           worker_crashes=supervisor.restarts,
+           recovery_seconds=took,
+           republished=driver.totals.republished,
+           expired_leases=driver.totals.expired_leases, ambiguous_resolved=driver.totals.ambiguous_resolved,
+           elapsed=time.monotonic() - started)
+    assert totals.lost == 0, totals.not_sent
+    assert totals.duplicates == 0, totals.duplicate_ids
+    assert all(fake_api.count_for(tid) == 1 for tid in ids)
+    assert worker.alive, "the worker process died"
+    if name == "redis_restart":
+        assert reconnects >= 1, "the worker never noticed the restart"
+
+
+def _restart(server: PrivateRedis) -> list[str]:
+    server.kill()
+    down = time.monotonic()
+    # Enqueued while the broker is down: the call must still succeed (the sweeper publishes the rows later).
+    ids = enqueue_many(3, "while-down")
+    time.sleep(max(0.0, 3 - (time.monotonic() - down)))  # down long enough for the worker to notice
+    server.start()
+    return ids
+
+
+def _flush(server: PrivateRedis) -> list[str]:
+    server.flushall()
+    return enqueue_many(3, "after-flush")
+
+
+def test_redis_restarted_mid_run(private_redis: PrivateRedis, fake_api: Any,
+                                 workers: Callable[..., WorkerProcess]) -> None:
+    _run("redis_restart", _restart, private_redis, fake_api, workers)
+
+
+def test_redis_flushed_mid_run(private_redis: PrivateRedis, fake_api: Any,
+                               workers: Callable[..., WorkerProcess]) -> None:
+    _run("redis_flush", _flush, private_redis, fake_api, workers)
