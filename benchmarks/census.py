@@ -1,0 +1,123 @@
+"""Round trips per email: what ``enqueue_email`` and one ``deliver()`` send to MariaDB and Redis.
+
+Throughput on a shared 2-core machine swings with other people's load; round-trip counts do not. This runs
+the real functions in this process (the fake API answers at once), counts every command PyMySQL and
+redis-py put on the wire, and times the single-threaded CPU of ``deliver()`` -- first as shipped, then with
+``benchmarks.whatif`` applied -- so the cost of each proposed fix is visible without any noise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from benchmarks.common import HTML_BODY, SUBJECT, TEXT_BODY, clean_redis, recipient, table, truncate_tables
+
+_COM_PING = 14
+
+
+@contextmanager
+def counting() -> Iterator[tuple[Counter[str], Counter[str]]]:
+    """Count MariaDB commands (by SQL verb; PING) and Redis commands (by name) while the block runs."""
+    import pymysql.connections
+    import redis.connection
+
+    sql: Counter[str] = Counter()
+    rds: Counter[str] = Counter()
+    execute = pymysql.connections.Connection._execute_command
+    packer = redis.connection.PythonRespSerializer  # what redis-py uses without hiredis (as installed here)
+    pack = packer.pack
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def _execute(self: Any, command: int, text: Any) -> Any:
+        verb = "PING" if command == _COM_PING else (bytes(text).split(b" ", 1)[0].decode().upper()
+                                                    if isinstance(text, bytes | bytearray)
+                                                    else str(text).split(" ", 1)[0].upper())
+        sql[verb] += 1
+        return execute(self, command, text)
+
+    def _pack(self: Any, *args: Any) -> Any:
+        name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        rds[name.upper()] += 1
+        return pack(self, *args)
+
+    def _send(self: Any, command: Any, check_health: bool = True) -> Any:
+        rds["(round trips)"] += 1
+        return send(self, command, check_health)
+
+    pymysql.connections.Connection._execute_command = _execute  # type: ignore[method-assign]
+    packer.pack = _pack  # type: ignore[method-assign]
+    redis.connection.AbstractConnection.send_packed_command = _send  # type: ignore[method-assign]
+    try:
+        yield sql, rds
+    finally:
+        pymysql.connections.Connection._execute_command = execute  # type: ignore[method-assign]
+        packer.pack = pack  # type: ignore[method-assign]
+        redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+
+
+def _describe(c: Counter[str], n: int, skip: str = "") -> str:
+    return ", ".join(f"{k} {v / n:g}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]) if k != skip)
+
+
+def _measure(n: int, label: str) -> list[list[str]]:
+    from worker import enqueue_email
+    from worker.delivery import deliver
+
+    truncate_tables()
+    warm = [enqueue_email(recipient(i), SUBJECT, text_body=TEXT_BODY, html_body=HTML_BODY) for i in range(20)]
+    for tid in warm:
+        deliver(tid, owner="bench:census")
+    with counting() as (sql, rds):
+        t0 = time.thread_time()
+        ids = [enqueue_email(recipient(i), SUBJECT, text_body=TEXT_BODY, html_body=HTML_BODY) for i in range(n)]
+        enq_cpu = time.thread_time() - t0
+    enq = [f"enqueue_email{label}", f"{sum(sql.values()) / n:g}", _describe(sql, n),
+           f"{rds['(round trips)'] / n:g}", _describe(rds, n, "(round trips)"), f"{1000 * enq_cpu / n:.2f}"]
+    with counting() as (sql, rds):
+        t0 = time.thread_time()
+        outcomes = Counter(deliver(tid, owner="bench:census").kind for tid in ids)
+        cpu = time.thread_time() - t0
+    if outcomes != Counter({"sent": n}):
+        raise RuntimeError(f"census deliveries did not all succeed: {dict(outcomes)}")
+    dlv = [f"deliver(){label}", f"{sum(sql.values()) / n:g}", _describe(sql, n),
+           f"{rds['(round trips)'] / n:g}", _describe(rds, n, "(round trips)"), f"{1000 * cpu / n:.2f}"]
+    clean_redis()
+    return [enq, dlv]
+
+
+def measure(n: int = 200) -> dict[str, Any]:
+    """Product first, then the what-if patches (which cannot be undone in a process, so they go last)."""
+    from worker.db import dispose_engines
+
+    rows = _measure(n, "")
+    import benchmarks.whatif  # noqa: F401 - patches worker.* on import
+
+    dispose_engines()  # the next engine is built by the patched factory (no pre-ping)
+    rows += _measure(n, " + fixes")
+    md = table(["per email", "MariaDB round trips", "by command", "Redis round trips", "Redis commands",
+                "CPU ms (1 thread)"], rows)
+    return {"table": md, "rows": rows}
+
+
+def run(n: int = 200) -> dict[str, Any]:
+    """Run :func:`measure` in a child process: the patches must not leak into the benchmark's own process."""
+    import json
+    import os
+    import subprocess
+
+    from benchmarks.common import PYTHON, ROOT
+
+    out = subprocess.run([PYTHON, "-m", "benchmarks.census", str(n)], cwd=ROOT, env=dict(os.environ),
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(measure(int(sys.argv[1]) if len(sys.argv) > 1 else 200)))

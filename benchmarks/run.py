@@ -1,0 +1,94 @@
+"""``python -m benchmarks.run [--quick] [--only send|webhook|scale] [-n N]`` (``make bench``).
+
+Runs the send-pipeline, webhook-ingest and scale benchmarks against real MariaDB and Redis on 127.0.0.1, prints
+each figure with its ratio to a baseline measured in the same run, and saves everything as JSON (the path is
+printed at the end). The environment is set up before ``worker`` is imported, because ``celeryconfig`` reads
+the broker and queue names at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import PREFIX, ROOT, clean_redis, configure_env, say
+
+
+def _machine() -> dict[str, Any]:
+    import psutil
+
+    return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg_at_start": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small N everywhere (a smoke run, ~3 minutes)")
+    ap.add_argument("--only", choices=("send", "webhook", "scale"), action="append",
+                    help="run only this benchmark (repeatable)")
+    ap.add_argument("-n", type=int, default=None, help="emails per send row (default 2000, --quick 300)")
+    ap.add_argument("--memory-emails", type=int, default=None,
+                    help="emails in the memory run (default 10000, --quick 3000; the spec asks for 20000, which "
+                         "takes ~8 minutes on its own on a busy 2-core machine)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
+    ap.add_argument("--no-whatif", action="store_true",
+                    help="skip the rows that run the product with the proposed fixes patched in (benchmarks.whatif)")
+    ap.add_argument("--json", type=Path, default=None, help="where to save results (default var/bench-*.json)")
+    args = ap.parse_args(argv)
+    only = set(args.only or ("send", "webhook", "scale"))
+    n = args.n or (300 if args.quick else 2000)
+
+    configure_env()
+    from benchmarks.common import reset_database
+    from benchmarks.profiling import py_spy
+
+    profile = not args.no_profile
+    if profile and py_spy() is None:
+        say("py-spy not found: profiles skipped (.venv/bin/pip install py-spy to get them)")
+        profile = False
+
+    machine = _machine()
+    say(f"# mailworker benchmarks ({'quick' if args.quick else 'full'}) -- {machine['cpus']} CPUs, "
+        f"{machine['memory_gb']} GB, Python {machine['python']}, load {machine['load_avg_at_start']}")
+    say(f"names: {PREFIX}.* on Redis DB 11, MariaDB database mwbench")
+    reset_database()
+    results: dict[str, Any] = {"machine": machine, "quick": args.quick, "n": n}
+    started = time.monotonic()
+    try:
+        if "send" in only:
+            from benchmarks import send_bench
+
+            say(f"\n## 1. Send pipeline: {n} emails per row, API latency {send_bench.LATENCY * 1000:.0f} ms")
+            results["send"] = send_bench.run(n, profile=profile, whatif=not args.no_whatif)
+        if "webhook" in only:
+            from benchmarks import webhook_bench
+
+            say("\n## 2. Webhook ingest")
+            results["webhook"] = webhook_bench.run(quick=args.quick, profile=profile,
+                                                   whatif=not args.no_whatif)
+        if "scale" in only:
+            from benchmarks import scale_bench
+
+            say("\n## 3. Scale")
+            results["scale"] = scale_bench.run(quick=args.quick, memory_emails=args.memory_emails)
+    finally:
+        clean_redis()
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["load_avg_at_end"] = os.getloadavg()
+    out = args.json or ROOT / "var" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    say(f"\ndone in {results['seconds']:.0f} s (load average now {results['load_avg_at_end']}); results saved to "
+        f"{out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

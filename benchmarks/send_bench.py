@@ -1,0 +1,302 @@
+"""Benchmark 1, the send pipeline: ``enqueue_email`` -> Celery on Redis -> SMTP2Go API (fake) -> ``sent``.
+
+For each pool and concurrency the baseline (a bare Celery task making the same HTTP call, see
+``benchmarks.baseline_app``) and mailworker run back to back against the same fake, which answers after a set
+latency (20 ms). Each row: a fresh worker process, a warm-up, then N emails enqueued from this process as fast
+as one caller can while the worker consumes. Figures:
+
+- enqueue calls/s: ``enqueue_email`` (baseline: ``send_task``) in a loop, while the worker runs;
+- end-to-end emails/s: N / (last ``sent`` - first enqueue);
+- p50/p99 enqueue->sent: mailworker from ``queued_at``/``sent_at`` in the database; the baseline from the
+  publish time to the fake's arrival time plus the latency (its response time);
+- worker CPU per email: user+sys seconds of the worker process tree over the measured part / N;
+- peak worker RSS: the tree's RSS sampled every half second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+from benchmarks.common import (
+    BASELINE_QUEUE,
+    HTML_BODY,
+    SEND_QUEUE,
+    SUBJECT,
+    TEXT_BODY,
+    clean_redis,
+    percentile,
+    recipient,
+    say,
+    table,
+    truncate_tables,
+)
+from benchmarks.fakeproc import FakeProcess
+from benchmarks.procs import LOG_DIR, Sampler, Service, celery_worker, proc_cpu, tree_cpu
+from benchmarks.profiling import Recorder, summarize
+
+#: (pool, concurrency) rows: prefork at the core count, threads at 8/32/64 (sends are network-bound).
+CONFIGS: list[tuple[str, int]] = [("prefork", os.cpu_count() or 2), ("threads", 8), ("threads", 32),
+                                  ("threads", 64)]
+
+
+@dataclass
+class SendResult:
+    kind: str  # baseline | mailworker
+    pool: str
+    concurrency: int
+    n: int
+    enqueue_per_s: float
+    enqueue_cpu_ms: float
+    e2e_per_s: float
+    p50_ms: float
+    p99_ms: float
+    worker_cpu_ms: float
+    peak_rss_mb: float
+    fake_cpu_ms: float
+    server_cpu_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ceiling(self) -> float:
+        """The latency bound: every worker slot busy with nothing but the API call."""
+        return self.concurrency / LATENCY
+
+
+LATENCY = 0.020
+
+
+def _server_pids() -> dict[str, int]:
+    """MariaDB and Redis server processes, read-only: their CPU is part of each email's real cost.
+
+    Other people's test runs use the same servers, so these figures are upper bounds (noted in the docs).
+    """
+    found: dict[str, int] = {}
+    for proc in psutil.process_iter(["name", "pid"]):
+        name = proc.info["name"] or ""
+        if name in ("mariadbd", "mysqld"):
+            found["mariadb"] = proc.info["pid"]
+        elif name == "redis-server":
+            found["redis"] = proc.info["pid"]
+    return found
+
+
+def _sent_count() -> tuple[int, int]:
+    from sqlalchemy import text
+
+    from worker.db import get_engine
+
+    with get_engine().connect() as conn:
+        rows = dict(conn.execute(text("SELECT status, COUNT(*) FROM messages GROUP BY status")).all())
+    return int(rows.get("sent", 0)), int(rows.get("failed", 0))
+
+
+def _wait(done: Callable[[], int], total: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done() >= total:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"timed out waiting for {what}: {done()} of {total}")
+
+
+class _Run:
+    """What one measured phase needs to know on both sides (baseline and mailworker)."""
+
+    def __init__(self, worker: Service, fake: FakeProcess) -> None:
+        self.worker, self.fake = worker, fake
+        self.servers = _server_pids()
+        self.cpu0 = tree_cpu(worker.pid)
+        self.fake0 = fake.cpu()
+        self.server0 = {k: proc_cpu(p) for k, p in self.servers.items()}
+        self.sampler = Sampler(worker.pid, interval=0.5).start()
+
+    def finish(self, n: int) -> tuple[float, float, float, dict[str, float]]:
+        cpu = tree_cpu(self.worker.pid) - self.cpu0
+        fake_cpu = self.fake.cpu() - self.fake0
+        servers = {k: 1000 * (proc_cpu(p) - self.server0[k]) / n for k, p in self.servers.items()}
+        self.sampler.stop()
+        return 1000 * cpu / n, self.sampler.peak / 2**20, 1000 * fake_cpu / n, servers
+
+
+def _enqueue_product(n: int, offset: int) -> tuple[float, float, float]:
+    from worker import enqueue_email
+
+    t0, c0 = time.time(), os.times()
+    for i in range(offset, offset + n):
+        enqueue_email(recipient(i), SUBJECT, text_body=TEXT_BODY, html_body=HTML_BODY)
+    t1, c1 = time.time(), os.times()
+    return t0, n / (t1 - t0), 1000 * (c1.user + c1.system - c0.user - c0.system) / n
+
+
+def run_product(pool: str, concurrency: int, n: int, fake: FakeProcess, profile_to: Path | None = None,
+                tag: str = "", app: str = "worker", kind: str = "mailworker") -> SendResult:
+    from sqlalchemy import text
+
+    from worker.db import get_engine
+
+    truncate_tables()
+    clean_redis()
+    fake.reset()
+    worker = celery_worker(f"mw-{pool}{concurrency}{tag}", app, SEND_QUEUE, pool, concurrency)
+    try:
+        warm = max(20, 2 * concurrency)
+        _enqueue_product(warm, 10_000_000)
+        _wait(lambda: _sent_count()[0], warm, 120, "warm-up sends")
+        run = _Run(worker, fake)
+        recorder = None
+        if profile_to is not None:
+            recorder = Recorder(worker.pid, profile_to, subprocesses=pool == "prefork")
+        t0, enq_rate, enq_cpu = _enqueue_product(n, 0)
+        _wait(lambda: _sent_count()[0], warm + n, 60 + n / 5, "sends")
+        if recorder is not None:
+            recorder.stop()
+        worker_cpu, peak, fake_cpu, servers = run.finish(n)
+        with get_engine().connect() as conn:
+            rows = conn.execute(text("SELECT queued_at, sent_at FROM messages WHERE status = 'sent' "
+                                     "AND queued_at >= :t0"),
+                                {"t0": datetime.fromtimestamp(t0, UTC).replace(tzinfo=None)}).all()
+    finally:
+        worker.stop()
+    lat = [(s - q).total_seconds() for q, s in rows]
+    last = max(s for _, s in rows).replace(tzinfo=UTC).timestamp()
+    return SendResult(kind, pool, concurrency, n, enq_rate, enq_cpu, len(rows) / (last - t0),
+                      1000 * percentile(lat, 50), 1000 * percentile(lat, 99), worker_cpu, peak, fake_cpu,
+                      servers)
+
+
+def _enqueue_baseline(n: int, offset: int) -> tuple[float, float, float, dict[str, float]]:
+    from benchmarks.baseline_app import app
+
+    published: dict[str, float] = {}
+    t0, c0 = time.time(), os.times()
+    for i in range(offset, offset + n):
+        tid = str(uuid.uuid4())
+        published[tid] = time.time()
+        app.send_task("mwbench.baseline_send", args=[tid, recipient(i)], task_id=tid)
+    t1, c1 = time.time(), os.times()
+    return t0, n / (t1 - t0), 1000 * (c1.user + c1.system - c0.user - c0.system) / n, published
+
+
+def run_baseline(pool: str, concurrency: int, n: int, fake: FakeProcess) -> SendResult:
+    clean_redis()
+    fake.reset()
+    worker = celery_worker(f"base-{pool}{concurrency}", "benchmarks.baseline_app", BASELINE_QUEUE, pool,
+                           concurrency)
+    try:
+        warm = max(20, 2 * concurrency)
+        _enqueue_baseline(warm, 10_000_000)
+        _wait(fake.count, warm, 120, "warm-up sends")
+        start = fake.count()
+        run = _Run(worker, fake)
+        t0, enq_rate, enq_cpu, published = _enqueue_baseline(n, 0)
+        _wait(fake.count, start + n, 60 + n / 5, "sends")
+        worker_cpu, peak, fake_cpu, servers = run.finish(n)
+        arrivals = fake.times(start)
+    finally:
+        worker.stop()
+    done = [(tid, t + fake.latency) for tid, t in arrivals if tid in published]
+    lat = [t - published[tid] for tid, t in done if tid is not None]
+    last = max(t for _, t in done)
+    return SendResult("baseline", pool, concurrency, n, enq_rate, enq_cpu, len(done) / (last - t0),
+                      1000 * percentile(lat, 50), 1000 * percentile(lat, 99), worker_cpu, peak, fake_cpu,
+                      servers)
+
+
+def render(results: list[SendResult]) -> str:
+    """The report table: each mailworker row carries its ratios to the baseline row just above it."""
+    rows = []
+    base: SendResult | None = None
+    for r in results:
+        if r.kind == "baseline":
+            base = r
+        vs = r.e2e_per_s / base.e2e_per_s if base and r.kind != "baseline" else None
+        cpu_vs = r.worker_cpu_ms / base.worker_cpu_ms if base and r.kind != "baseline" else None
+        rows.append([
+            f"{r.pool} {r.concurrency}", r.kind, f"{r.enqueue_per_s:,.0f}", f"{r.e2e_per_s:,.0f}",
+            "" if vs is None else f"**{vs:.2f}x** {'ok' if vs >= 0.8 else 'MISS'}",
+            f"{100 * r.e2e_per_s / r.ceiling:.0f}%", f"{r.p50_ms:,.0f}", f"{r.p99_ms:,.0f}",
+            f"{r.worker_cpu_ms:.2f}", "" if cpu_vs is None else f"**{cpu_vs:.2f}x** "
+            f"{'ok' if cpu_vs <= 2 else 'MISS'}", f"{r.peak_rss_mb:,.0f}",
+        ])
+    return table(["pool", "kind", "enqueue/s", "e2e emails/s", "e2e vs base (>=0.8)", "of c/latency",
+                  "p50 ms", "p99 ms", "worker CPU ms/email", "CPU vs base (<=2)", "peak RSS MB"], rows)
+
+
+def render_costs(results: list[SendResult]) -> str:
+    """Where each email's CPU goes, per process, so the 2-core CPU bound can be read off directly."""
+    rows = []
+    for r in results:
+        db, rd = r.server_cpu_ms.get("mariadb"), r.server_cpu_ms.get("redis")
+        total = r.enqueue_cpu_ms + r.worker_cpu_ms + r.fake_cpu_ms + (db or 0) + (rd or 0)
+        rows.append([f"{r.pool} {r.concurrency}", r.kind, f"{r.enqueue_cpu_ms:.2f}", f"{r.worker_cpu_ms:.2f}",
+                     f"{r.fake_cpu_ms:.2f}", "-" if db is None else f"{db:.2f}", "-" if rd is None else
+                     f"{rd:.2f}", f"{total:.2f}", f"{2000 / total:,.0f}"])
+    return table(["pool", "kind", "enqueue (caller)", "worker", "fake API", "mariadb*", "redis*",
+                  "total ms/email", "2-core bound emails/s"], rows)
+
+
+def run(n: int, configs: list[tuple[str, int]] | None = None, profile: bool = True,
+        whatif: bool = True) -> dict[str, object]:
+    """All rows, baseline then mailworker per configuration; then one profiled mailworker run.
+
+    With ``whatif``, the threads-32 configuration gets a third row: mailworker with the proposed fixes
+    applied in memory (``benchmarks.whatif``), to put a number on what they would buy.
+    """
+    from benchmarks.common import set_api_url
+
+    fake = FakeProcess(LATENCY, api_key=_api_key())
+    set_api_url(fake.url)
+    results: list[SendResult] = []
+    try:
+        for pool, conc in configs or CONFIGS:
+            for runner in (run_baseline, run_product):
+                res = runner(pool, conc, n, fake)
+                results.append(res)
+                _line(res)
+            if whatif and (pool, conc) == ("threads", 32):
+                res = run_product(pool, conc, n, fake, tag="-whatif", app="benchmarks.whatif",
+                                  kind="mailworker+fixes")
+                results.append(res)
+                _line(res)
+        from benchmarks import census
+
+        counts = census.run()
+        profile_md = ""
+        if profile:
+            out = LOG_DIR / "send-threads32.pyspy.txt"
+            run_product("threads", 32, max(300, n // 2), fake, profile_to=out, tag="-profiled")
+            profile_md = summarize(out)
+    finally:
+        fake.stop()
+    say()
+    say(render(results))
+    say()
+    say(render_costs(results))
+    say()
+    say("Round trips per email (in-process, deterministic; CPU is one thread with no contention):")
+    say(counts["table"])
+    if profile_md:
+        say()
+        say("py-spy profile of the mailworker worker, threads 32:")
+        say(profile_md)
+    return {"results": [r.__dict__ | {"ceiling": r.ceiling} for r in results], "profile": profile_md,
+            "census": counts}
+
+
+def _line(r: SendResult) -> None:
+    say(f"  {r.kind:16} {r.pool:8} c={r.concurrency:<3} enqueue {r.enqueue_per_s:7.0f}/s  e2e "
+        f"{r.e2e_per_s:6.0f}/s  p50 {r.p50_ms:6.0f} ms  p99 {r.p99_ms:6.0f} ms  cpu "
+        f"{r.worker_cpu_ms:5.2f} ms/email  rss {r.peak_rss_mb:5.0f} MB")
+
+
+def _api_key() -> str:
+    from benchmarks.common import API_KEY
+
+    return API_KEY
