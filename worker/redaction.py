@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -28,13 +29,22 @@ _PATTERNS = [
 
 
 def known_secrets() -> set[str]:
-    """Secret values from the current settings (never empty strings, never very short ones)."""
+    """Secret values from the current settings (never empty strings, never very short ones).
+
+    Computed once per settings object: the filter runs on every log record, and parsing two URLs each time
+    showed up in the worker's profile.
+    """
     from worker.config import get_settings
 
     try:
         s = get_settings()
     except Exception:  # noqa: BLE001 - redaction must never break logging
         return set()
+    return set(_secrets_of(s))
+
+
+@lru_cache(maxsize=8)
+def _secrets_of(s: Any) -> frozenset[str]:
     values = {s.smtp2go_api_key, s.smtp_password, *s.smtp2go_webhook_secrets, *s.settings_encryption_keys}
     for url in (s.database_url, s.broker_url):
         try:
@@ -42,7 +52,7 @@ def known_secrets() -> set[str]:
         except Exception:  # noqa: BLE001
             password = None
         values.add(str(password) if password else None)
-    return {v for v in values if v and len(v) >= 4}
+    return frozenset(v for v in values if v and len(v) >= 4)
 
 
 def redact(text: str, secrets: set[str] | None = None) -> str:
