@@ -48,13 +48,13 @@ def counting() -> Iterator[tuple[Counter[str], Counter[str]]]:
         rds["(round trips)"] += 1
         return send(self, command, check_health)
 
-    pymysql.connections.Connection._execute_command = _execute  # type: ignore[method-assign]
+    pymysql.connections.Connection._execute_command = _execute
     packer.pack = _pack  # type: ignore[method-assign]
     redis.connection.AbstractConnection.send_packed_command = _send  # type: ignore[method-assign]
     try:
         yield sql, rds
     finally:
-        pymysql.connections.Connection._execute_command = execute  # type: ignore[method-assign]
+        pymysql.connections.Connection._execute_command = execute
         packer.pack = pack  # type: ignore[method-assign]
         redis.connection.AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
 

@@ -128,7 +128,8 @@ def clean_redis() -> None:
     try:
         keys = list(client.scan_iter(f"{PREFIX}*"))
         for binding in client.scan_iter("_kombu.binding.*"):
-            for member in client.smembers(binding):
+            members: set[bytes] = client.smembers(binding)  # type: ignore[assignment]
+            for member in members:
                 if PREFIX.encode() in member:
                     client.srem(binding, member)
         if keys:

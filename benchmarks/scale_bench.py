@@ -223,8 +223,8 @@ def _feed(total: int, batch: int = 500) -> Iterator[int]:
         n = min(batch, total - done)
         messages, recipients = new_message_rows(n, offset=done)
         with get_engine().begin() as conn:
-            conn.execute(insert(Message.__table__), messages)
-            conn.execute(insert(Recipient.__table__), recipients)
+            conn.execute(insert(Message), messages)
+            conn.execute(insert(Recipient), recipients)
         for m in messages:
             publish_send(m["id"])
         done += n

@@ -93,7 +93,8 @@ def _sent_count() -> tuple[int, int]:
     from worker.db import get_engine
 
     with get_engine().connect() as conn:
-        rows = dict(conn.execute(text("SELECT status, COUNT(*) FROM messages GROUP BY status")).all())
+        rows: dict[str, int] = {str(status): int(count) for status, count in conn.execute(
+            text("SELECT status, COUNT(*) FROM messages GROUP BY status")).all()}
     return int(rows.get("sent", 0)), int(rows.get("failed", 0))
 
 

@@ -41,7 +41,7 @@ FIXES = {f.strip() for f in
 if "events" in FIXES:
     app.conf.worker_send_task_events = False
     app.conf.task_send_sent_event = False
-    worker.tasks._flower_progress = lambda task: None  # type: ignore[assignment]
+    worker.tasks._flower_progress = lambda task: None
 
 if "preping" in FIXES:
     _create_engine = worker.db.create_engine
@@ -50,7 +50,7 @@ if "preping" in FIXES:
         kwargs["pool_pre_ping"] = False
         return _create_engine(url, **kwargs)
 
-    worker.db.create_engine = _no_preping  # type: ignore[assignment]
+    worker.db.create_engine = _no_preping
 
 if "module" in FIXES:
     _smtp2go_config = worker.delivery.smtp2go_config
@@ -64,7 +64,7 @@ if "module" in FIXES:
         _cache["config"] = (time.monotonic(), value)
         return value
 
-    worker.delivery.smtp2go_config = _cached_config  # type: ignore[assignment]
+    worker.delivery.smtp2go_config = _cached_config
 
 if "redaction" in FIXES:
     _known = worker.redaction.known_secrets
@@ -79,7 +79,7 @@ if "redaction" in FIXES:
             _secrets[key] = _known()
         return _secrets[key]
 
-    worker.redaction.known_secrets = _known_cached  # type: ignore[assignment]
+    worker.redaction.known_secrets = _known_cached
 
 
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
@@ -97,7 +97,8 @@ def fast_publish_event(event: dict[str, Any], *, broker_url: str | None = None) 
     queue = app.conf.task_routes[worker.publish.EVENT_TASK]["queue"]
     task_id = str(uuid.uuid4())
     summary = worker.publish._event_summary(event)
-    headers = {"lang": "py", "task": worker.publish.EVENT_TASK, "id": task_id, "shadow": None, "eta": None,
+    headers: dict[str, Any] = {
+               "lang": "py", "task": worker.publish.EVENT_TASK, "id": task_id, "shadow": None, "eta": None,
                "expires": None, "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
                "root_id": task_id, "parent_id": None, "argsrepr": summary, "kwargsrepr": "{}", "origin": _ORIGIN,
                "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {}}
@@ -111,7 +112,7 @@ def fast_publish_event(event: dict[str, Any], *, broker_url: str | None = None) 
 
 
 if "fastpublish" in FIXES:
-    worker.publish.publish_event = fast_publish_event  # type: ignore[assignment]
+    worker.publish.publish_event = fast_publish_event
 
 
 def __getattr__(name: str) -> Any:
