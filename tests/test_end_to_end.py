@@ -57,11 +57,13 @@ def test_json_bearer_delivered_open_click(base_env: pytest.MonkeyPatch, receiver
         status = _status(tid, "delivered")
         assert api.wait_for_webhooks(10)
 
-        def all_clicked() -> dict[str, Any] | None:
+        def all_applied() -> dict[str, Any] | None:  # event workers apply in parallel, in any order
             s = get_email_status(tid)
-            return s if s and all(r["click_count"] == 1 for r in s["recipients"]) else None
+            done = s and len(s["events"]) == 7 and all(
+                r["click_count"] == 1 and r["open_count"] == 1 and r["delivered_at"] for r in s["recipients"])
+            return s if done else None
 
-        status = wait_until(all_clicked, timeout=20)
+        status = wait_until(all_applied, timeout=20)
         assert status["smtp2go_message_id"] == api.sends[0]["email_id"]
         assert {r["status"] for r in status["recipients"]} == {"clicked"}
         assert all(r["open_count"] == 1 and r["delivered_at"] for r in status["recipients"])
