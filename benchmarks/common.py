@@ -127,11 +127,20 @@ def clean_redis() -> None:
     client = redis.Redis.from_url(BROKER_URL)
     try:
         keys = list(client.scan_iter(f"{PREFIX}*"))
-        for binding in client.scan_iter("_kombu.binding.*"):
-            members: set[bytes] = client.smembers(binding)  # type: ignore[assignment]
-            for member in members:
-                if PREFIX.encode() in member:
-                    client.srem(binding, member)
+        # kombu's exchange bindings: sets named after an exchange or queue (`_kombu.binding.<x>`, and
+        # `_kombu.binding_permanent.<x>` since kombu 5.5) plus a zset of binding deadlines.
+        for binding in client.scan_iter("_kombu.binding*"):
+            if PREFIX.encode() in binding:
+                keys.append(binding)
+            elif client.type(binding) == b"set":
+                members: set[bytes] = client.smembers(binding)  # type: ignore[assignment]
+                for member in members:
+                    if PREFIX.encode() in member:
+                        client.srem(binding, member)
+            elif client.type(binding) == b"zset":
+                for member in client.zrange(binding, 0, -1):  # type: ignore[union-attr]
+                    if PREFIX.encode() in member:
+                        client.zrem(binding, member)
         if keys:
             client.delete(*keys)
         # kombu keeps unacked deliveries in two DB-wide keys; drop only entries that name our queues.
