@@ -36,7 +36,7 @@ from worker.errors import (
     RetryableDeliveryError,
 )
 from worker.models import Message, MessageStatus, RecipientStatus, Suppression, Transport, utcnow
-from worker.modules import smtp2go_config
+from worker.modules import Smtp2GoConfig, smtp2go_config
 from worker.providers import OutgoingEmail, choose_transport
 from worker.providers import smtp as smtp_provider
 from worker.providers import smtp2go as smtp2go_provider
@@ -244,12 +244,11 @@ def _mark_inflight(session: Session, message: Message, transport: Transport) -> 
 
 
 def _attempt(session: Session, message: Message, email: OutgoingEmail, transport: Transport,
-             config: object, settings: Settings) -> Outcome:
+             config: Smtp2GoConfig, settings: Settings) -> Outcome:
     if transport == Transport.SMTP2GO:
         from worker import protection
-        from worker.modules import Smtp2GoConfig
 
-        assert isinstance(config, Smtp2GoConfig) and config.api_key
+        assert config.api_key  # choose_transport picks SMTP2Go only when it has a key
         gate = protection.before_api_send(settings)
         if gate.verdict == "open":
             if settings.smtp_configured:

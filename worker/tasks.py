@@ -23,6 +23,13 @@ _HOST = socket.gethostname()
 _DB_ERRORS = (OperationalError, DBAPIError)
 
 
+def _retry_later(task: Task, err: Exception, what: str) -> Exception:
+    """The database is unavailable: retry the task after 1, 2, 4 ... 32 s (then every 60 s); the row waits."""
+    delay = min(60, 2 ** min(task.request.retries, 5))
+    log.warning("database unavailable %s retry_in=%ss: %s", what, delay, type(err).__name__)
+    return task.retry(countdown=delay, exc=None)
+
+
 def _flower_progress(task: Task) -> Any:
     """Report each step as a custom state: a ``task-progress`` event Flower shows, plus the result backend's
     state when one is configured. Only the step name and counters -- never addresses, bodies or keys."""
@@ -49,10 +56,7 @@ def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
     try:
         outcome = deliver(str(tracking_id), owner=owner)
     except _DB_ERRORS as err:
-        delay = min(60, 2 ** min(self.request.retries, 5))
-        log.warning("database unavailable tracking_id=%s retry_in=%ss: %s", tracking_id, delay,
-                    type(err).__name__)
-        raise self.retry(countdown=delay, exc=None) from None
+        raise _retry_later(self, err, f"tracking_id={tracking_id}") from None
     finally:
         progress_hook.reset(token)
     if outcome.kind == "retry" and outcome.delay is not None:
@@ -73,9 +77,7 @@ def process_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
     try:
         result = apply_event(event)
     except _DB_ERRORS as err:
-        delay = min(60, 2 ** min(self.request.retries, 5))
-        log.warning("database unavailable for event retry_in=%ss: %s", delay, type(err).__name__)
-        raise self.retry(countdown=delay, exc=None) from None
+        raise _retry_later(self, err, "event") from None
     return result
 
 
