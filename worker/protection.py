@@ -93,10 +93,10 @@ def before_api_send(settings: Settings | None = None) -> Gate:
         return Gate("ok")
     now = time.time()
     try:
-        pause_until = client.get(_prefix() + "pause_until")
+        # One round trip for both keys: this runs before every API send.
+        pause_until, opened_until = client.mget(_prefix() + "pause_until", _prefix() + "open_until")
         if pause_until and float(pause_until) > now:
             return Gate("paused", float(pause_until) - now)
-        opened_until = client.get(_prefix() + "open_until")
         trial = False
         if opened_until:
             remaining = float(opened_until) - now
