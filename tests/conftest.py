@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import Message as MimeMessage
@@ -69,6 +70,55 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def gunicorn_server(env: dict[str, str], log_path: Path, *, graceful: bool = True) -> Iterator[str]:
+    """``gunicorn webhook_app.wsgi:app`` (two sync workers) on a free port, ready when /healthz answers 200.
+
+    Yields the base URL. ``graceful`` stops it with SIGTERM (logs are flushed, for tests that read them);
+    otherwise its whole process group is killed.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    import requests
+
+    project = Path(__file__).resolve().parent.parent
+    port = free_port()
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen([str(gunicorn), "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
+                                 "webhook_app.wsgi:app"], cwd=project, env={**env, "PYTHONPATH": str(project)},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:  # not listening yet, or a worker still booting
+                    pass
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.1)
+            yield base
+        finally:
+            if graceful:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            else:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(10)
 
 
 # --------------------------------------------------------------------------------------------- database

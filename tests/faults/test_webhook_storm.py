@@ -15,9 +15,6 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,8 +30,8 @@ import requests
 from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
-from tests.conftest import free_port
-from tests.faults.harness import PROJECT, WorkerProcess, report
+from tests.conftest import gunicorn_server
+from tests.faults.harness import WorkerProcess, report
 from worker.db import session_scope
 from worker.events import process_event
 from worker.models import (
@@ -221,34 +218,9 @@ def differences(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> l
 @pytest.fixture
 def receiver(db: str, tmp_path: Path) -> Iterator[str]:
     """The receiver as deployed: gunicorn, two sync workers, secret from the environment, publishing to Redis."""
-    port = free_port()
-    env = dict(os.environ)
-    env.update({"SMTP2GO_WEBHOOK_SECRET": SECRET, "PYTHONPATH": str(PROJECT), "LOG_LEVEL": "WARNING"})
-    log = (tmp_path / "gunicorn.log").open("wb")
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    proc = subprocess.Popen([str(gunicorn), "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
-                             "webhook_app.wsgi:app"], cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.1)
+    env = {**os.environ, "SMTP2GO_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
+    with gunicorn_server(env, tmp_path / "gunicorn.log", graceful=False) as base:
         yield f"{base}/api/webhooks/smtp2go/events"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
-        log.close()
 
 
 def post_all(url: str, bodies: list[bytes], threads: int) -> Counter[int]:

@@ -5,11 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,63 +12,29 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import FIXTURES_DIR
+from tests.conftest import FIXTURES_DIR, gunicorn_server
 
-PROJECT = Path(__file__).resolve().parents[2]
-GUNICORN = Path(sys.executable).with_name("gunicorn")
 FIXTURES = FIXTURES_DIR
 OLD_SECRET = "whsec-old-0a1b2c3d4e5f"
 NEW_SECRET = "whsec-new-9f8e7d6c5b4a"
 MAX_BODY = 64 * 1024
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def server(redis_url: str, tmp_path: Path, sqlite_db: str) -> Iterator[str]:
     """A gunicorn with two sync workers; the secrets come from the environment (rotation: two of them)."""
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP2GO_", "MAILWORKER_ALLOW"))}
     env.update({
         "SMTP2GO_WEBHOOK_SECRET": f"{OLD_SECRET},{NEW_SECRET}",
         "CELERY_BROKER_URL": redis_url,
         "DATABASE_URL": sqlite_db,
         "WEBHOOK_MAX_BODY_BYTES": str(MAX_BODY),
-        "PYTHONPATH": str(PROJECT),
     })
-    log = (tmp_path / "gunicorn.log").open("wb")
-    proc = subprocess.Popen(
-        [str(GUNICORN), "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5", "webhook_app.wsgi:app"],
-        cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            try:
-                if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or a worker still booting
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not start"
-            time.sleep(0.1)
+    with gunicorn_server(env, tmp_path / "gunicorn.log") as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
-        text = (tmp_path / "gunicorn.log").read_text()
-        for secret in (OLD_SECRET, NEW_SECRET):
-            assert secret not in text, "a webhook secret reached the log"
+    text = (tmp_path / "gunicorn.log").read_text()
+    for secret in (OLD_SECRET, NEW_SECRET):
+        assert secret not in text, "a webhook secret reached the log"
 
 
 def _basic(user: str, secret: str) -> str:
