@@ -54,6 +54,8 @@ class Gate:
     verdict: str
     wait: float = 0.0
     trial: bool = False
+    #: Failures were counted recently; a success must clear them (otherwise it costs no Redis round trip).
+    failures: bool = True
 
 
 def _prefix() -> str:
@@ -93,8 +95,12 @@ def before_api_send(settings: Settings | None = None) -> Gate:
         return Gate("ok")
     now = time.time()
     try:
-        # One round trip for both keys: this runs before every API send.
-        pause_until, opened_until = client.mget(_prefix() + "pause_until", _prefix() + "open_until")
+        # One round trip for the three keys: this runs before every API send. `failures` only tells
+        # record_success whether there is anything to clear (a count racing in after this read is left to
+        # expire with its window).
+        pause_until, opened_until, failures = client.mget(
+            _prefix() + "pause_until", _prefix() + "open_until", _prefix() + "failures")
+        seen = failures is not None
         if pause_until and float(pause_until) > now:
             return Gate("paused", float(pause_until) - now)
         trial = False
@@ -109,8 +115,8 @@ def before_api_send(settings: Settings | None = None) -> Gate:
         if settings.smtp2go_rate_limit > 0:
             wait = _take_token(client, settings, now)
             if wait > 0:
-                return Gate("paused", wait, trial=trial)
-        return Gate("ok", trial=trial)
+                return Gate("paused", wait, trial=trial, failures=seen)
+        return Gate("ok", trial=trial, failures=seen)
     except Exception as err:  # noqa: BLE001 - any Redis trouble: fail open
         _fail_open(err)
         return Gate("ok")
@@ -136,6 +142,8 @@ def record_success(settings: Settings | None = None, gate: Gate | None = None) -
     client = _redis(settings)
     if client is None:
         return
+    if gate is not None and not gate.failures and not gate.trial:
+        return  # nothing to clear: the common case costs no round trip
     try:
         pipe = client.pipeline()
         pipe.delete(_prefix() + "failures")
@@ -173,7 +181,9 @@ def record_failure(settings: Settings | None = None, gate: Gate | None = None) -
 def _open(client: Any, settings: Settings, now: float, why: str) -> None:
     cooldown = settings.smtp2go_breaker_cooldown
     pipe = client.pipeline()
-    pipe.set(_prefix() + "open_until", f"{now + cooldown:.3f}", ex=int(cooldown * 10) + 60)
+    # Stored at full float precision: rounding to milliseconds could round *up* and report a wait longer
+    # than the cool-down (CI caught 1.00006 s for a 1 s cool-down).
+    pipe.set(_prefix() + "open_until", repr(now + cooldown), ex=int(cooldown * 10) + 60)
     pipe.delete(_prefix() + "failures", _prefix() + "trial")
     pipe.execute()
     log.warning("circuit breaker opened for %.0fs (%s): sends go to the SMTP relay", cooldown, why)
@@ -188,7 +198,7 @@ def pause_for_rate_limit(seconds: float, settings: Settings | None = None) -> No
     until = time.time() + max(0.5, seconds)
     try:
         # One atomic script: the longest pause wins however concurrent 429s interleave across processes.
-        client.eval(_PAUSE_SCRIPT, 1, _prefix() + "pause_until", f"{until:.3f}", int(seconds) + 5)
+        client.eval(_PAUSE_SCRIPT, 1, _prefix() + "pause_until", repr(until), int(seconds) + 5)
         log.info("SMTP2Go rate limit: all workers pause %.1fs", seconds)
     except Exception as err:  # noqa: BLE001
         _fail_open(err)
