@@ -93,6 +93,7 @@ class Settings:
     smtp2go_breaker_cooldown: float
     send_lease_seconds: int
     max_task_crashes: int
+    module_cache_seconds: float
     webhook_max_body_bytes: int
     sweep_interval: float
     retention_days: int
@@ -164,6 +165,7 @@ def load_settings() -> Settings:
         smtp2go_breaker_cooldown=_float("SMTP2GO_BREAKER_COOLDOWN", 30.0),
         send_lease_seconds=_int("SEND_LEASE_SECONDS", 180),
         max_task_crashes=_int("SEND_MAX_CRASHES", 3),
+        module_cache_seconds=_float("MODULE_CACHE_SECONDS", 5.0),
         webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),
         sweep_interval=_float("SWEEP_INTERVAL", 15.0),
         retention_days=_int("RETENTION_DAYS", 90),

@@ -46,8 +46,15 @@ def build_engine(url: str) -> Engine:
         query = dict(parsed.query)
         query.setdefault("charset", "utf8mb4")
         parsed = parsed.set(query=query)
+        # No pre-ping and no pool reset: the send path checks out one connection per delivery and always ends
+        # its transaction (SQLAlchemy's Connection rolls back whatever is left open when it is closed), so a
+        # ping and a ROLLBACK per checkout were two of the 19 round trips the benchmark counted per email
+        # (docs/benchmarks.md). A connection that died meanwhile (server restart) fails its first statement
+        # with a disconnect error: SQLAlchemy invalidates the pool and the task retries (worker.tasks).
+        # pool_recycle stays well under MariaDB's wait_timeout (8 h) so idle connections are renewed first.
         kwargs.update(
-            pool_pre_ping=True,
+            pool_pre_ping=False,
+            pool_reset_on_return=None,
             pool_recycle=1800,
             pool_size=10,
             max_overflow=20,

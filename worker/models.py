@@ -235,14 +235,6 @@ class Recipient(Base):
         {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
     )
 
-    @property
-    def formatted(self) -> str:
-        if self.display_name:
-            from email.utils import formataddr
-
-            return formataddr((self.display_name, self.address))
-        return self.address
-
 
 class Attachment(Base):
     __tablename__ = "attachments"

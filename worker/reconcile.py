@@ -29,10 +29,10 @@ from sqlalchemy.orm import selectinload
 
 from worker.config import Settings, get_settings
 from worker.db import session_scope
-from worker.delivery import record_sent
 from worker.models import Message, MessageStatus, TrackingEvent, Transport, utcnow
 from worker.modules import Smtp2GoConfig, smtp2go_config
 from worker.providers import TRACKING_HEADER
+from worker.send_store import record_sent
 
 log = logging.getLogger(__name__)
 FILL_EVENTS = {"delivered", "bounce", "hard_bounce", "soft_bounce", "spam", "spam_complaint", "reject", "rejected"}
@@ -142,8 +142,10 @@ def _settle_ambiguous(session: Any, message: Message, config: Smtp2GoConfig, set
                 raise RateLimited("request budget for this run used")
             email_id = _find_in_activity(message, config, settings, now, report)
         if email_id:
-            message.last_error = "reconciled: SMTP2Go had accepted the ambiguous send"
-            record_sent(session, message, Transport.SMTP2GO, email_id)
+            session.flush()
+            record_sent(session.connection(), message.id, Transport.SMTP2GO, email_id,
+                        last_error="reconciled: SMTP2Go had accepted the ambiguous send")
+            session.expire(message)
             report.resolved_sent += 1
             log.info("reconciled tracking_id=%s as sent email_id=%s", message.id, email_id)
             return

@@ -26,6 +26,11 @@ _RESERVED_HEADERS = {"to", "cc", "bcc", "from", "subject", "x-mailworker-id", "c
                      "content-transfer-encoding", "mime-version"}
 
 
+def format_address(address: str, name: str | None) -> str:
+    """``Name <address>`` (RFC 5322 quoting) when there is a display name, else the bare address."""
+    return formataddr((name, address)) if name else address
+
+
 @dataclass(frozen=True)
 class Address:
     address: str
@@ -33,7 +38,7 @@ class Address:
 
     @property
     def formatted(self) -> str:
-        return formataddr((self.name, self.address)) if self.name else self.address
+        return format_address(self.address, self.name)
 
 
 def check_header_value(field: str, value: str) -> None:

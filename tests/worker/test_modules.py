@@ -108,3 +108,24 @@ def test_cli_send_and_status(db: str, redis_client: Any) -> None:
     assert bad.exit_code == 1 and "to:" in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(main, ["status", "no-such-id"])
     assert missing.exit_code == 1 and "no email" in missing.output
+
+
+def test_module_row_is_cached_for_module_cache_seconds(db: str, fake_api: Any, smtp_sink: Any,
+                                                       base_env: pytest.MonkeyPatch) -> None:
+    """A worker re-reads the module row at most every MODULE_CACHE_SECONDS (0 = every send)."""
+    from worker import enqueue_email
+    from worker.delivery import deliver
+    from worker.modules import set_module_enabled
+
+    base_env.setenv("MODULE_CACHE_SECONDS", "60")
+    reset_settings()
+    first = enqueue_email("a@example.com", "cached", text_body="x")
+    assert deliver(first, owner="t").transport == Transport.SMTP2GO  # reads: no row, the env key enables it
+    with session_scope() as session:
+        set_module_enabled(session, "smtp2go", False)
+    second = enqueue_email("b@example.com", "cached", text_body="x")
+    assert deliver(second, owner="t").transport == Transport.SMTP2GO  # within 60 s: the cached config
+    base_env.setenv("MODULE_CACHE_SECONDS", "0")
+    reset_settings()
+    third = enqueue_email("c@example.com", "fresh", text_body="x")
+    assert deliver(third, owner="t").transport == Transport.SMTP  # read again: disabled, the relay sends

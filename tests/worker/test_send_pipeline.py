@@ -248,4 +248,37 @@ def test_takeover_of_inflight_send_is_ambiguous(fake_api: Any, db: str) -> None:
             inflight_transport=Transport.SMTP2GO, lease_expires_at=utcnow() - timedelta(seconds=1)))
     assert deliver(tid, owner="alive").kind == "ambiguous"
     assert fake_api.count_for(tid) == 0
-    assert get_email_status(tid)["ambiguous"] is True
+    assert (get_email_status(tid) or {})["ambiguous"] is True
+
+
+def test_database_lost_before_the_send_leaves_no_lease_and_no_crash(fake_api: Any, db: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim is committed only with the in-flight mark: a connection killed in between (a MariaDB restart,
+    a network cut) rolls the claim back, so the retry finds the message due -- not leased, not a 'crash'."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from worker import send_store
+    from worker.db import get_engine
+    from worker.delivery import deliver
+
+    tid = enqueue_email("cut@example.com", "db cut", text_body="x")
+    load_job = send_store.load_job
+
+    def killed_first(conn: Any, tracking_id: str) -> Any:
+        own_id = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+        with get_engine().connect() as other:  # the server drops our connection, as a restart would
+            other.execute(text(f"KILL CONNECTION {int(own_id)}"))
+        return load_job(conn, tracking_id)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(send_store, "load_job", killed_first)
+        with pytest.raises(OperationalError):
+            deliver(tid, owner="host:cut")
+    status = get_email_status(tid)
+    assert status is not None and status["status"] == "queued" and status["attempts"] == 0
+    assert fake_api.count_for(tid) == 0
+    assert deliver(tid, owner="host:retry").kind == "sent"  # no lease to wait out, no take-over counted
+    assert fake_api.count_for(tid) == 1
+    with get_engine().connect() as conn:
+        assert conn.execute(text("SELECT crashes FROM messages WHERE id = :id"), {"id": tid}).scalar() == 0

@@ -7,12 +7,15 @@ raises an error from :mod:`worker.errors`. :func:`choose_transport` is the one p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker.config import Settings
 from worker.errors import ConfigurationError
 from worker.models import Message, RecipientStatus, Transport
 from worker.modules import Smtp2GoConfig
+
+if TYPE_CHECKING:
+    from worker.send_store import SendJob
 
 TRACKING_HEADER = "X-Mailworker-Id"
 
@@ -48,7 +51,7 @@ class OutgoingEmail:
         return [*self.to, *self.cc, *self.bcc]
 
     @classmethod
-    def from_message(cls, message: Message) -> OutgoingEmail:
+    def from_message(cls, message: SendJob) -> OutgoingEmail:
         live = [r for r in message.recipients if r.status == RecipientStatus.QUEUED]
 
         def of(kind: str) -> list[str]:
@@ -74,7 +77,7 @@ class OutgoingEmail:
         )
 
 
-def choose_transport(message: Message, smtp2go: Smtp2GoConfig, settings: Settings) -> Transport:
+def choose_transport(message: Message | SendJob, smtp2go: Smtp2GoConfig, settings: Settings) -> Transport:
     """The transport for this attempt.
 
     SMTP2Go when its module is enabled and has an API key, unless this message already gave up on the API

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import os
 import threading
 import time
+from functools import lru_cache
 from typing import Any
 
 import requests
@@ -30,15 +32,29 @@ _local = threading.local()
 
 
 def _session() -> requests.Session:
-    """One keep-alive session per thread (requests sessions are not thread-safe to share)."""
+    """One keep-alive session per thread (requests sessions are not thread-safe to share).
+
+    ``trust_env`` is off: with it on, requests re-reads every proxy variable (and ~/.netrc) on each request,
+    about 5% of a worker's CPU in the benchmark profile. The environment is read once instead, per API URL
+    (:func:`_environment`), with the same meaning: ``HTTPS_PROXY``/``NO_PROXY`` and ``REQUESTS_CA_BUNDLE``.
+    """
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
+        session.trust_env = False
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         _local.session = session
     return session
+
+
+@lru_cache(maxsize=16)
+def _environment(url: str) -> tuple[dict[str, str], str | None]:
+    """Proxies for ``url`` (honouring ``NO_PROXY``) and the CA bundle from the environment, read once."""
+    proxies = requests.utils.get_environ_proxies(url)
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    return dict(proxies), ca_bundle
 
 
 def build_payload(email_msg: OutgoingEmail, *, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -153,13 +169,16 @@ def send(
 ) -> str:
     """Send one message through ``POST {api_url}/email/send``; returns SMTP2Go's ``email_id``."""
     payload = build_payload(email, options=options)
+    url = f"{api_url.rstrip('/')}/email/send"
+    proxies, ca_bundle = _environment(url)
     try:
         response = _session().post(
-            f"{api_url.rstrip('/')}/email/send",
+            url,
             json=payload,
             headers={"X-Smtp2go-Api-Key": api_key, "Accept": "application/json"},
             timeout=(connect_timeout, timeout),
-            verify=verify,
+            verify=ca_bundle if verify is True and ca_bundle else verify,
+            proxies=proxies,
         )
     except requests.exceptions.ConnectTimeout as err:
         raise RetryableDeliveryError("connect timeout", provider=PROVIDER) from err

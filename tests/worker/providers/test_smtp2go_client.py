@@ -125,3 +125,55 @@ def test_read_timeout_is_ambiguous() -> None:
         with pytest.raises(AmbiguousDeliveryError) as excinfo:
             smtp2go.send(email=email(), api_key="k", api_url=api.url, timeout=0.5)
         assert isinstance(excinfo.value.__cause__, requests.exceptions.ReadTimeout)
+
+
+class _Proxy:
+    """A forward HTTP proxy on loopback that answers every request itself with SMTP2Go's success body."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        seen: list[str] = []
+        body = json.dumps(fixture("send_success.json")).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                seen.append(self.path)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.seen = seen
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_proxy_and_no_proxy_from_the_environment_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """trust_env is off for speed; the environment is read once per URL with the same meaning."""
+    proxy = _Proxy()
+    api = "http://api.example.invalid/v3"
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        smtp2go._environment.cache_clear()
+        email_id = smtp2go.send(email=email(), api_key="api-test", api_url=api, timeout=5, connect_timeout=2)
+        assert email_id == fixture("send_success.json")["data"]["email_id"]
+        assert proxy.seen == [f"{api}/email/send"]  # the absolute URI a forward proxy receives
+
+        monkeypatch.setenv("NO_PROXY", "api.example.invalid")
+        smtp2go._environment.cache_clear()
+        with pytest.raises(RetryableDeliveryError):  # straight to a host that does not resolve
+            smtp2go.send(email=email(), api_key="api-test", api_url=api, timeout=5, connect_timeout=2)
+        assert len(proxy.seen) == 1
+    finally:
+        proxy.server.shutdown()
+        smtp2go._environment.cache_clear()
