@@ -55,9 +55,12 @@ task_routes = {
     "mailworker.purge": {"queue": maintenance_queue, "routing_key": maintenance_queue},
 }
 
-# Flower: task events on, and arguments shown as given (they are ids, never secrets or bodies).
-worker_send_task_events = True
-task_send_sent_event = True
+# Task events (what Flower shows) cost 3-4 Redis messages per email, so workers start with them off and Flower
+# switches them on remotely while it runs (its --enable_events, on by default; `celery -A worker control
+# enable_events` does the same). MAILWORKER_TASK_EVENTS=1 starts workers with them on. Task arguments shown
+# are ids, never secrets or bodies. No `task-sent` events: publishing stays one LPUSH.
+worker_send_task_events = os.environ.get("MAILWORKER_TASK_EVENTS", "0").strip().lower() in {"1", "true", "yes", "on"}
+task_send_sent_event = False
 task_track_started = True
 
 beat_schedule = {

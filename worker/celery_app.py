@@ -4,11 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 app = Celery("mailworker", include=["worker.tasks"])
 app.config_from_object("celeryconfig")
+
+#: The running worker's consumer (set by :class:`_KeepConsumer`), whose event dispatcher knows whether task
+#: events are on right now: off by default, switched on remotely by Flower while it runs.
+_consumer: list[Any] = []
+
+
+class _KeepConsumer(bootsteps.StartStopStep):
+    requires = ("celery.worker.consumer.events:Events",)
+
+    def start(self, c: Any) -> None:
+        _consumer[:] = [c]
+
+
+app.steps["consumer"].add(_KeepConsumer)
+
+
+def task_event_dispatcher() -> Any | None:
+    """The worker's event dispatcher when task events are enabled, else None (no one is watching)."""
+    dispatcher = _consumer[0].event_dispatcher if _consumer else None
+    if dispatcher is None or not dispatcher.enabled:
+        return None
+    if dispatcher.groups and "task" not in dispatcher.groups:
+        return None
+    return dispatcher
 
 
 @worker_process_init.connect

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Task
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from worker.celery_app import app
+from worker.celery_app import app, task_event_dispatcher
 from worker.config import get_settings
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,20 @@ def _retry_later(task: Task, err: Exception, what: str) -> Exception:
 
 
 def _flower_progress(task: Task) -> Any:
-    """Report each step as a custom state: a ``task-progress`` event Flower shows, plus the result backend's
-    state when one is configured. Only the step name and counters -- never addresses, bodies or keys."""
+    """Report each step as a ``task-progress`` event for Flower, plus the result backend's state when one is
+    configured. Only the step name and counters -- never addresses, bodies or keys. Returns None (no hook, no
+    cost) while task events are off, i.e. while no Flower is watching this worker."""
+    dispatcher = task_event_dispatcher()
+    backend = bool(app.conf.result_backend) and not task.request.called_directly
+    if dispatcher is None and not backend:
+        return None
 
     def report(step: str, info: dict[str, object]) -> None:
         state = step.upper()
         try:
-            task.send_event("task-progress", state=state, **info)
-            if app.conf.result_backend and not task.request.called_directly:
+            if dispatcher is not None:
+                dispatcher.send("task-progress", uuid=task.request.id, state=state, **info)
+            if backend:
                 task.update_state(state=state, meta=info)
         except Exception as err:  # noqa: BLE001 - monitoring must never break a send
             log.debug("progress event not sent: %s", type(err).__name__)
