@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -68,6 +68,7 @@ from worker.models import (
     TrackingEvent,
     utcnow,
 )
+from worker.send_store import pending_event_ids
 from worker.suppressions import suppress_for_event
 
 log = logging.getLogger(__name__)
@@ -211,18 +212,23 @@ def _claim_and_apply(session: Session, message: Message, event_ids: Sequence[int
 
 
 def _locked_message(session: Session, ev: NormalizedEvent) -> Message | None:
-    """The event's message, row-locked so concurrent event workers apply one at a time; None if unknown."""
-    message_id = None
+    """The event's message, row-locked so concurrent event workers apply one at a time; None if unknown.
+
+    A locking read straight through the unique ``smtp2go_message_id`` index (one statement, not a look-up then
+    a lock): it also waits for a send that is recording this very id right now, instead of missing it.
+    """
+    keys = []
     if ev.email_id:
-        message_id = session.scalar(select(Message.id).where(Message.smtp2go_message_id == ev.email_id))
-    if message_id is None and ev.tracking_ref:
-        message_id = session.scalar(select(Message.id).where(Message.id == ev.tracking_ref))
-    if message_id is None:
-        return None
-    return session.scalars(
-        select(Message).where(Message.id == message_id).with_for_update()
-        .options(selectinload(Message.recipients))
-    ).one_or_none()
+        keys.append(Message.smtp2go_message_id == ev.email_id)
+    if ev.tracking_ref:
+        keys.append(Message.id == ev.tracking_ref)
+    for key in keys:
+        message = session.scalars(
+            select(Message).where(key).with_for_update().options(selectinload(Message.recipients))
+        ).one_or_none()
+        if message is not None:
+            return message
+    return None
 
 
 def _event_exists(session: Session, key: str) -> bool:
@@ -244,6 +250,9 @@ def process_event(event: dict[str, Any]) -> dict[str, Any]:
             if _event_exists(session, ev.provider_event_id):
                 return duplicate
             message = _locked_message(session, ev)
+            # Decided before the INSERT so applied_at goes in with it (one UPDATE fewer per event).
+            applies_now = message is not None and message.status not in PENDING_STATUSES
+            now = utcnow()
             row = TrackingEvent(
                 provider_event_id=ev.provider_event_id,
                 message_id=message.id if message else None,
@@ -253,7 +262,8 @@ def process_event(event: dict[str, Any]) -> dict[str, Any]:
                 raw_event=ev.raw_event,
                 recipient=ev.recipient,
                 occurred_at=ev.occurred_at,
-                received_at=utcnow(),
+                received_at=now,
+                applied_at=now if applies_now else None,
                 bounce_type=ev.bounce_type,
                 url=(ev.url or "")[:_MAX_TEXT] or None,
                 user_agent=(ev.user_agent or "")[:_MAX_TEXT] or None,
@@ -265,10 +275,9 @@ def process_event(event: dict[str, Any]) -> dict[str, Any]:
             suppression = _suppression_effects(session, ev, message.id if message else None)
             if message is None:
                 status = "orphan"
-            elif message.status in PENDING_STATUSES:
+            elif not applies_now:
                 status = "deferred"
             else:
-                row.applied_at = utcnow()
                 _apply(message, row)
                 roll_up(message)
                 status = "applied"
@@ -288,21 +297,18 @@ def process_event(event: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def link_pending_events(session: Session, message: Message) -> int:
+def link_pending_events(session: Session, message: Message, event_ids: Sequence[int] | None = None) -> int:
     """Apply stored events that arrived before ``message`` had its provider id; returns how many.
 
-    Called by the send path inside its transaction right after it set ``smtp2go_message_id`` and flushed
-    (which also holds the message row lock). Uses the given session and does not commit.
+    Called by the send path inside its transaction right after it recorded the provider id (which also holds
+    the message row lock), with the ids it found; without ``event_ids`` they are looked up here. Uses the
+    given session and does not commit.
     """
     if not message.id:
         return 0
-    conds = [TrackingEvent.message_id == message.id, TrackingEvent.tracking_ref == message.id]
-    if message.smtp2go_message_id:
-        conds.append(TrackingEvent.smtp2go_message_id == message.smtp2go_message_id)
-    ids = session.scalars(
-        select(TrackingEvent.id).where(TrackingEvent.applied_at.is_(None), or_(*conds))
-    ).all()
-    count = _claim_and_apply(session, message, ids)
+    if event_ids is None:
+        event_ids = pending_event_ids(session.connection(), message.id, message.smtp2go_message_id)
+    count = _claim_and_apply(session, message, event_ids)
     if count:
         log.info("linked %d pending event(s) tracking_id=%s", count, message.id)
     return count

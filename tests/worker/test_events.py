@@ -441,15 +441,15 @@ def test_event_for_message_still_sending_is_deferred_until_sent(db: str) -> None
 
 def test_record_sent_applies_events_that_beat_it(db: str) -> None:
     """The real send path: events that arrived while the message was being sent are applied by record_sent."""
-    from worker.delivery import record_sent
+    from worker.send_store import record_sent
 
     tid = make_message("alice@example.com", "bob@example.net", smtp2go_id=None, status=MessageStatus.SENDING)
     assert process_event(variant(fixture("webhook_open.json"), **{"X-Mailworker-Id": tid}))["status"] == "deferred"
     assert process_event(fixture("webhook_delivered.json"))["status"] == "orphan"  # no header, id unknown yet
     assert process_event(fixture("webhook_bounce_hard.json"))["status"] == "orphan"
     with session_scope() as session:
-        message = session.scalars(select(Message).where(Message.id == tid).with_for_update()).one()
-        record_sent(session, message, Transport.SMTP2GO, EMAIL_ID)
+        session.scalars(select(Message).where(Message.id == tid).with_for_update()).one()
+        assert record_sent(session.connection(), tid, Transport.SMTP2GO, EMAIL_ID) == 3
     status = status_of(tid)
     alice, bob = rcpt(status, "alice@example.com"), rcpt(status, "bob@example.net")
     assert (status["status"], alice["status"], alice["open_count"], bob["status"]) == (
