@@ -175,6 +175,7 @@ def base_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     monkeypatch.setenv("SMTP_TIMEOUT", "5")
     monkeypatch.setenv("SMTP2GO_TIMEOUT", "2")
     monkeypatch.setenv("SMTP2GO_CONNECT_TIMEOUT", "1")
+    monkeypatch.setenv("MODULE_CACHE_SECONDS", "0")  # tests flip modules and send at once
     monkeypatch.setenv("SMTP2GO_BREAKER_THRESHOLD", "50")  # breaker tests lower it themselves
     reset_settings()
     clean_redis_keys()
@@ -299,3 +300,43 @@ def smtp_sink(base_env: pytest.MonkeyPatch) -> Iterator[SmtpSink]:
     reset_settings()
     yield sink
     controller.stop()
+
+
+# --------------------------------------------------------------------------------------- broken brokers
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port nobody listens on (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def hung_port() -> Iterator[int]:
+    """A TCP listener that accepts connections and never answers (a wedged Redis)."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stop.set()
+    thread.join(2)
+    for conn in held:
+        conn.close()
+    server.close()

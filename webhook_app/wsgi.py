@@ -1,20 +1,13 @@
 """WSGI entry point: ``gunicorn webhook_app.wsgi:app`` (the Procfile's ``web`` process).
 
-Gunicorn configures only its own loggers; without a handler our one-line-per-request log would vanish, so
-give the root logger a plain stderr handler unless something already configured logging.
+Logging is set up first (a stderr handler unless one exists, and the secret-redacting filter on every root
+handler): see :func:`webhook_app.configure_logging`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+from webhook_app import configure_logging, create_app
 
-from webhook_app import create_app
-
-if not logging.getLogger().handlers:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+configure_logging()
 
 app = create_app()

@@ -286,3 +286,38 @@ def test_secrets_never_appear_in_logs_or_answers(client: FlaskClient, creds: Sim
         assert basic_token not in text
         assert "Authorization" not in text
     assert caplog.text.count("smtp2go webhook status=") == 5
+
+
+def test_accepted_webhooks_log_at_debug_and_rejects_at_warning(client: FlaskClient, creds: SimpleNamespace,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="webhook_app"):
+        post(client, creds.bearer(SECRET))
+        post(client, creds.bearer(SECRET + "-wrong"))
+        post(client, creds.bearer(SECRET), body=b"{")
+        client.post(EVENTS_PATH, data=b"nope", headers={"Content-Type": "text/plain", **creds.bearer(SECRET)})
+    lines = [(r.levelno, r.getMessage().split()[2]) for r in caplog.records
+             if r.getMessage().startswith("smtp2go webhook status=")]
+    assert lines == [(logging.DEBUG, "status=200"), (logging.WARNING, "status=401"),
+                     (logging.WARNING, "status=400"), (logging.WARNING, "status=415")]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="webhook_app"):
+        assert post(client, creds.bearer(SECRET)).status_code == 200
+    assert caplog.records == []  # the default level: nothing per accepted webhook
+
+
+def test_the_deployed_logging_redacts_webhook_secrets(base_env: pytest.MonkeyPatch) -> None:
+    """``webhook_app.wsgi`` calls ``configure_logging``: every root handler gets the redaction filter."""
+    import io
+
+    from webhook_app import configure_logging
+    from worker.config import reset_settings
+
+    base_env.setenv("SMTP2GO_WEBHOOK_SECRET", f"{OLD_SECRET},{NEW_SECRET}")
+    reset_settings()
+    out = io.StringIO()
+    base_env.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(out)])
+    configure_logging()
+    logging.getLogger("webhook_app.test").warning("rejected Authorization: Bearer %s and %s", NEW_SECRET, OLD_SECRET)
+    assert OLD_SECRET not in out.getvalue() and NEW_SECRET not in out.getvalue()
+    assert "[REDACTED]" in out.getvalue()

@@ -184,12 +184,29 @@ def test_too_many_events_in_one_batch(make_app: Callable[..., Flask], recorder: 
 @pytest.mark.parametrize("body", [
     b"{", b"", b"{\"event\": }", b"\xff\xfe{}", b"{\"a\": NaN}", b"[Infinity]", b"{\"event\": \"\\ud800\"}",
     b"42", b"\"delivered\"", b"null", b"true", b"[" * 100000 + b"]" * 100000, b"1" * 5000,
+    # lone surrogates in any case, in a key, after a valid pair, deep in a batch
+    b"{\"event\": \"\\uDC00\"}", b"{\"\\udbff\": 1, \"event\": \"open\"}",
+    b"{\"event\": \"\\ud83d\\ude00\\ud83d\"}", b"[{\"event\": \"open\"}, {\"event\": [\"\\uDfFf\"]}]",
+    b"\xef\xbb\xbf\xef\xbb\xbf{}",  # a second BOM after the one utf-8-sig strips
 ])
 def test_malformed_json_is_400(client: FlaskClient, recorder: Any, body: bytes) -> None:
     response = post_raw(client, body, "application/json")
     assert response.status_code == 400
     assert response.get_json() == {"error": "malformed body"}
     assert recorder.events == []
+
+
+@pytest.mark.parametrize(("escaped", "text"), [
+    ("\\ud83d\\ude00", "\U0001F600"),  # a valid surrogate pair is one character
+    ("\\uD83D\\uDE00", "\U0001F600"),
+    ("\\\\ud800", "\\ud800"),  # an escaped backslash, then plain text
+    ("\\u00e9\\u2603", "\u00e9\u2603"),
+])
+def test_json_escapes_that_are_valid_text_are_kept(client: FlaskClient, recorder: Any, escaped: str,
+                                                   text: str) -> None:
+    body = b'{"event": "open", "tag": "' + escaped.encode() + b'"}'
+    assert post_raw(client, body, "application/json").status_code == 200
+    assert recorder.events == [{"event": "open", "tag": text}]
 
 
 @pytest.mark.parametrize("body", [b"event", b"event=delivered&rcpt", b"event=%FF", b"%C3=x", b"=x", b"\xff=1"])
@@ -233,6 +250,23 @@ def test_oversize_chunked_body_is_413_and_read_no_further(make_app: Callable[...
     assert response.status_code == 413
     assert stream.read_total <= 10_001
     assert recorder.events == []
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_body_at_the_cap_is_read_whole_and_one_more_byte_is_413(make_app: Callable[..., Flask],
+                                                                recorder: Any, chunked: bool) -> None:
+    body = json.dumps([EVENT] * 20).encode()
+    # With a Content-Length the body may be exactly the cap. A chunked body only shows its end with one more
+    # read, which werkzeug's MAX_CONTENT_LENGTH guard refuses once the cap is reached: it must stay under it.
+    fits = len(body) + 1 if chunked else len(body)
+    for cap, status in ((fits, 200), (fits - 1, 413)):
+        client = make_app(secrets=[SECRET], publisher=recorder, max_body_bytes=cap).test_client()
+        if chunked:
+            response = post_chunked(client, _ChunkedStream(body, chunk=7))
+        else:
+            response = post_raw(client, body, "application/json")
+        assert response.status_code == status
+    assert recorder.events == [EVENT] * 20
 
 
 def test_chunked_body_within_the_cap_is_accepted(client: FlaskClient, recorder: Any) -> None:
