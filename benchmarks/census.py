@@ -2,8 +2,8 @@
 
 Throughput on a shared 2-core machine swings with other people's load; round-trip counts do not. This runs
 the real functions in this process (the fake API answers at once), counts every command PyMySQL and
-redis-py put on the wire, and times the single-threaded CPU of ``deliver()`` -- first as shipped, then with
-``benchmarks.whatif`` applied -- so the cost of each proposed fix is visible without any noise.
+redis-py put on the wire, and times the single-threaded CPU of each call, so a change to the hot path can be
+judged without any noise (``python -m benchmarks.run --only census``).
 """
 
 from __future__ import annotations
@@ -90,14 +90,7 @@ def _measure(n: int, label: str) -> list[list[str]]:
 
 
 def measure(n: int = 200) -> dict[str, Any]:
-    """Product first, then the what-if patches (which cannot be undone in a process, so they go last)."""
-    from worker.db import dispose_engines
-
     rows = _measure(n, "")
-    import benchmarks.whatif  # noqa: F401 - patches worker.* on import
-
-    dispose_engines()  # the next engine is built by the patched factory (no pre-ping)
-    rows += _measure(n, " + fixes")
     md = table(["per email", "MariaDB round trips", "by command", "Redis round trips", "Redis commands",
                 "CPU ms (1 thread)"], rows)
     return {"table": md, "rows": rows}

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import statistics
 import time
@@ -145,28 +146,27 @@ class _Capture:
 
 def explain(sample: list[tuple[str, str, str]]) -> tuple[str, list[dict[str, Any]]]:
     """Run the product code paths that matter at scale, EXPLAIN every statement they issued."""
-    from sqlalchemy import select
 
     from benchmarks.seed import event
-    from worker.config import get_settings
-    from worker.db import get_engine, session_scope
-    from worker.delivery import claim
-    from worker.events import link_orphan_events, link_pending_events, process_event
-    from worker.models import Message
+    from worker import send_store
+    from worker.db import get_engine
+    from worker.events import link_orphan_events, process_event
+    from worker.models import Transport
     from worker.sweeper import sweep
 
     cap = _Capture()
     delivered = next(s for s in sample if s[1])
     with cap.labelled("sweeper: sweep()"):
         sweep()
-    with cap.labelled("claim (deliver)"), session_scope() as session:
-        claim(session, delivered[0], "bench:explain", get_settings())
+    with cap.labelled("deliver: claim + load"), get_engine().connect() as conn:
+        send_store.claim(conn, delivered[0], "bench:explain", 60)
+        send_store.load_job(conn, delivered[0])
+        conn.rollback()
     with cap.labelled("event: lookup by smtp2go_message_id + apply"):
         process_event(event("open", delivered[1], delivered[2], datetime.now(UTC)))
-    with cap.labelled("send: link_pending_events"), session_scope() as session:
-        message = session.scalars(select(Message).where(Message.id == delivered[0])).one()
-        link_pending_events(session, message)
-        session.rollback()
+    with cap.labelled("deliver: record_sent (+ pending events)"), get_engine().connect() as conn:
+        send_store.record_sent(conn, delivered[0], Transport.SMTP2GO, delivered[1])
+        conn.rollback()
     with cap.labelled("sweeper: link_orphan_events()"):
         link_orphan_events()
     clean_redis()
@@ -231,8 +231,12 @@ def _feed(total: int, batch: int = 500) -> Iterator[int]:
         yield done
 
 
-def memory(total: int, fake: FakeProcess, pool: str = "threads", concurrency: int = 32) -> dict[str, Any]:
-    """RSS of a send worker sampled every second over ``total`` emails; start/mid/end and the slope."""
+def memory(total: int, fake: FakeProcess, pool: str = "threads", concurrency: int = 16) -> dict[str, Any]:
+    """RSS of a send worker sampled every second over ``total`` emails; start/mid/end and the slope.
+
+    The worker runs as the Procfile runs it: threads pool, 16 threads, ``MALLOC_ARENA_MAX=2`` (unless the
+    environment sets another value: ``MALLOC_ARENA_MAX= python -m benchmarks.run ...`` measures glibc's default).
+    """
     from sqlalchemy import text
 
     from worker.db import get_engine
@@ -246,7 +250,11 @@ def memory(total: int, fake: FakeProcess, pool: str = "threads", concurrency: in
                                       "subject = :s"), {"s": SUBJECT + " (memory run)"}).scalar_one())
 
     base = sent()  # a previous run's rows may still be there
-    worker = celery_worker(f"mem-{pool}{concurrency}", "worker", SEND_QUEUE, pool, concurrency)
+    env = dict(os.environ)
+    env.setdefault("MALLOC_ARENA_MAX", "2")
+    if not env["MALLOC_ARENA_MAX"]:
+        del env["MALLOC_ARENA_MAX"]
+    worker = celery_worker(f"mem-{pool}{concurrency}", "worker", SEND_QUEUE, pool, concurrency, env=env)
     samples: list[tuple[float, int, int]] = []  # (t, sent, rss)
     try:
         feeder = _feed(total)
@@ -365,12 +373,14 @@ def run(quick: bool = False, memory_emails: int | None = None) -> dict[str, Any]
     fake = FakeProcess(0.020, API_KEY)
     set_api_url(fake.url)
     try:
-        mem = memory(memory_emails or (3_000 if quick else 10_000), fake)
+        mem = memory(memory_emails or (3_000 if quick else 20_000), fake)
     finally:
         fake.stop()
         truncate_tables()  # 500 MB of rows would crowd everyone else's data out of the shared buffer pool
     say()
-    say(f"  memory over {mem['emails']:,} emails ({mem['pool']} {mem['concurrency']}, {mem['seconds']:.0f} s): "
+    arenas = os.environ.get("MALLOC_ARENA_MAX", "2") or "unset"
+    say(f"  memory over {mem['emails']:,} emails ({mem['pool']} {mem['concurrency']}, MALLOC_ARENA_MAX={arenas}, "
+        f"{mem['seconds']:.0f} s): "
         f"start {mem['start_mb']:.1f} MB, mid {mem['mid_mb']:.1f} MB, end {mem['end_mb']:.1f} MB, peak "
         f"{mem['peak_mb']:.1f} MB, slope {mem['slope_mb_per_10k']:+.2f} MB per 10k emails")
     return {**cmp, "seed_seconds": seeded, "table_mb": [float(size[0]), float(size[1])], "buffer_pool_mb": pool,

@@ -1,16 +1,24 @@
 """Benchmark 1, the send pipeline: ``enqueue_email`` -> Celery on Redis -> SMTP2Go API (fake) -> ``sent``.
 
-For each pool and concurrency the baseline (a bare Celery task making the same HTTP call, see
-``benchmarks.baseline_app``) and mailworker run back to back against the same fake, which answers after a set
-latency (20 ms). Each row: a fresh worker process, a warm-up, then N emails enqueued from this process as fast
-as one caller can while the worker consumes. Figures:
+For each row -- pool, concurrency and number of worker processes -- the baseline (a bare Celery task making the
+same HTTP call, see ``benchmarks.baseline_app``) and mailworker run back to back against the same fake, which
+answers after a set latency (20 ms). Each row: fresh worker processes (usually one; ``threads 16x2`` is two
+separate ``celery worker`` processes with distinct node names on the same queue, each ``-P threads -c 16``, so
+32 in flight), a warm-up, then N emails enqueued from this process as fast as one caller can while the workers
+consume. Figures:
 
 - enqueue calls/s: ``enqueue_email`` (baseline: ``send_task``) in a loop, while the worker runs;
 - end-to-end emails/s: N / (last ``sent`` - first enqueue);
 - p50/p99 enqueue->sent: mailworker from ``queued_at``/``sent_at`` in the database; the baseline from the
   publish time to the fake's arrival time plus the latency (its response time);
-- worker CPU per email: user+sys seconds of the worker process tree over the measured part / N;
-- peak worker RSS: the tree's RSS sampled every half second.
+- worker CPU per email: user+sys seconds of the worker process tree(s) over the measured part / N, summed
+  over all the row's worker processes;
+- peak worker RSS: the tree's RSS (summed over the row's worker processes) sampled every half second, peak of
+  that sum;
+- "of c/latency": e2e emails/s as a share of the latency bound, concurrency x processes / 20 ms.
+
+Rows are ``(pool, concurrency, processes)``: :data:`CONFIGS` by default, or ``--configs`` of
+``benchmarks.run`` (:func:`parse_configs`, e.g. ``threads:8,threads:16x2,prefork:2``).
 """
 
 from __future__ import annotations
@@ -39,19 +47,53 @@ from benchmarks.common import (
     truncate_tables,
 )
 from benchmarks.fakeproc import FakeProcess
-from benchmarks.procs import LOG_DIR, Sampler, Service, celery_worker, proc_cpu, tree_cpu
+from benchmarks.procs import LOG_DIR, Sampler, Service, celery_workers, proc_cpu, stop_all, trees_cpu
 from benchmarks.profiling import Recorder, summarize
 
-#: (pool, concurrency) rows: prefork at the core count, threads at 8/32/64 (sends are network-bound).
-CONFIGS: list[tuple[str, int]] = [("prefork", os.cpu_count() or 2), ("threads", 8), ("threads", 32),
-                                  ("threads", 64)]
+#: (pool, concurrency, processes) rows: prefork at the core count, one threads process at 8/32/64 (sends are
+#: network-bound), and one threads-16 process per core (the recommended production layout: several processes
+#: sidestep the GIL contention of one process with many threads).
+CONFIGS: list[tuple[str, int, int]] = [("prefork", os.cpu_count() or 2, 1), ("threads", 8, 1), ("threads", 32, 1),
+                                       ("threads", 64, 1), ("threads", 16, os.cpu_count() or 2)]
+
+POOLS = ("prefork", "threads", "solo", "eventlet", "gevent")
+
+
+def parse_configs(spec: str) -> list[tuple[str, int, int]]:
+    """``"threads:8,threads:16x2,prefork:2"`` -> ``[("threads", 8, 1), ("threads", 16, 2), ("prefork", 2, 1)]``.
+
+    Each item is ``pool:concurrency`` or ``pool:concurrencyxprocesses``; raises ``ValueError`` on anything else.
+    """
+    configs: list[tuple[str, int, int]] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        pool, sep, rest = item.partition(":")
+        conc, _, procs = rest.lower().partition("x")
+        try:
+            concurrency, processes = int(conc), int(procs or 1)
+        except ValueError:
+            concurrency = processes = 0
+        if not sep or pool not in POOLS or concurrency < 1 or processes < 1:
+            raise ValueError(f"bad send configuration {item!r}: expected pool:concurrency[xprocesses] with pool "
+                             f"one of {', '.join(POOLS)}, e.g. threads:16x2")
+        configs.append((pool, concurrency, processes))
+    if not configs:
+        raise ValueError(f"no send configurations in {spec!r}")
+    return configs
+
+
+def label(pool: str, concurrency: int, processes: int = 1) -> str:
+    """``threads 8`` for one worker process, ``threads 16x2`` for two processes of 16 threads each."""
+    return f"{pool} {concurrency}" if processes == 1 else f"{pool} {concurrency}x{processes}"
 
 
 @dataclass
 class SendResult:
     kind: str  # baseline | mailworker
     pool: str
-    concurrency: int
+    concurrency: int  # per worker process (-c)
+    processes: int  # separate worker processes on the queue; concurrency x processes in flight
     n: int
     enqueue_per_s: float
     enqueue_cpu_ms: float
@@ -65,8 +107,12 @@ class SendResult:
 
     @property
     def ceiling(self) -> float:
-        """The latency bound: every worker slot busy with nothing but the API call."""
-        return self.concurrency / LATENCY
+        """The latency bound: every worker slot (of every process) busy with nothing but the API call."""
+        return self.concurrency * self.processes / LATENCY
+
+    @property
+    def label(self) -> str:
+        return label(self.pool, self.concurrency, self.processes)
 
 
 LATENCY = 0.020
@@ -108,18 +154,21 @@ def _wait(done: Callable[[], int], total: int, timeout: float, what: str) -> Non
 
 
 class _Run:
-    """What one measured phase needs to know on both sides (baseline and mailworker)."""
+    """What one measured phase needs to know on both sides (baseline and mailworker).
 
-    def __init__(self, worker: Service, fake: FakeProcess) -> None:
-        self.worker, self.fake = worker, fake
+    Worker CPU and RSS are summed over all the row's worker processes (each with its process tree).
+    """
+
+    def __init__(self, workers: list[Service], fake: FakeProcess) -> None:
+        self.pids, self.fake = [w.pid for w in workers], fake
         self.servers = _server_pids()
-        self.cpu0 = tree_cpu(worker.pid)
+        self.cpu0 = trees_cpu(self.pids)
         self.fake0 = fake.cpu()
         self.server0 = {k: proc_cpu(p) for k, p in self.servers.items()}
-        self.sampler = Sampler(worker.pid, interval=0.5).start()
+        self.sampler = Sampler(self.pids, interval=0.5).start()
 
     def finish(self, n: int) -> tuple[float, float, float, dict[str, float]]:
-        cpu = tree_cpu(self.worker.pid) - self.cpu0
+        cpu = trees_cpu(self.pids) - self.cpu0
         fake_cpu = self.fake.cpu() - self.fake0
         servers = {k: 1000 * (proc_cpu(p) - self.server0[k]) / n for k, p in self.servers.items()}
         self.sampler.stop()
@@ -136,24 +185,31 @@ def _enqueue_product(n: int, offset: int) -> tuple[float, float, float]:
     return t0, n / (t1 - t0), 1000 * (c1.user + c1.system - c0.user - c0.system) / n
 
 
+def _name(pool: str, concurrency: int, processes: int) -> str:
+    return f"{pool}{concurrency}" if processes == 1 else f"{pool}{concurrency}x{processes}"
+
+
 def run_product(pool: str, concurrency: int, n: int, fake: FakeProcess, profile_to: Path | None = None,
-                tag: str = "", app: str = "worker", kind: str = "mailworker") -> SendResult:
+                tag: str = "", app: str = "worker", kind: str = "mailworker", processes: int = 1) -> SendResult:
     from sqlalchemy import text
 
     from worker.db import get_engine
 
+    if profile_to is not None and processes != 1:
+        raise ValueError("profile_to needs a single worker process (processes=1)")
     truncate_tables()
     clean_redis()
     fake.reset()
-    worker = celery_worker(f"mw-{pool}{concurrency}{tag}", app, SEND_QUEUE, pool, concurrency)
+    workers = celery_workers(f"mw-{_name(pool, concurrency, processes)}{tag}", app, SEND_QUEUE, pool,
+                             concurrency, processes)
     try:
-        warm = max(20, 2 * concurrency)
+        warm = max(20, 2 * concurrency * processes)
         _enqueue_product(warm, 10_000_000)
         _wait(lambda: _sent_count()[0], warm, 120, "warm-up sends")
-        run = _Run(worker, fake)
+        run = _Run(workers, fake)
         recorder = None
         if profile_to is not None:
-            recorder = Recorder(worker.pid, profile_to, subprocesses=pool == "prefork")
+            recorder = Recorder(workers[0].pid, profile_to, subprocesses=pool == "prefork")
         t0, enq_rate, enq_cpu = _enqueue_product(n, 0)
         _wait(lambda: _sent_count()[0], warm + n, 60 + n / 5, "sends")
         if recorder is not None:
@@ -164,10 +220,10 @@ def run_product(pool: str, concurrency: int, n: int, fake: FakeProcess, profile_
                                      "AND queued_at >= :t0"),
                                 {"t0": datetime.fromtimestamp(t0, UTC).replace(tzinfo=None)}).all()
     finally:
-        worker.stop()
+        stop_all(workers)
     lat = [(s - q).total_seconds() for q, s in rows]
     last = max(s for _, s in rows).replace(tzinfo=UTC).timestamp()
-    return SendResult(kind, pool, concurrency, n, enq_rate, enq_cpu, len(rows) / (last - t0),
+    return SendResult(kind, pool, concurrency, processes, n, enq_rate, enq_cpu, len(rows) / (last - t0),
                       1000 * percentile(lat, 50), 1000 * percentile(lat, 99), worker_cpu, peak, fake_cpu,
                       servers)
 
@@ -185,27 +241,27 @@ def _enqueue_baseline(n: int, offset: int) -> tuple[float, float, float, dict[st
     return t0, n / (t1 - t0), 1000 * (c1.user + c1.system - c0.user - c0.system) / n, published
 
 
-def run_baseline(pool: str, concurrency: int, n: int, fake: FakeProcess) -> SendResult:
+def run_baseline(pool: str, concurrency: int, n: int, fake: FakeProcess, processes: int = 1) -> SendResult:
     clean_redis()
     fake.reset()
-    worker = celery_worker(f"base-{pool}{concurrency}", "benchmarks.baseline_app", BASELINE_QUEUE, pool,
-                           concurrency)
+    workers = celery_workers(f"base-{_name(pool, concurrency, processes)}", "benchmarks.baseline_app",
+                             BASELINE_QUEUE, pool, concurrency, processes)
     try:
-        warm = max(20, 2 * concurrency)
+        warm = max(20, 2 * concurrency * processes)
         _enqueue_baseline(warm, 10_000_000)
         _wait(fake.count, warm, 120, "warm-up sends")
         start = fake.count()
-        run = _Run(worker, fake)
+        run = _Run(workers, fake)
         t0, enq_rate, enq_cpu, published = _enqueue_baseline(n, 0)
         _wait(fake.count, start + n, 60 + n / 5, "sends")
         worker_cpu, peak, fake_cpu, servers = run.finish(n)
         arrivals = fake.times(start)
     finally:
-        worker.stop()
+        stop_all(workers)
     done = [(tid, t + fake.latency) for tid, t in arrivals if tid in published]
     lat = [t - published[tid] for tid, t in done if tid is not None]
     last = max(t for _, t in done)
-    return SendResult("baseline", pool, concurrency, n, enq_rate, enq_cpu, len(done) / (last - t0),
+    return SendResult("baseline", pool, concurrency, processes, n, enq_rate, enq_cpu, len(done) / (last - t0),
                       1000 * percentile(lat, 50), 1000 * percentile(lat, 99), worker_cpu, peak, fake_cpu,
                       servers)
 
@@ -220,7 +276,7 @@ def render(results: list[SendResult]) -> str:
         vs = r.e2e_per_s / base.e2e_per_s if base and r.kind != "baseline" else None
         cpu_vs = r.worker_cpu_ms / base.worker_cpu_ms if base and r.kind != "baseline" else None
         rows.append([
-            f"{r.pool} {r.concurrency}", r.kind, f"{r.enqueue_per_s:,.0f}", f"{r.e2e_per_s:,.0f}",
+            r.label, r.kind, f"{r.enqueue_per_s:,.0f}", f"{r.e2e_per_s:,.0f}",
             "" if vs is None else f"**{vs:.2f}x** {'ok' if vs >= 0.8 else 'MISS'}",
             f"{100 * r.e2e_per_s / r.ceiling:.0f}%", f"{r.p50_ms:,.0f}", f"{r.p99_ms:,.0f}",
             f"{r.worker_cpu_ms:.2f}", "" if cpu_vs is None else f"**{cpu_vs:.2f}x** "
@@ -236,19 +292,16 @@ def render_costs(results: list[SendResult]) -> str:
     for r in results:
         db, rd = r.server_cpu_ms.get("mariadb"), r.server_cpu_ms.get("redis")
         total = r.enqueue_cpu_ms + r.worker_cpu_ms + r.fake_cpu_ms + (db or 0) + (rd or 0)
-        rows.append([f"{r.pool} {r.concurrency}", r.kind, f"{r.enqueue_cpu_ms:.2f}", f"{r.worker_cpu_ms:.2f}",
+        rows.append([r.label, r.kind, f"{r.enqueue_cpu_ms:.2f}", f"{r.worker_cpu_ms:.2f}",
                      f"{r.fake_cpu_ms:.2f}", "-" if db is None else f"{db:.2f}", "-" if rd is None else
                      f"{rd:.2f}", f"{total:.2f}", f"{2000 / total:,.0f}"])
     return table(["pool", "kind", "enqueue (caller)", "worker", "fake API", "mariadb*", "redis*",
                   "total ms/email", "2-core bound emails/s"], rows)
 
 
-def run(n: int, configs: list[tuple[str, int]] | None = None, profile: bool = True,
-        whatif: bool = True) -> dict[str, object]:
-    """All rows, baseline then mailworker per configuration; then one profiled mailworker run.
-
-    With ``whatif``, the threads-32 configuration gets a third row: mailworker with the proposed fixes
-    applied in memory (``benchmarks.whatif``), to put a number on what they would buy.
+def run(n: int, configs: list[tuple[str, int, int]] | None = None, profile: bool = True) -> dict[str, object]:
+    """All rows, baseline then mailworker per ``(pool, concurrency, processes)`` configuration (default
+    :data:`CONFIGS`); then one profiled mailworker run (threads 32, one process).
     """
     from benchmarks.common import set_api_url
 
@@ -256,14 +309,9 @@ def run(n: int, configs: list[tuple[str, int]] | None = None, profile: bool = Tr
     set_api_url(fake.url)
     results: list[SendResult] = []
     try:
-        for pool, conc in configs or CONFIGS:
+        for pool, conc, procs in configs or CONFIGS:
             for runner in (run_baseline, run_product):
-                res = runner(pool, conc, n, fake)
-                results.append(res)
-                _line(res)
-            if whatif and (pool, conc) == ("threads", 32):
-                res = run_product(pool, conc, n, fake, tag="-whatif", app="benchmarks.whatif",
-                                  kind="mailworker+fixes")
+                res = runner(pool, conc, n, fake, processes=procs)
                 results.append(res)
                 _line(res)
         from benchmarks import census
@@ -287,12 +335,13 @@ def run(n: int, configs: list[tuple[str, int]] | None = None, profile: bool = Tr
         say()
         say("py-spy profile of the mailworker worker, threads 32:")
         say(profile_md)
-    return {"results": [r.__dict__ | {"ceiling": r.ceiling} for r in results], "profile": profile_md,
-            "census": counts}
+    return {"results": [r.__dict__ | {"ceiling": r.ceiling, "label": r.label} for r in results],
+            "configs": [list(c) for c in configs or CONFIGS], "profile": profile_md, "census": counts}
 
 
 def _line(r: SendResult) -> None:
-    say(f"  {r.kind:16} {r.pool:8} c={r.concurrency:<3} enqueue {r.enqueue_per_s:7.0f}/s  e2e "
+    conc = str(r.concurrency) if r.processes == 1 else f"{r.concurrency}x{r.processes}"
+    say(f"  {r.kind:16} {r.pool:8} c={conc:<3} enqueue {r.enqueue_per_s:7.0f}/s  e2e "
         f"{r.e2e_per_s:6.0f}/s  p50 {r.p50_ms:6.0f} ms  p99 {r.p99_ms:6.0f} ms  cpu "
         f"{r.worker_cpu_ms:5.2f} ms/email  rss {r.peak_rss_mb:5.0f} MB")
 

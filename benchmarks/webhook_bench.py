@@ -109,11 +109,9 @@ def _py_load(url: str, seconds: float) -> dict[str, float]:
                                          "Authorization": f"Bearer {WEBHOOK_SECRET}"}, seconds)
 
 
-def ingest(seconds: float, rounds: int, whatif: bool = True) -> dict[str, Any]:
+def ingest(seconds: float, rounds: int) -> dict[str, Any]:
     load = _wrk if shutil.which("wrk") else _py_load
     apps = [("baseline", "benchmarks.baseline_webhook:app"), ("mailworker", "webhook_app.wsgi:app")]
-    if whatif:  # the receiver with the proposed fixes applied in memory (see benchmarks.whatif)
-        apps.append(("mailworker+fixes", "benchmarks.whatif:wsgi_app"))
     runs: dict[str, list[dict[str, float]]] = {kind: [] for kind, _ in apps}
     for r in range(rounds):
         for kind, app in apps:
@@ -208,9 +206,9 @@ def apply_events(n: int, pool: str, concurrency: int, profile_to: Path | None = 
             "cpu_ms": 1000 * cpu / max(1, count), "profile": summarize(profile_to) if profile_to else ""}
 
 
-def run(quick: bool = False, profile: bool = True, whatif: bool = True) -> dict[str, Any]:
+def run(quick: bool = False, profile: bool = True) -> dict[str, Any]:
     say(f"ingest: gunicorn {' '.join(GUNICORN)}; load: {'wrk -t2 -c16' if shutil.which('wrk') else 'python'}")
-    result = ingest(seconds=5 if quick else 10, rounds=1 if quick else 2, whatif=whatif)
+    result = ingest(seconds=5 if quick else 10, rounds=1 if quick else 2)
     n = 400 if quick else 1500
     applied = []
     for pool, conc in EVENT_CONFIGS:

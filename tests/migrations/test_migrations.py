@@ -40,7 +40,7 @@ def scratch_mariadb() -> Iterator[str]:
 def url(request: pytest.FixtureRequest, tmp_path: object) -> str:
     if request.param == "mariadb":
         return str(request.getfixturevalue("scratch_mariadb"))
-    return f"sqlite:///{tmp_path}/m.db"  # type: ignore[str-bytes-safe]
+    return f"sqlite:///{tmp_path}/m.db"
 
 
 def test_upgrade_downgrade_upgrade(url: str) -> None:
@@ -65,7 +65,7 @@ def test_db_upgrade_cli(tmp_path: object) -> None:
 
     from worker.cli import main
 
-    url = f"sqlite:///{tmp_path}/cli.db"  # type: ignore[str-bytes-safe]
+    url = f"sqlite:///{tmp_path}/cli.db"
     result = CliRunner().invoke(main, ["db", "upgrade"], env={"DATABASE_URL": url})
     assert result.exit_code == 0, result.output
     assert TABLES <= set(inspect(create_engine(url)).get_table_names())
