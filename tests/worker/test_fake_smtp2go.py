@@ -235,7 +235,7 @@ def test_slow_response_triggers_client_read_timeout_but_counts_as_accepted(fake:
     start = time.monotonic()
     with pytest.raises(requests.ReadTimeout):
         send(fake, message(tid), timeout=0.2)
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 1.8  # well under the 2 s the server takes (slack for a loaded machine)
     assert fake.count_for(tid) == 1  # SMTP2Go took it even though the client never heard back
     assert send(fake, message()).status_code == 200  # the server is still answering others meanwhile
 
