@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init
 
 app = Celery("mailworker", include=["worker.tasks"])
 app.config_from_object("celeryconfig")
@@ -33,6 +33,18 @@ def task_event_dispatcher() -> Any | None:
     if dispatcher.groups and "task" not in dispatcher.groups:
         return None
     return dispatcher
+
+
+@worker_init.connect
+def _size_db_pool(sender: Any = None, **_kwargs: Any) -> None:
+    """A thread-pool worker runs ``--concurrency`` sends at once, each on its own database connection."""
+    pool = getattr(sender, "pool_cls", "")
+    name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
+    concurrency = getattr(sender, "concurrency", None)
+    if isinstance(concurrency, int) and any(kind in name for kind in ("thread", "gevent", "eventlet")):
+        from worker.db import size_pool_for
+
+        size_pool_for(concurrency)
 
 
 @worker_process_init.connect

@@ -94,6 +94,7 @@ class Settings:
     send_lease_seconds: int
     max_task_crashes: int
     module_cache_seconds: float
+    db_pool_size: int
     webhook_max_body_bytes: int
     sweep_interval: float
     retention_days: int
@@ -166,6 +167,7 @@ def load_settings() -> Settings:
         send_lease_seconds=_int("SEND_LEASE_SECONDS", 180),
         max_task_crashes=_int("SEND_MAX_CRASHES", 3),
         module_cache_seconds=_float("MODULE_CACHE_SECONDS", 5.0),
+        db_pool_size=_int("DB_POOL_SIZE", 0),
         webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),
         sweep_interval=_float("SWEEP_INTERVAL", 15.0),
         retention_days=_int("RETENTION_DAYS", 90),

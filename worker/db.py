@@ -22,6 +22,11 @@ _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
 _factories: dict[str, sessionmaker[Session]] = {}
 
+#: Connections a process keeps pooled when ``DB_POOL_SIZE`` is not set: a thread-pool worker raises it to its
+#: thread count (:func:`size_pool_for`), since every thread holds one connection through its whole send.
+_DEFAULT_POOL_SIZE = 10
+_pool_size = _DEFAULT_POOL_SIZE
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
@@ -52,12 +57,16 @@ def build_engine(url: str) -> Engine:
         # (docs/benchmarks.md). A connection that died meanwhile (server restart) fails its first statement
         # with a disconnect error: SQLAlchemy invalidates the pool and the task retries (worker.tasks).
         # pool_recycle stays well under MariaDB's wait_timeout (8 h) so idle connections are renewed first.
+        # The pool holds as many connections as the process has threads sending. Smaller, the threads beyond it
+        # wait for a connection (a hung API call holds one for the whole timeout) and the overflow above
+        # pool_size is opened and closed again around sends: a TCP + MariaDB handshake each time.
+        pool_size = get_settings().db_pool_size or _pool_size
         kwargs.update(
             pool_pre_ping=False,
             pool_reset_on_return=None,
             pool_recycle=1800,
-            pool_size=10,
-            max_overflow=20,
+            pool_size=pool_size,
+            max_overflow=max(10, pool_size // 2),
             isolation_level="READ COMMITTED",
             connect_args={"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60},
         )
@@ -92,6 +101,19 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def size_pool_for(threads: int) -> None:
+    """Pool enough connections for ``threads`` concurrent senders (engines built later use it).
+
+    Called when a thread-pool worker starts; ``DB_POOL_SIZE`` overrides it. Engines that already exist are
+    disposed so the next use builds one with the new size.
+    """
+    global _pool_size
+    size = max(_DEFAULT_POOL_SIZE, int(threads) + 2)  # + the sweeper/reconciler and a spare
+    if size != _pool_size:
+        _pool_size = size
+        dispose_engines()
 
 
 def dispose_engines() -> None:
