@@ -133,10 +133,18 @@ def deliver(tracking_id: str, *, owner: str, settings: Settings | None = None) -
 
 
 def _deliver(conn: Connection, tracking_id: str, owner: str, settings: Settings) -> Outcome:
-    how = store.claim(conn, tracking_id, owner, settings.send_lease_seconds)
+    config: Smtp2GoConfig | None = None
+    config_error: ConfigurationError | None = None
+    try:
+        config = current_smtp2go_config(conn, settings)  # cached: usually no statement
+    except ConfigurationError as err:
+        config_error = err  # failed below, once the message is claimed
+    speculate = config is not None and config.usable
+    how = store.claim(conn, tracking_id, owner, settings.send_lease_seconds, speculate=speculate)
     if how is None:
         return Outcome("skipped", "not due, already sent, or leased by another worker")
     job = store.load_job(conn, tracking_id)
+    job.speculative = speculate and how == "fresh" and not job.api_abandoned
     if how == "takeover":
         if job.crashes >= settings.max_task_crashes:
             reason = f"worker died {job.crashes} times while sending this message"
@@ -155,7 +163,9 @@ def _deliver(conn: Connection, tracking_id: str, owner: str, settings: Settings)
         log.info("final state suppressed tracking_id=%s", tracking_id)
         return Outcome("suppressed")
     try:
-        config = current_smtp2go_config(conn, settings)
+        if config_error is not None:
+            raise config_error
+        assert config is not None
         transport = choose_transport(job, config, settings)
     except ConfigurationError as err:
         mark_failed(conn, job, f"configuration: {err}")

@@ -2,10 +2,10 @@
 
 Why not the ORM here: the benchmark profile (docs/benchmarks.md) showed the ORM version of one delivery making
 19 MariaDB round trips (three pool checkouts, each with a ping and a reset, selectin loads, a flush per step)
-and SQLAlchemy using 44% of the worker's CPU. A delivery here is: claim (UPDATE), load the message (SELECT),
-load its queued recipients joined with the suppression list (SELECT), mark in-flight (UPDATE), COMMIT; then,
-after the provider answered, mark sent (UPDATE messages, UPDATE recipients), look for events that beat us
-(SELECT), COMMIT. Rare paths (take-over, suppression, failure, retry, fallback) add a statement or two.
+and SQLAlchemy using 44% of the worker's CPU. A delivery here is: claim and mark in-flight (one UPDATE), load
+the message (SELECT), load its queued recipients joined with the suppression list (SELECT), COMMIT; then, after
+the provider answered, mark sent (UPDATE messages, UPDATE recipients), look for events that beat us (SELECT),
+COMMIT: 8 round trips. Rare paths (take-over, suppression, failure, retry, fallback) add a statement or two.
 
 Everything else (CLI, reconciliation, events) keeps using the ORM models; the two meet in the same tables and
 in :func:`record_sent`, which both the send path and reconciliation call.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, exists, func, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, case, exists, func, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.models import (
@@ -87,21 +87,37 @@ class SendJob:
     message_id_header: str | None
     recipients: list[JobRecipient] = field(default_factory=list)
     attachments: list[JobAttachment] = field(default_factory=list)
+    #: The claim already wrote (uncommitted) an SMTP2Go in-flight mark and counted the attempt: the send
+    #: commits it as it is, anything else corrects it (:func:`mark_inflight`, :func:`finish`).
+    speculative: bool = False
 
 
 _JOB_COLUMNS = (M.c.id, M.c.crashes, M.c.attempts, M.c.api_attempts, M.c.smtp_attempts, M.c.api_abandoned,
                 M.c.inflight_since, M.c.inflight_transport, M.c.sender, M.c.reply_to, M.c.subject, M.c.text_body,
                 M.c.html_body, M.c.headers, M.c.template_id, M.c.template_data, M.c.message_id_header)
 
-_CLAIM_FRESH = (
-    update(M)
-    .where(M.c.id == bindparam("tid"),
-           M.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
-           M.c.ambiguous_since.is_(None),
-           or_(M.c.next_attempt_at.is_(None), M.c.next_attempt_at <= bindparam("now")))
-    .values(status=MessageStatus.SENDING, lease_owner=bindparam("owner"), lease_expires_at=bindparam("expires"),
-            updated_at=bindparam("now"))
-)
+_FRESH_WHERE = (M.c.id == bindparam("tid"),
+                M.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
+                M.c.ambiguous_since.is_(None),
+                or_(M.c.next_attempt_at.is_(None), M.c.next_attempt_at <= bindparam("now")))
+_LEASE = {M.c.status: MessageStatus.SENDING, M.c.lease_owner: bindparam("owner"),
+          M.c.lease_expires_at: bindparam("expires"), M.c.updated_at: bindparam("now")}
+_API_OK = case((M.c.api_abandoned, 0), else_=1)  # the API is still this message's transport
+_CLAIM_FRESH = {
+    False: update(M).where(*_FRESH_WHERE).values(_LEASE),
+    # The common case, one UPDATE fewer: the claim also writes the SMTP2Go in-flight mark and counts the
+    # attempt. Nothing of it is visible before the commit that precedes the API call, exactly as when the mark
+    # was a statement of its own; a delivery that ends up not calling the API corrects it before it commits.
+    True: update(M).where(*_FRESH_WHERE).values({
+        **_LEASE,
+        M.c.inflight_transport: case((M.c.api_abandoned, null()),
+                                     else_=bindparam("b_api", type_=M.c.inflight_transport.type)),
+        M.c.inflight_since: case((M.c.api_abandoned, null()),
+                                 else_=bindparam("now", type_=M.c.inflight_since.type)),
+        M.c.attempts: M.c.attempts + _API_OK,
+        M.c.api_attempts: M.c.api_attempts + _API_OK,
+    }),
+}
 _CLAIM_TAKEOVER = (
     update(M)
     .where(M.c.id == bindparam("tid"), M.c.status == MessageStatus.SENDING, M.c.lease_expires_at < bindparam("now"))
@@ -122,15 +138,20 @@ _LOAD_ATTACHMENTS = (
 )
 
 
-def claim(conn: Connection, tracking_id: str, owner: str, lease_seconds: float) -> str | None:
+def claim(conn: Connection, tracking_id: str, owner: str, lease_seconds: float,
+          speculate: bool = False) -> str | None:
     """Take the lease on a due message: ``"fresh"``, ``"takeover"`` (its last worker died) or ``None``.
 
     One atomic ``UPDATE ... WHERE``; two workers racing the same id cannot both win. Not committed: the caller
-    commits together with the in-flight mark (or whatever else it decides).
+    commits together with the in-flight mark (or whatever else it decides). With ``speculate`` (SMTP2Go is
+    usable), a fresh claim of a message that has not given up on the API also writes the in-flight mark
+    (:attr:`SendJob.speculative`).
     """
     now = utcnow()
     params = {"tid": tracking_id, "owner": owner, "now": now, "expires": now + timedelta(seconds=lease_seconds)}
-    if conn.execute(_CLAIM_FRESH, params).rowcount == 1:
+    if speculate:
+        params["b_api"] = Transport.SMTP2GO
+    if conn.execute(_CLAIM_FRESH[speculate], params).rowcount == 1:
         return "fresh"
     if conn.execute(_CLAIM_TAKEOVER, params).rowcount == 1:
         return "takeover"
@@ -164,8 +185,29 @@ _INFLIGHT = {Transport.SMTP2GO: _inflight_statement("api_attempts"),
              Transport.SMTP: _inflight_statement("smtp_attempts")}
 
 
+_API_TO_SMTP = update(M).where(M.c.id == bindparam("tid")).values(
+    {M.c.inflight_transport: bindparam("b_transport"), M.c.inflight_since: bindparam("now"),
+     M.c.api_attempts: M.c.api_attempts - 1, M.c.smtp_attempts: M.c.smtp_attempts + 1,
+     M.c.updated_at: bindparam("now")})
+#: Undo a speculative claim's attempt when the delivery ends without a send (its in-flight mark is released).
+_UNCOUNT = {M.c.attempts: M.c.attempts - 1, M.c.api_attempts: M.c.api_attempts - 1}
+
+
 def mark_inflight(conn: Connection, job: SendJob, transport: Transport) -> None:
     """Record (and commit) that a send is about to leave: a take-over after this point must not resend."""
+    if job.speculative:
+        job.speculative = False
+        if transport == Transport.SMTP2GO:
+            conn.commit()  # the claim wrote the mark and counted the attempt
+            return
+        # Not the API after all (breaker open): move the mark and the count to the relay.
+        now = utcnow()
+        conn.execute(_API_TO_SMTP, {"tid": job.id, "b_transport": transport, "now": now})
+        conn.commit()
+        job.inflight_transport, job.inflight_since = transport, now
+        job.api_attempts -= 1
+        job.smtp_attempts += 1
+        return
     now = utcnow()
     conn.execute(_INFLIGHT[transport], {"tid": job.id, "b_transport": transport, "now": now})
     conn.commit()
@@ -182,8 +224,14 @@ _RELEASE = {"lease_owner": None, "lease_expires_at": None, "inflight_since": Non
 
 def finish(conn: Connection, job: SendJob, status: MessageStatus, **values: Any) -> None:
     """Leave the message in ``status`` with the lease and in-flight mark cleared (``values`` may keep some)."""
+    uncount: dict[Any, Any] = {}
+    if job.speculative:  # no send happened: the attempt the claim counted did not either
+        job.speculative = False
+        uncount = _UNCOUNT
+        job.attempts -= 1
+        job.api_attempts -= 1
     conn.execute(update(M).where(M.c.id == job.id).values(
-        {**_RELEASE, "status": status, "updated_at": utcnow(), **values}))
+        {**_RELEASE, "status": status, "updated_at": utcnow(), **values, **uncount}))
 
 
 def set_recipients(conn: Connection, job: SendJob, recipients: list[JobRecipient], status: RecipientStatus,

@@ -282,3 +282,45 @@ def test_database_lost_before_the_send_leaves_no_lease_and_no_crash(fake_api: An
     assert fake_api.count_for(tid) == 1
     with get_engine().connect() as conn:
         assert conn.execute(text("SELECT crashes FROM messages WHERE id = :id"), {"id": tid}).scalar() == 0
+
+
+def test_attempt_counts_say_what_was_sent(fake_api: Any, smtp_sink: Any, db: str) -> None:
+    """The claim counts the API attempt it expects (one UPDATE fewer per send); every path that then does not
+    call the API takes the count back or moves it to the relay."""
+    from worker.db import session_scope
+    from worker.delivery import deliver
+    from worker.suppressions import add_suppression
+
+    def counts(tid: str) -> tuple[int, int, int, str | None]:
+        s = get_email_status(tid)
+        assert s is not None
+        return s["attempts"], s["api_attempts"], s["smtp_attempts"], s["transport"]
+
+    ok = enqueue_email("ok@example.com", "api", text_body="x")
+    assert deliver(ok, owner="w").kind == "sent"
+    assert counts(ok) == (1, 1, 0, "smtp2go")
+
+    with session_scope() as session:
+        add_suppression(session, "gone@example.com", "hard_bounce")
+    gone = enqueue_email("gone@example.com", "suppressed", text_body="x")
+    assert deliver(gone, owner="w").kind == "suppressed"
+    assert counts(gone) == (0, 0, 0, None)
+
+    fake_api.script(Scripted.error_400_data())  # permanent: falls back to the relay in the same attempt
+    relayed = enqueue_email("relay@example.com", "fallback", text_body="x")
+    assert deliver(relayed, owner="w").kind == "sent"
+    assert counts(relayed) == (2, 1, 1, "smtp")
+
+    fake_api.script(Scripted.server_error(500))  # retryable: one API attempt counted, then a retry
+    retried = enqueue_email("retry@example.com", "again", text_body="x")
+    assert deliver(retried, owner="w").kind == "retry"
+    assert counts(retried) == (1, 1, 0, None)
+    with session_scope() as session:  # due now, and the in-flight mark was released with the lease
+        from worker.models import Message
+
+        message = session.get(Message, retried)
+        assert message is not None and message.inflight_since is None and message.lease_owner is None
+        message.next_attempt_at = None
+    assert deliver(retried, owner="w").kind == "sent"
+    assert counts(retried) == (2, 2, 0, "smtp2go")
+    assert fake_api.count_for(retried) == 1 and smtp_sink.count_for(relayed) == 1
