@@ -24,6 +24,10 @@ _MAX_BODY = 60 * 1024 * 1024  # SMTP2Go takes 50 MB of message; leave room for b
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: 64 worker threads connecting at once overflowed it and the
+    # kernel reset connections that had already sent their request ("connection lost after sending"). A real
+    # API front end does not do that.
+    request_queue_size = 1024
     fake: FakeSMTP2Go
 
     def server_bind(self) -> None:
