@@ -52,7 +52,7 @@ from typing import Any
 
 from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, joinedload
 
 from worker.db import session_scope
 from worker.errors import InvalidEmail
@@ -211,11 +211,18 @@ def _claim_and_apply(session: Session, message: Message, event_ids: Sequence[int
 # --------------------------------------------------------------------------------------------- entry points
 
 
+#: What an event never reads: the bodies (up to megabytes each) stay on the server. Loaded on access if a
+#: caller ever needs them.
+_NOT_BODIES = (defer(Message.text_body), defer(Message.html_body), defer(Message.template_data),
+               defer(Message.headers))
+
+
 def _locked_message(session: Session, ev: NormalizedEvent) -> Message | None:
     """The event's message, row-locked so concurrent event workers apply one at a time; None if unknown.
 
     A locking read straight through the unique ``smtp2go_message_id`` index (one statement, not a look-up then
-    a lock): it also waits for a send that is recording this very id right now, instead of missing it.
+    a lock): it also waits for a send that is recording this very id right now, instead of missing it. The
+    recipients come in the same statement (joined, and locked with their message).
     """
     keys = []
     if ev.email_id:
@@ -224,8 +231,8 @@ def _locked_message(session: Session, ev: NormalizedEvent) -> Message | None:
         keys.append(Message.id == ev.tracking_ref)
     for key in keys:
         message = session.scalars(
-            select(Message).where(key).with_for_update().options(selectinload(Message.recipients))
-        ).one_or_none()
+            select(Message).where(key).with_for_update().options(joinedload(Message.recipients), *_NOT_BODIES)
+        ).unique().one_or_none()
         if message is not None:
             return message
     return None
@@ -351,7 +358,8 @@ def link_orphan_events(limit: int = 1000) -> int:
         with session_scope() as session:
             message = session.scalars(
                 select(Message).where(Message.id == message_id).with_for_update()
-            ).one_or_none()
+                .options(joinedload(Message.recipients), *_NOT_BODIES)
+            ).unique().one_or_none()
             if message is None or message.status in PENDING_STATUSES:
                 continue
             total += _claim_and_apply(session, message, event_ids)
