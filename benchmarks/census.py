@@ -1,4 +1,4 @@
-"""Round trips per email: what ``enqueue_email`` and one ``deliver()`` send to MariaDB and Redis.
+"""Round trips per email: what ``enqueue_email``, one ``deliver()`` and one event send to MariaDB and Redis.
 
 Throughput on a shared 2-core machine swings with other people's load; round-trip counts do not. This runs
 the real functions in this process (the fake API answers at once), counts every command PyMySQL and
@@ -85,8 +85,36 @@ def _measure(n: int, label: str) -> list[list[str]]:
         raise RuntimeError(f"census deliveries did not all succeed: {dict(outcomes)}")
     dlv = [f"deliver(){label}", f"{sum(sql.values()) / n:g}", _describe(sql, n),
            f"{rds['(round trips)'] / n:g}", _describe(rds, n, "(round trips)"), f"{1000 * cpu / n:.2f}"]
+    evt = _measure_events(ids, label)
     clean_redis()
-    return [enq, dlv]
+    return [enq, dlv, evt]
+
+
+def _measure_events(ids: list[str], label: str) -> list[str]:
+    """One ``delivered`` event per sent message through ``process_event`` (what an event worker runs)."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+
+    from benchmarks.seed import event
+    from worker.db import session_scope
+    from worker.events import process_event
+    from worker.models import Message
+
+    with session_scope() as session:
+        rows = session.execute(select(Message.smtp2go_message_id, Message.id).where(Message.id.in_(ids))).all()
+    to = {tid: recipient(i) for i, tid in enumerate(ids)}
+    now = datetime.now(UTC)
+    events = [event("delivered", str(email_id), to[tid], now) for email_id, tid in rows]
+    with counting() as (sql, _rds):
+        t0 = time.thread_time()
+        outcomes = Counter(process_event(e)["status"] for e in events)
+        cpu = time.thread_time() - t0
+    if outcomes != Counter({"applied": len(events)}):
+        raise RuntimeError(f"census events were not all applied: {dict(outcomes)}")
+    n = len(events)
+    return [f"process_event(){label}", f"{sum(sql.values()) / n:g}", _describe(sql, n), "0", "",
+            f"{1000 * cpu / n:.2f}"]
 
 
 def measure(n: int = 200) -> dict[str, Any]:
