@@ -26,9 +26,12 @@ _PATTERNS = [
     (re.compile(r"\bapi-[A-Za-z0-9]{16,}\b"), "api-" + REDACTED),
     (re.compile(r"(\w+://[^:/@\s]*:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
 ]
+#: Text each pattern above needs (case-insensitively) to match at all: a log line with none of them -- nearly
+#: every line -- skips the six substitutions (the filter runs on every record; it showed in the profile).
+_TRIGGER = re.compile(r"(?i)authorization|bearer|x-smtp2go-api-key|api_key|password|secret|api-|://")
 
 
-def known_secrets() -> set[str]:
+def _current_secrets() -> frozenset[str]:
     """Secret values from the current settings (never empty strings, never very short ones).
 
     Computed once per settings object: the filter runs on every log record, and parsing two URLs each time
@@ -39,8 +42,8 @@ def known_secrets() -> set[str]:
     try:
         s = get_settings()
     except Exception:  # noqa: BLE001 - redaction must never break logging
-        return set()
-    return set(_secrets_of(s))
+        return frozenset()
+    return _secrets_of(s)
 
 
 @lru_cache(maxsize=8)
@@ -55,12 +58,19 @@ def _secrets_of(s: Any) -> frozenset[str]:
     return frozenset(v for v in values if v and len(v) >= 4)
 
 
-def redact(text: str, secrets: set[str] | None = None) -> str:
-    for secret in sorted(secrets if secrets is not None else known_secrets(), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
+def redact(text: str, secrets: set[str] | frozenset[str] | None = None) -> str:
+    for secret in _longest_first(frozenset(secrets) if secrets is not None else _current_secrets()):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    if _TRIGGER.search(text):
+        for pattern, repl in _PATTERNS:
+            text = pattern.sub(repl, text)
     return text
+
+
+@lru_cache(maxsize=32)
+def _longest_first(secrets: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(secrets, key=len, reverse=True))  # a secret containing another is replaced whole
 
 
 class RedactingFilter(logging.Filter):
@@ -71,7 +81,7 @@ class RedactingFilter(logging.Filter):
         self.extra = extra_secrets or set()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = known_secrets() | self.extra
+        secrets = _current_secrets() | self.extra if self.extra else _current_secrets()
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001
