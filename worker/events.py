@@ -217,6 +217,13 @@ _NOT_BODIES = (defer(Message.text_body), defer(Message.html_body), defer(Message
                defer(Message.headers))
 
 
+def _lock_message(session: Session, where: Any) -> Message | None:
+    """The message matching ``where``, row-locked, with its recipients joined (and locked) in the same read."""
+    return session.scalars(
+        select(Message).where(where).with_for_update().options(joinedload(Message.recipients), *_NOT_BODIES)
+    ).unique().one_or_none()
+
+
 def _locked_message(session: Session, ev: NormalizedEvent) -> Message | None:
     """The event's message, row-locked so concurrent event workers apply one at a time; None if unknown.
 
@@ -230,9 +237,7 @@ def _locked_message(session: Session, ev: NormalizedEvent) -> Message | None:
     if ev.tracking_ref:
         keys.append(Message.id == ev.tracking_ref)
     for key in keys:
-        message = session.scalars(
-            select(Message).where(key).with_for_update().options(joinedload(Message.recipients), *_NOT_BODIES)
-        ).unique().one_or_none()
+        message = _lock_message(session, key)
         if message is not None:
             return message
     return None
@@ -356,10 +361,7 @@ def link_orphan_events(limit: int = 1000) -> int:
     total = 0
     for message_id, event_ids in by_message.items():
         with session_scope() as session:
-            message = session.scalars(
-                select(Message).where(Message.id == message_id).with_for_update()
-                .options(joinedload(Message.recipients), *_NOT_BODIES)
-            ).unique().one_or_none()
+            message = _lock_message(session, Message.id == message_id)
             if message is None or message.status in PENDING_STATUSES:
                 continue
             total += _claim_and_apply(session, message, event_ids)
