@@ -195,24 +195,20 @@ _UNCOUNT = {M.c.attempts: M.c.attempts - 1, M.c.api_attempts: M.c.api_attempts -
 
 def mark_inflight(conn: Connection, job: SendJob, transport: Transport) -> None:
     """Record (and commit) that a send is about to leave: a take-over after this point must not resend."""
-    if job.speculative:
-        job.speculative = False
-        if transport == Transport.SMTP2GO:
-            conn.commit()  # the claim wrote the mark and counted the attempt
-            return
-        # Not the API after all (breaker open): move the mark and the count to the relay.
-        now = utcnow()
-        conn.execute(_API_TO_SMTP, {"tid": job.id, "b_transport": transport, "now": now})
-        conn.commit()
-        job.inflight_transport, job.inflight_since = transport, now
-        job.api_attempts -= 1
-        job.smtp_attempts += 1
+    speculative, job.speculative = job.speculative, False
+    if speculative and transport == Transport.SMTP2GO:
+        conn.commit()  # the claim wrote the mark and counted the attempt
         return
+    # A speculative claim that goes to the relay after all (breaker open): move its mark and count there.
     now = utcnow()
-    conn.execute(_INFLIGHT[transport], {"tid": job.id, "b_transport": transport, "now": now})
+    conn.execute(_API_TO_SMTP if speculative else _INFLIGHT[transport],
+                 {"tid": job.id, "b_transport": transport, "now": now})
     conn.commit()
     job.inflight_transport, job.inflight_since = transport, now
-    job.attempts += 1
+    if speculative:
+        job.api_attempts -= 1
+    else:
+        job.attempts += 1
     if transport == Transport.SMTP2GO:
         job.api_attempts += 1
     else:
