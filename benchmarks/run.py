@@ -82,12 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             results["send"] = send_bench.run(n, configs=configs, profile=profile)
         if only == {"census"}:  # round trips per email only: quick and deterministic, for hot-path work
             from benchmarks import census
-            from benchmarks.common import set_api_url
-            from benchmarks.fakeproc import FakeProcess
-            from benchmarks.send_bench import _api_key
 
-            fake = FakeProcess(0.0, api_key=_api_key())
-            set_api_url(fake.url)
             results["census"] = census.run(args.n or 300)
             say(results["census"]["table"])
         if "webhook" in only:

@@ -316,16 +316,7 @@ def run(n: int, configs: list[tuple[str, int, int]] | None = None, profile: bool
                 _line(res)
         from benchmarks import census
 
-        # The census counts round trips and CPU per call against a fake that answers at once (with the 20 ms
-        # fake, fewer sends fit in the protections' 0.1 s all-clear window and the figures stop matching
-        # `--only census`).
-        instant = FakeProcess(0.0, api_key=_api_key())
-        set_api_url(instant.url)
-        try:
-            counts = census.run()
-        finally:
-            instant.stop()
-            set_api_url(fake.url)
+        counts = census.run()
         profile_md = ""
         if profile:
             out = LOG_DIR / "send-threads32.pyspy.txt"
