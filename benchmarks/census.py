@@ -63,7 +63,13 @@ def _describe(c: Counter[str], n: int, skip: str = "") -> str:
     return ", ".join(f"{k} {v / n:g}" for k, v in sorted(c.items(), key=lambda kv: -kv[1]) if k != skip)
 
 
-def _measure(n: int, label: str) -> list[list[str]]:
+def _row(call: str, sql: Counter[str], rds: Counter[str], n: int, cpu: float) -> list[str]:
+    """One table row: round trips and commands per call, and single-thread CPU ms per call."""
+    return [call, f"{sum(sql.values()) / n:g}", _describe(sql, n), f"{rds['(round trips)'] / n:g}",
+            _describe(rds, n, "(round trips)"), f"{1000 * cpu / n:.2f}"]
+
+
+def _measure(n: int) -> list[list[str]]:
     from worker import enqueue_email
     from worker.delivery import deliver
 
@@ -75,22 +81,20 @@ def _measure(n: int, label: str) -> list[list[str]]:
         t0 = time.thread_time()
         ids = [enqueue_email(recipient(i), SUBJECT, text_body=TEXT_BODY, html_body=HTML_BODY) for i in range(n)]
         enq_cpu = time.thread_time() - t0
-    enq = [f"enqueue_email{label}", f"{sum(sql.values()) / n:g}", _describe(sql, n),
-           f"{rds['(round trips)'] / n:g}", _describe(rds, n, "(round trips)"), f"{1000 * enq_cpu / n:.2f}"]
+    enq = _row("enqueue_email", sql, rds, n, enq_cpu)
     with counting() as (sql, rds):
         t0 = time.thread_time()
         outcomes = Counter(deliver(tid, owner="bench:census").kind for tid in ids)
         cpu = time.thread_time() - t0
     if outcomes != Counter({"sent": n}):
         raise RuntimeError(f"census deliveries did not all succeed: {dict(outcomes)}")
-    dlv = [f"deliver(){label}", f"{sum(sql.values()) / n:g}", _describe(sql, n),
-           f"{rds['(round trips)'] / n:g}", _describe(rds, n, "(round trips)"), f"{1000 * cpu / n:.2f}"]
-    evt = _measure_events(ids, label)
+    dlv = _row("deliver()", sql, rds, n, cpu)
+    evt = _measure_events(ids)
     clean_redis()
     return [enq, dlv, evt]
 
 
-def _measure_events(ids: list[str], label: str) -> list[str]:
+def _measure_events(ids: list[str]) -> list[str]:
     """One ``delivered`` event per sent message through ``process_event`` (what an event worker runs)."""
     from datetime import UTC, datetime
 
@@ -106,19 +110,17 @@ def _measure_events(ids: list[str], label: str) -> list[str]:
     to = {tid: recipient(i) for i, tid in enumerate(ids)}
     now = datetime.now(UTC)
     events = [event("delivered", str(email_id), to[tid], now) for email_id, tid in rows]
-    with counting() as (sql, _rds):
+    with counting() as (sql, rds):
         t0 = time.thread_time()
         outcomes = Counter(process_event(e)["status"] for e in events)
         cpu = time.thread_time() - t0
     if outcomes != Counter({"applied": len(events)}):
         raise RuntimeError(f"census events were not all applied: {dict(outcomes)}")
-    n = len(events)
-    return [f"process_event(){label}", f"{sum(sql.values()) / n:g}", _describe(sql, n), "0", "",
-            f"{1000 * cpu / n:.2f}"]
+    return _row("process_event()", sql, rds, len(events), cpu)
 
 
 def measure(n: int = 200) -> dict[str, Any]:
-    rows = _measure(n, "")
+    rows = _measure(n)
     md = table(["per email", "MariaDB round trips", "by command", "Redis round trips", "Redis commands",
                 "CPU ms (1 thread)"], rows)
     return {"table": md, "rows": rows}
