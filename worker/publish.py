@@ -138,7 +138,7 @@ def _build_target(task: str, url: str) -> _Target | None:
 
     None for anything but a plain ``redis://``/``rediss://`` URL (memory://, amqp://, failover lists, Sentinel,
     ``broker_use_ssl``) and for settings under which ``send_task`` would write another message than
-    ``_event_message`` builds (another protocol, serializer, compression, key prefix, route or priority).
+    :func:`_task_message` builds (another protocol, serializer, compression, key prefix, route or priority).
     """
     import redis
     from celery.utils.nodenames import anon_nodename
@@ -176,10 +176,9 @@ def _build_target(task: str, url: str) -> _Target | None:
         # never on a timeout: a hung Redis fails the publish after one socket timeout.
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    return _Target(client=client, queue=queue.name, exchange="",
-                        delivery_mode=int(maybe_delivery_mode(queue.exchange.delivery_mode
-                                                              or conf.task_default_delivery_mode)),
-                        origin=anon_nodename())
+    delivery_mode = maybe_delivery_mode(queue.exchange.delivery_mode or conf.task_default_delivery_mode)
+    return _Target(client=client, queue=queue.name, exchange="", delivery_mode=int(delivery_mode),
+                   origin=anon_nodename())
 
 
 def _send_task_event(event: dict[str, Any], url: str) -> None:
