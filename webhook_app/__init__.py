@@ -67,11 +67,7 @@ def configure_logging() -> None:
     """
     from worker.redaction import install
 
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    install(root)
+    install(logging.getLogger(), level=os.environ.get("LOG_LEVEL", "INFO").upper())
 
 
 def _register_error_handlers(app: Flask) -> None:

@@ -96,11 +96,14 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def install(logger: logging.Logger | None = None, **_: Any) -> None:
-    """Add the filter to every handler of ``logger`` (root by default) that lacks one."""
+def install(logger: logging.Logger | None = None, level: int | str = logging.INFO, **_: Any) -> None:
+    """Add the filter to every handler of ``logger`` (root by default) that lacks one.
+
+    A logger with no handler at all first gets a plain stderr one at ``level``.
+    """
     target = logger or logging.getLogger()
     if not target.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in target.handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
