@@ -308,9 +308,7 @@ def smtp_sink(base_env: pytest.MonkeyPatch) -> Iterator[SmtpSink]:
 @pytest.fixture
 def closed_port() -> int:
     """A loopback port nobody listens on (connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 @pytest.fixture
