@@ -93,11 +93,31 @@ class Settings:
     smtp2go_breaker_cooldown: float
     send_lease_seconds: int
     max_task_crashes: int
+    smtp_unknown_resend_after: float
+    reconcile_resend_after: float
     module_cache_seconds: float
     db_pool_size: int
     webhook_max_body_bytes: int
     sweep_interval: float
+    sweep_republish_after: float
     retention_days: int
+
+    def worst_case_attempt_seconds(self) -> float:
+        """The longest one transport call can take: the API's connect + read timeouts, or an SMTP exchange
+        (connect, EHLO/STARTTLS/AUTH, envelope, DATA: each socket operation bounded by ``SMTP_TIMEOUT``; four
+        of them waiting their full timeout is the worst we plan for)."""
+        return max(self.smtp2go_connect_timeout + self.smtp2go_timeout, 4 * self.smtp_timeout)
+
+    def validate(self) -> None:
+        """Refuse settings under which the send path cannot keep its promise (checked at start-up)."""
+        needed = self.worst_case_attempt_seconds() * 1.1 + 2  # + the database writes around the call
+        if self.send_lease_seconds < needed:
+            raise ConfigurationError(
+                f"SEND_LEASE_SECONDS={self.send_lease_seconds} is shorter than the worst-case send attempt "
+                f"(needs {needed:.0f}s: SMTP2GO_CONNECT_TIMEOUT + SMTP2GO_TIMEOUT, or 4 x SMTP_TIMEOUT, plus 10%): "
+                "a second worker could take over a message that is still being sent")
+        if self.smtp_unknown_resend_after < 0 or self.reconcile_resend_after < 0:
+            raise ConfigurationError("SMTP_UNKNOWN_RESEND_AFTER and RECONCILE_RESEND_AFTER must not be negative")
 
     @property
     def smtp_configured(self) -> bool:
@@ -132,12 +152,12 @@ def apply_dev_env() -> None:
 
 
 def load_settings() -> Settings:
-    """Read the environment now (uncached)."""
+    """Read the environment now (uncached) and validate it."""
     apply_dev_env()
     security = (os.environ.get("SMTP_SECURITY") or "starttls").strip().lower()
     if security not in {"starttls", "ssl", "none"}:
         raise ConfigurationError(f"SMTP_SECURITY must be starttls, ssl or none, got {security!r}")
-    return Settings(
+    settings = Settings(
         database_url=_opt("DATABASE_URL") or default_database_url(),
         broker_url=_opt("CELERY_BROKER_URL") or _opt("REDIS_URL") or DEFAULT_BROKER_URL,
         smtp2go_api_key=_opt("SMTP2GO_API_KEY"),
@@ -166,12 +186,17 @@ def load_settings() -> Settings:
         smtp2go_breaker_cooldown=_float("SMTP2GO_BREAKER_COOLDOWN", 30.0),
         send_lease_seconds=_int("SEND_LEASE_SECONDS", 180),
         max_task_crashes=_int("SEND_MAX_CRASHES", 3),
+        smtp_unknown_resend_after=_float("SMTP_UNKNOWN_RESEND_AFTER", 600.0),
+        reconcile_resend_after=_float("RECONCILE_RESEND_AFTER", 600.0),
         module_cache_seconds=_float("MODULE_CACHE_SECONDS", 5.0),
         db_pool_size=_int("DB_POOL_SIZE", 0),
         webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),
         sweep_interval=_float("SWEEP_INTERVAL", 15.0),
+        sweep_republish_after=_float("SWEEP_REPUBLISH_AFTER", 300.0),
         retention_days=_int("RETENTION_DAYS", 90),
     )
+    settings.validate()
+    return settings
 
 
 @lru_cache(maxsize=1)

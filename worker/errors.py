@@ -19,7 +19,20 @@ class MailworkerError(Exception):
 
 
 class ConfigurationError(MailworkerError):
-    """Missing or invalid configuration (a secret, a URL, a key)."""
+    """Missing or invalid configuration (a secret, a URL, a key).
+
+    Never a message outcome: the send path *holds* the message (``retrying`` with ``last_error`` naming the
+    problem) until an operator fixes it, and then sends it.
+    """
+
+
+class CredentialsRejected(ConfigurationError):
+    """A provider refused our credentials (SMTP2Go 401/403, relay 535): the key was revoked or rotated."""
+
+    def __init__(self, message: str, *, provider: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status_code = status_code
 
 
 class InvalidEmail(ValueError, MailworkerError):  # noqa: N818 - the contract's name
@@ -71,9 +84,12 @@ class AmbiguousDeliveryError(DeliveryError):
     """The request was sent but no answer came back: it may or may not have been accepted."""
 
 
-class RecipientsRefused(PermanentDeliveryError):
-    """Every recipient was refused by the relay (per-address reasons in ``refused``)."""
+class RecipientsRefused(DeliveryError):
+    """The relay accepted no recipient: ``refused`` (5xx, final) and ``deferred`` (4xx, retry those) map each
+    address to the relay's reply. Nothing was sent."""
 
-    def __init__(self, message: str, *, provider: str, refused: dict[str, str]) -> None:
+    def __init__(self, message: str, *, provider: str, refused: dict[str, str],
+                 deferred: dict[str, str] | None = None) -> None:
         super().__init__(message, provider=provider)
         self.refused = refused
+        self.deferred = deferred or {}

@@ -32,8 +32,11 @@ ALL_QUEUES = f"{SEND_QUEUE},{EVENTS_QUEUE},{MAINTENANCE_QUEUE}"
 
 #: What every fault test's workers run with: short leases and backoffs so recovery takes seconds, not minutes.
 FAULT_ENV = {
-    "SEND_LEASE_SECONDS": "5",
+    # The lease must outlive the worst-case attempt (Settings.validate): 4 x SMTP_TIMEOUT here.
+    "SEND_LEASE_SECONDS": "7",
+    "SMTP_TIMEOUT": "1.5",
     "SWEEP_INTERVAL": "1",
+    "SWEEP_REPUBLISH_AFTER": "4",
     "SEND_RETRY_BACKOFF": "0.2",
     "SEND_RETRY_BACKOFF_MAX": "1",
     "PYTHONPATH": str(PROJECT),
