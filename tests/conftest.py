@@ -250,13 +250,27 @@ def fake_api(base_env: pytest.MonkeyPatch) -> Iterator[Any]:
 
 @dataclass
 class SmtpSink:
-    """What the loopback SMTP server received, and how it should answer."""
+    """What the loopback SMTP server received, and how it should answer.
+
+    Every knob models a real relay behaviour the transport must report honestly: ``refuse`` answers RCPT per
+    address (``"550 ..."`` final, ``"451 4.7.1 greylisted"`` deferred); ``data_reply`` answers the final dot
+    without keeping the message; ``data_delay`` keeps the message and answers only after that many seconds (a
+    client with a shorter timeout never sees the 250: the relay has it, the sender does not know);
+    ``drop_after_data`` keeps the message and closes the connection without answering. AUTH is offered on
+    plain connections: ``users`` (login -> password), when set, are the only logins accepted (any other gets
+    ``535``; unset accepts any login, like a sink that does not check); ``auth_reply`` answers every AUTH
+    instead (e.g. ``"454 4.7.0 try later"``).
+    """
 
     host: str
     port: int
     messages: list[tuple[str, list[str], MimeMessage]] = field(default_factory=list)
-    refuse: dict[str, str] = field(default_factory=dict)  # address -> "550 reason" / "450 reason"
+    refuse: dict[str, str] = field(default_factory=dict)  # lower-case address -> "550 reason" / "451 reason"
     data_reply: str | None = None  # e.g. "554 5.7.1 rejected" or "451 4.3.0 try later"
+    data_delay: float = 0.0
+    drop_after_data: bool = False
+    users: dict[str, str] | None = None
+    auth_reply: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count_for(self, tracking_id: str) -> int:
@@ -268,6 +282,16 @@ class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
+    def authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> Any:
+        """aiosmtpd ``authenticator=``: see :class:`SmtpSink` (``users``, ``auth_reply``)."""
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        if self.sink.auth_reply is None and isinstance(auth_data, LoginPassword):
+            users = self.sink.users
+            if users is None or users.get(auth_data.login.decode()) == auth_data.password.decode():
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False, message=self.sink.auth_reply)
+
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
                           rcpt_options: Any) -> str:
         reply = self.sink.refuse.get(address.lower())
@@ -277,25 +301,38 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        import asyncio
+
         if self.sink.data_reply:
             return self.sink.data_reply
         with self.sink.lock:
             mime = message_from_bytes(envelope.content, policy=policy.default)
             self.sink.messages.append((envelope.mail_from, list(envelope.rcpt_tos), mime))
+        if self.sink.drop_after_data:
+            server.transport.close()
+            await asyncio.sleep(60)  # connection_lost cancels this at once; nothing is ever answered
+        if self.sink.data_delay:
+            await asyncio.sleep(self.sink.data_delay)  # a client that gave up closes; eof_received cancels us
         return "250 Message accepted for delivery"
+
+
+def smtp_controller(sink: SmtpSink, **kwargs: Any) -> Any:
+    """An aiosmtpd Controller serving ``sink``, with AUTH offered on plain connections (for the 535 tests)."""
+    from aiosmtpd.controller import Controller
+
+    handler = _Handler(sink)
+    return Controller(handler, hostname=sink.host, port=sink.port, authenticator=handler.authenticate,
+                      auth_require_tls=False, **kwargs)
 
 
 @pytest.fixture
 def smtp_sink(base_env: pytest.MonkeyPatch) -> Iterator[SmtpSink]:
     """A real SMTP server (aiosmtpd) on loopback, configured as the fallback relay (no TLS)."""
-    from aiosmtpd.controller import Controller
-
-    port = free_port()
-    sink = SmtpSink(host="127.0.0.1", port=port)
-    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=port)
+    sink = SmtpSink(host="127.0.0.1", port=free_port())
+    controller = smtp_controller(sink)
     controller.start()
     base_env.setenv("SMTP_HOST", "127.0.0.1")
-    base_env.setenv("SMTP_PORT", str(port))
+    base_env.setenv("SMTP_PORT", str(sink.port))
     base_env.setenv("SMTP_SECURITY", "none")
     reset_settings()
     yield sink
