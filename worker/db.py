@@ -2,6 +2,23 @@
 
 One engine per database URL per process (cached), created lazily so that importing ``worker`` never connects.
 SQLite gets WAL and a busy timeout so the worker, beat and the CLI can share the embedded file.
+
+SQLite transactions follow SQLAlchemy's documented pysqlite recipe ("Enabling Non-Legacy SQLite Transactional
+Modes", sqlalchemy.dialects.sqlite): the driver is put in autocommit (``isolation_level = None``) so it never
+issues BEGIN/COMMIT on its own, and the engine's ``begin`` event emits ``BEGIN IMMEDIATE``. Why: in its legacy
+mode pysqlite opens no transaction before the first INSERT/UPDATE/DELETE, and SQLite ignores ``FOR UPDATE``, so
+a "locking read" ran outside any transaction; two event workers could both read ``open_count = n`` and both
+write ``n + 1`` (a lost update). Alembic's DDL also becomes transactional (a failed migration rolls back).
+
+Every transaction is IMMEDIATE, readers included: a transaction takes SQLite's single write lock at its start,
+so two read-then-write transactions serialize at BEGIN (waiting up to ``busy_timeout``) instead of the second
+failing with "database is locked" when it tries to upgrade a stale read snapshot, which a deferred BEGIN would
+do. We cannot tell at BEGIN whether a transaction will write, and the cost of treating every one as a writer
+is small here: transactions are short, and no network call is made while one is open (the send path commits
+its in-flight mark before calling a provider; keep it that way on SQLite or every other writer waits for the
+provider). What we give up is WAL's "readers run beside the writer"; the embedded default is for small
+installations and the dev stack, MariaDB is the backend for concurrency. One consequence to know: a thread that
+holds a transaction and opens a second connection to the same file waits on itself until busy_timeout.
 """
 
 from __future__ import annotations
@@ -28,12 +45,23 @@ _DEFAULT_POOL_SIZE = 10
 _pool_size = _DEFAULT_POOL_SIZE
 
 
+#: How long a SQLite connection waits for the write lock (``BEGIN IMMEDIATE``) before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30000
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """Per connection: hand transaction control to SQLAlchemy (see the module docstring), WAL, waits, FKs."""
+    dbapi_conn.isolation_level = None  # pysqlite emits no BEGIN of its own; _sqlite_begin does
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """Start every SQLite transaction as a writer, so its reads and writes are one serializable unit."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def build_engine(url: str) -> Engine:
@@ -46,6 +74,7 @@ def build_engine(url: str) -> Engine:
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     if parsed.get_backend_name() in {"mysql", "mariadb"}:
         query = dict(parsed.query)
