@@ -12,6 +12,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -88,7 +89,9 @@ def test_plain_send_returns_message_id(plain: SmtpSink) -> None:
 def test_content_is_dot_stuffed_and_arrives_intact(plain: SmtpSink) -> None:
     body = ".leading dot\n..two dots\n.\nlast line"
     send(plain, email=email(text_body=body))
-    assert plain.messages[0][2].get_content().replace("\r\n", "\n").rstrip("\n") == body
+    received = plain.messages[0][2]
+    assert isinstance(received, EmailMessage)  # parsed with policy.default
+    assert received.get_content().replace("\r\n", "\n").rstrip("\n") == body
 
 
 def test_an_address_in_to_and_cc_is_sent_once(plain: SmtpSink) -> None:
