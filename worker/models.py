@@ -3,6 +3,11 @@
 The database row is the source of truth for every email: the broker carries only the tracking id. Types are
 chosen to work the same on MariaDB (utf8mb4, microsecond timestamps, LONGTEXT/LONGBLOB for bodies and
 attachments) and on SQLite (the embedded default). Timestamps are stored as naive UTC and returned aware.
+
+Identifiers compare exactly on both backends: tracking ids (and every column that holds one), idempotency
+keys, provider ids, event ids and references are :data:`ExactString` columns, ``utf8mb4_bin`` on MariaDB, whose
+tables are otherwise ``utf8mb4_unicode_ci`` (case- and accent-insensitive: ``Order-1`` and ``order-1`` would be
+one idempotency key there and two on SQLite, which compares BINARY). Email addresses stay case-insensitive.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
 
 
 def utcnow() -> datetime:
@@ -55,6 +61,11 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC)
+
+
+def ExactString(length: int) -> TypeEngine[str]:  # noqa: N802 - used like a type, next to String
+    """A VARCHAR compared byte for byte: ``utf8mb4_bin`` on MariaDB, plain (already BINARY) on SQLite."""
+    return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
 
 
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
@@ -143,7 +154,7 @@ class Base(DeclarativeBase):
 class Message(Base):
     __tablename__ = "messages"
 
-    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    id: Mapped[str] = mapped_column(ExactString(36), primary_key=True)
     status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus, "message_status"), index=True)
     transport: Mapped[Transport | None] = mapped_column(_enum(Transport, "transport"))
     sender: Mapped[str] = mapped_column(String(998))
@@ -154,10 +165,10 @@ class Message(Base):
     headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
     template_id: Mapped[str | None] = mapped_column(String(255))
     template_data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    reference: Mapped[str | None] = mapped_column(String(255), index=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
-    smtp2go_message_id: Mapped[str | None] = mapped_column(String(128), unique=True)
-    message_id_header: Mapped[str | None] = mapped_column(String(255), index=True)
+    reference: Mapped[str | None] = mapped_column(ExactString(255), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(ExactString(255), unique=True)
+    smtp2go_message_id: Mapped[str | None] = mapped_column(ExactString(128), unique=True)
+    message_id_header: Mapped[str | None] = mapped_column(ExactString(255), index=True)
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -177,6 +188,8 @@ class Message(Base):
     inflight_transport: Mapped[Transport | None] = mapped_column(_enum(Transport, "inflight_transport"))
     inflight_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ambiguous_since: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: Set while an operator problem (revoked key, missing encryption key, no transport) holds the message.
+    held_since: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     email_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -210,7 +223,8 @@ class Recipient(Base):
     __tablename__ = "recipients"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    message_id: Mapped[str] = mapped_column(
+        ExactString(36), ForeignKey("messages.id", ondelete="CASCADE"), index=True)
     address: Mapped[str] = mapped_column(String(320), index=True)
     display_name: Mapped[str | None] = mapped_column(String(255))
     kind: Mapped[RecipientKind] = mapped_column(_enum(RecipientKind, "recipient_kind"))
@@ -240,7 +254,8 @@ class Attachment(Base):
     __tablename__ = "attachments"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    message_id: Mapped[str] = mapped_column(
+        ExactString(36), ForeignKey("messages.id", ondelete="CASCADE"), index=True)
     filename: Mapped[str] = mapped_column(String(255))
     mimetype: Mapped[str] = mapped_column(String(255))
     size_bytes: Mapped[int] = mapped_column(Integer)
@@ -257,12 +272,12 @@ class TrackingEvent(Base):
     __tablename__ = "tracking_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    provider_event_id: Mapped[str] = mapped_column(String(191), unique=True)
+    provider_event_id: Mapped[str] = mapped_column(ExactString(191), unique=True)
     message_id: Mapped[str | None] = mapped_column(
-        ForeignKey("messages.id", ondelete="SET NULL"), index=True
+        ExactString(36), ForeignKey("messages.id", ondelete="SET NULL"), index=True
     )
-    smtp2go_message_id: Mapped[str | None] = mapped_column(String(128), index=True)
-    tracking_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    smtp2go_message_id: Mapped[str | None] = mapped_column(ExactString(128), index=True)
+    tracking_ref: Mapped[str | None] = mapped_column(ExactString(64), index=True)
     event_type: Mapped[EventType] = mapped_column(_enum(EventType, "event_type"), index=True)
     raw_event: Mapped[str | None] = mapped_column(String(64))
     recipient: Mapped[str | None] = mapped_column(String(320), index=True)
@@ -290,7 +305,7 @@ class Suppression(Base):
     address: Mapped[str] = mapped_column(String(320), unique=True)
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
-    source_message_id: Mapped[str | None] = mapped_column(String(36))
+    source_message_id: Mapped[str | None] = mapped_column(ExactString(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},)
