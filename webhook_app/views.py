@@ -18,7 +18,13 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from webhook_app.auth import SIGNATURE_HEADER, SecretStore, authenticate
-from webhook_app.parsing import MalformedBody, UnsupportedContentType, parse_body, split_events
+from webhook_app.parsing import (
+    BodyTooLarge,
+    MalformedBody,
+    UnsupportedContentType,
+    parse_body,
+    split_events,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +146,9 @@ def receive_events() -> Response:
         method = "none"
 
     try:
-        items = parse_body(request.mimetype, request.mimetype_params, body)
+        items = parse_body(request.mimetype, request.mimetype_params, body, max_bytes=cap)
+    except BodyTooLarge:
+        return _answer(413, {"error": "payload too large"}, auth=method, size=len(body))
     except UnsupportedContentType:
         return _answer(415, {"error": "unsupported content type"}, auth=method, size=len(body))
     except MalformedBody:

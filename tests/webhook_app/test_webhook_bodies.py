@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -214,14 +215,179 @@ def test_malformed_form_is_400(client: FlaskClient, body: bytes) -> None:
     assert post_raw(client, body, "application/x-www-form-urlencoded").status_code == 400
 
 
-@pytest.mark.parametrize("content_type", [
-    "text/plain", None, "application/xml", "multipart/form-data; boundary=x", "application/json; charset=latin-1",
-    "application/jsonx", "json",
+NOT_JSON_TYPES = [None, "text/plain", "application/octet-stream", "text/plain; charset=utf-8", "application/xml",
+                  "application/jsonx", "json"]
+
+
+@pytest.mark.parametrize("body", [
+    b"nope", b"", b"<event>delivered</event>", b"event=delivered&rcpt=a%40x.org", b"{", b"42", b"\"delivered\"",
+    b"null", b"{\"a\": NaN}", b"\xff\xfe{}",
 ])
-def test_unsupported_content_type_is_415(client: FlaskClient, recorder: Any, content_type: str | None) -> None:
-    response = post_raw(client, json.dumps(EVENT).encode(), content_type)
+@pytest.mark.parametrize("content_type", NOT_JSON_TYPES)
+def test_body_that_is_not_a_json_event_without_a_json_type_is_415(client: FlaskClient, recorder: Any, body: bytes,
+                                                                  content_type: str | None) -> None:
+    """Without a declared JSON or form type only a JSON object or list is read; anything else stays a 415."""
+    response = post_raw(client, body, content_type)
     assert response.status_code == 415
     assert response.get_json() == {"error": "unsupported content type"}
+    assert recorder.events == []
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json; charset=latin-1", "text/plain; charset=iso-8859-1",
+    "application/x-www-form-urlencoded; charset=cp1252",
+])
+def test_declared_non_utf8_charset_is_415(client: FlaskClient, recorder: Any, content_type: str) -> None:
+    response = post_raw(client, json.dumps(EVENT).encode(), content_type)
+    assert response.status_code == 415
+    assert recorder.events == []
+
+
+# ------------------------------------------------------------------ JSON without a JSON content type
+
+
+@pytest.mark.parametrize("content_type", NOT_JSON_TYPES)
+def test_json_object_without_a_json_content_type_is_accepted(broker_client: FlaskClient, events_queue: Any,
+                                                             content_type: str | None) -> None:
+    """SMTP2Go sometimes sends its JSON output with no or a generic content type: the event must not be lost."""
+    body = (FIXTURES / "webhook_delivered.json").read_bytes()
+    response = post_raw(broker_client, body, content_type)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == {"received": 1, "queued": 1, "ignored": 0}
+    assert events_queue() == [("mailworker.process_event", [json.loads(body)], {})]
+
+
+def test_json_list_as_text_plain_is_accepted(client: FlaskClient, recorder: Any) -> None:
+    batch = [json.loads(p.read_bytes()) for p in JSON_FIXTURES[:3]] + [{"no": "identity"}]
+    response = post_raw(client, json.dumps(batch).encode(), "text/plain")
+    assert response.get_json() == {"received": 4, "queued": 3, "ignored": 1}
+    assert recorder.events == batch[:3]
+
+
+def test_json_without_content_type_is_authenticated_first(client: FlaskClient, recorder: Any,
+                                                          auth: Callable[[str, bytes], dict[str, str]]) -> None:
+    body = json.dumps(EVENT).encode()
+    assert client.post(EVENTS_PATH, data=body, headers=auth("wrong-secret", body)).status_code == 401
+    assert recorder.events == []
+    assert client.post(EVENTS_PATH, data=body, headers=auth(SECRET, body)).status_code == 200
+    assert recorder.events == [EVENT]
+
+
+# ------------------------------------------------------------------ multipart/form-data
+
+
+def multipart(fields: list[tuple[str, str]] | None = None, files: Any = None) -> tuple[bytes, str]:
+    """A body and content type exactly as ``requests`` encodes ``data=`` with ``files=`` (nothing is sent).
+
+    ``requests`` only builds multipart when there are files, so fields alone go in as ``(None, value)`` parts,
+    which is how it encodes a plain field without a filename.
+    """
+    if not files:
+        files, fields = [(key, (None, value)) for key, value in fields or []], None
+    prepared = requests.Request("POST", "http://receiver.invalid/", data=fields, files=files).prepare()
+    assert isinstance(prepared.body, bytes)
+    return prepared.body, prepared.headers["Content-Type"]
+
+
+def test_multipart_fixture_becomes_the_same_task_as_urlencoded(broker_client: FlaskClient,
+                                                               events_queue: Any) -> None:
+    fields = parse_qsl(FORM_BODY.decode(), keep_blank_values=True)
+    body, content_type = multipart(files=[(key, (None, value)) for key, value in fields])
+    assert content_type.startswith("multipart/form-data; boundary=")
+    assert post_raw(broker_client, body, content_type).get_json() == {"received": 1, "queued": 1, "ignored": 0}
+    assert post_raw(broker_client, FORM_BODY, "application/x-www-form-urlencoded").status_code == 200
+    [(_, [from_multipart], _), (_, [from_urlencoded], _)] = events_queue()
+    assert from_multipart == from_urlencoded == dict(fields)
+    assert from_multipart["Message-Id"] == from_multipart["message-id"]
+
+
+def test_multipart_repeated_keys_and_lists_match_urlencoded(client: FlaskClient, recorder: Any) -> None:
+    body, content_type = multipart(
+        fields=[("event", "processed"), ("email_id", "abc"), ("recipients", "a@x.org"), ("recipients", "b@x.org"),
+                ("tag[]", "one"), ("X-Custom", "1"), ("empty", ""), ("note", "café ok")],
+        files=[("X-Custom", ("custom.txt", b"2", "text/plain; charset=utf-8"))])
+    assert post_raw(client, body, content_type).status_code == 200
+    urlencoded = (b"event=processed&email_id=abc&recipients=a%40x.org&recipients=b%40x.org"
+                  b"&tag%5B%5D=one&X-Custom=1&X-Custom=2&empty=&note=caf%C3%A9+ok")
+    assert post_raw(client, urlencoded, "application/x-www-form-urlencoded").status_code == 200
+    expected = {"event": "processed", "email_id": "abc", "recipients": ["a@x.org", "b@x.org"], "tag": ["one"],
+                "X-Custom": ["1", "2"], "empty": "", "note": "café ok"}
+    assert recorder.events == [expected, expected]
+
+
+def test_multipart_by_hand_single_recipient_is_still_a_list(client: FlaskClient, recorder: Any) -> None:
+    body = (b"--b0und\r\nContent-Disposition: form-data; name=\"event\"\r\n\r\nprocessed\r\n"
+            b"--b0und\r\nContent-Disposition: form-data; name=\"email_id\"\r\n\r\nabc\r\n"
+            b"--b0und\r\nContent-Disposition: form-data; name=\"recipients\"\r\n"
+            b"Content-Type: text/plain; charset=UTF-8\r\n\r\na@x.org\r\n--b0und--\r\n")
+    response = post_raw(client, body, "multipart/form-data; boundary=b0und")
+    assert response.get_json() == {"received": 1, "queued": 1, "ignored": 0}
+    assert recorder.events == [{"event": "processed", "email_id": "abc", "recipients": ["a@x.org"]}]
+
+
+def test_multipart_is_authenticated_before_it_is_parsed(client: FlaskClient, recorder: Any,
+                                                        auth: Callable[[str, bytes], dict[str, str]]) -> None:
+    body, content_type = VALID_MULTIPART, VALID_MULTIPART_TYPE
+    for headers, status in ((auth("wrong-secret", body), 401), (auth(SECRET, body), 200)):
+        response = client.post(EVENTS_PATH, data=body, headers={"Content-Type": content_type, **headers})
+        assert response.status_code == status
+    # Garbage under a bad secret is a 401 too: the body is not looked at.
+    assert post_raw(client, b"--x\r\nbroken", "multipart/form-data; boundary=x",
+                    Authorization="Bearer nope").status_code == 401
+    assert recorder.events == [{"event": "delivered", "email_id": "abc"}]
+
+
+VALID_MULTIPART, VALID_MULTIPART_TYPE = multipart(fields=[("event", "delivered"), ("email_id", "abc")])
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b"{\"event\": \"delivered\"}", "multipart/form-data; boundary=x"),  # JSON declared as multipart
+    (VALID_MULTIPART, "multipart/form-data"),  # no boundary
+    (VALID_MULTIPART, "multipart/form-data; boundary=other"),  # the wrong boundary
+    (VALID_MULTIPART[:-10], VALID_MULTIPART_TYPE),  # cut before the closing boundary
+    (b"no boundary anywhere", "multipart/form-data; boundary=x"),
+    (b"--x\r\n", "multipart/form-data; boundary=x"),
+    (b"--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n--x--\r\n", "multipart/form-data; boundary=x"),
+    (b"--x\r\nContent-Type: text/plain\r\n\r\nv\r\n--x--\r\n", "multipart/form-data; boundary=x"),
+    (b"--x\r\nContent-Disposition: form-data; name=\"event\"\r\n\r\n\xff\r\n--x--\r\n",
+     "multipart/form-data; boundary=x"),
+    (b"--x\r\nContent-Disposition: form-data; name=\"\xff\"\r\n\r\nv\r\n--x--\r\n",
+     "multipart/form-data; boundary=x"),
+    (b"--x\r\nContent-Disposition: form-data; name=\"\"\r\n\r\nv\r\n--x--\r\n", "multipart/form-data; boundary=x"),
+])
+def test_malformed_multipart_is_400(client: FlaskClient, recorder: Any, body: bytes, content_type: str) -> None:
+    response = post_raw(client, body, content_type)
+    assert response.status_code == 400
+    assert response.get_json() == {"error": "malformed body"}
+    assert recorder.events == []
+
+
+def test_multipart_part_in_another_charset_is_415(client: FlaskClient, recorder: Any) -> None:
+    body = (b"--x\r\nContent-Disposition: form-data; name=\"event\"\r\n"
+            b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\ndelivered\r\n--x--\r\n")
+    assert post_raw(client, body, "multipart/form-data; boundary=x").status_code == 415
+    assert recorder.events == []
+
+
+def test_multipart_over_the_cap_is_413_before_auth_and_parsing(make_app: Callable[..., Flask],
+                                                               recorder: Any) -> None:
+    client = make_app(secrets=[SECRET], publisher=recorder, max_body_bytes=1000).test_client()
+    body, content_type = multipart(fields=[("event", "delivered"), ("email_id", "abc"), ("pad", "x" * 1000)])
+    for authorization in (f"Bearer {SECRET}", "Bearer nope"):
+        response = post_raw(client, body, content_type, Authorization=authorization)
+        assert (response.status_code, response.get_json()) == (413, {"error": "payload too large"})
+    chunked = client.post(EVENTS_PATH, headers={"Content-Type": content_type, "Transfer-Encoding": "chunked", **AUTH},
+                          environ_overrides={"wsgi.input": _ChunkedStream(body, chunk=100),
+                                             "wsgi.input_terminated": True})
+    assert chunked.status_code == 413
+    assert recorder.events == []
+
+
+def test_multipart_with_too_many_parts_is_413(client: FlaskClient, recorder: Any) -> None:
+    body, content_type = multipart(files=[("event", (None, "delivered"))] + [("k", (None, ""))] * 1000)
+    assert len(body) < 1024 * 1024  # under the body cap: the part limit is what refuses it
+    response = post_raw(client, body, content_type)
+    assert (response.status_code, response.get_json()) == (413, {"error": "payload too large"})
     assert recorder.events == []
 
 
