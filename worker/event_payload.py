@@ -1,9 +1,9 @@
 """SMTP2Go webhook payloads -> :class:`NormalizedEvent` (pure: no I/O, never raises).
 
 SMTP2Go's real field names only: ``event``, ``time`` (else ``sendtime``), ``email_id``, ``id``, ``rcpt`` or
-``recipients``, ``bounce``, ``message``, ``context``, ``host``, ``user-agent``, ``url``, and echoed custom
-headers such as ``X-Mailworker-Id``. JSON bodies and flat form dicts (values possibly one-item lists) both
-arrive here. The dedup key is the event ``id``, else a sha256 of email_id + event + recipient + time.
+``recipients``, ``bounce``, ``message``, ``reason``, ``context``, ``host``, ``user-agent``, ``url``, and echoed
+custom headers such as ``X-Mailworker-Id``. JSON bodies and flat form dicts (values possibly one-item lists)
+both arrive here. The dedup key is the event ``id``, else a sha256 of email_id + event + recipient + time.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class NormalizedEvent:
     recipients: tuple[str, ...] = ()
     bounce_type: str | None = None
     message: str | None = None
+    reason: str | None = None
     context: str | None = None
     host: str | None = None
     user_agent: str | None = None
@@ -64,11 +65,17 @@ class NormalizedEvent:
 
     @property
     def detail(self) -> str | None:
-        """The provider's explanation in one line: ``message (context; host)``."""
+        """The provider's explanation in one line: ``message; reason (context; host)``.
+
+        ``reason`` is the field SMTP2Go's activity records use for why a recipient was refused, and an event
+        may carry it too; it is kept next to ``message`` rather than instead of it, so neither text is lost
+        (a reject's suppression keeps this line as its detail).
+        """
+        text = "; ".join(dict.fromkeys(p for p in (self.message, self.reason) if p))
         extra = "; ".join(p for p in (self.context, self.host) if p)
-        if self.message and extra:
-            return f"{self.message} ({extra})"
-        return self.message or extra or None
+        if text and extra:
+            return f"{text} ({extra})"
+        return text or extra or None
 
 
 # --------------------------------------------------------------------------------------------- normalising
@@ -203,6 +210,7 @@ def normalize_event(payload: dict[str, Any]) -> NormalizedEvent:
         recipients=recipients,
         bounce_type=_bounce_type(get("bounce"), message) if event_type == EventType.BOUNCE else None,
         message=message,
+        reason=get("reason"),
         context=get("context"),
         host=get("host"),
         user_agent=get("user-agent") or get("user_agent"),

@@ -37,10 +37,11 @@ were handed to the transport (all but suppressed/failed ones):
 5. else ``sent``.
 
 Suppressions are address facts, applied once when the event is ingested (whether or not its message is known,
-so an unsubscribe takes effect at once): hard bounce, spam complaint, unsubscribe and a reject whose message or
-context mentions suppression add the address; resubscribe removes it; a soft bounce never suppresses. Events
-arriving out of order are respected: a suppression is not added if a later resubscribe for the address is
-already stored, and a resubscribe does not remove it if a later suppressing event is already stored.
+so an unsubscribe takes effect at once): hard bounce, spam complaint, unsubscribe and reject (SMTP2Go already
+holds the address on its suppression list; its text is kept as the detail) add the address; resubscribe removes
+it; a soft bounce never suppresses. Events arriving out of order are respected: a suppression is not added if
+a later resubscribe for the address is already stored, and a resubscribe does not remove it if a later
+suppressing event is already stored.
 """
 
 from __future__ import annotations
@@ -174,8 +175,8 @@ def _suppression_effects(session: Session, ev: NormalizedEvent, message_id: str 
     try:
         return suppress_for_event(
             session, ev.recipient, ev.event_type, ev.occurred_at, bounce_type=ev.bounce_type,
-            text=f"{ev.message or ''} {ev.context or ''}", source_message_id=message_id,
-            detail=f"smtp2go {ev.raw_event} {ev.email_id or '-'}: {ev.detail or ''}".strip())
+            source_message_id=message_id,
+            detail=f"smtp2go {ev.raw_event} {ev.email_id or '-'}" + (f": {ev.detail}" if ev.detail else ""))
     except InvalidEmail:
         # We could never have sent to an address our validator refuses: there is nothing to suppress.
         log.warning("event %s names an invalid address; suppression list unchanged", ev.provider_event_id)

@@ -2,9 +2,9 @@
 
 Addresses are stored lower-cased (the domain is case-insensitive and SMTP2Go reports addresses in whatever case
 the receiving server used; treating the local part case-insensitively too is what every provider does).
-Entries come from SMTP2Go events (hard bounce, spam complaint, unsubscribe, a reject that says the address is
-suppressed; see :mod:`worker.events`) and from operators (``mailworker suppressions add|remove``). The send path
-drops suppressed recipients before it sends.
+Entries come from SMTP2Go events (hard bounce, spam complaint, unsubscribe, reject; see :mod:`worker.events`)
+and from operators (``mailworker suppressions add|remove``). The send path drops suppressed recipients before it
+sends.
 
 Every function takes the caller's session and never commits, so an event and the suppression it causes land in
 the same transaction. :func:`add_suppression` is race-safe without savepoints: two event workers suppressing the
@@ -16,7 +16,6 @@ broken unless the engine works around it, and a failed INSERT inside a savepoint
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from email.utils import parseaddr
 from typing import Any
@@ -33,10 +32,10 @@ from worker.validation import parse_address
 REASON_HARD_BOUNCE = "hard_bounce"
 REASON_SPAM = "spam_complaint"
 REASON_UNSUBSCRIBE = "unsubscribe"
-REASON_REJECTED = "rejected"
+#: SMTP2Go sends ``reject`` when the recipient is already on *its* suppression list, whatever the event's text.
+REASON_REJECT = "reject"
 REASON_MANUAL = "manual"
 
-_SUPPRESSED_RE = re.compile(r"suppress", re.IGNORECASE)
 _MAX_REASON = 32  # Suppression.reason is VARCHAR(32)
 _MAX_DETAIL = 4000
 
@@ -143,21 +142,22 @@ def _later_event(session: Session, address: str, after: datetime, types: list[Ev
     """Is an event of ``types`` for ``address`` that happened after ``after`` already stored? (hard bounces)"""
     cond = and_(TrackingEvent.recipient == address, TrackingEvent.event_type.in_(types),
                 TrackingEvent.occurred_at > after,
-                or_(TrackingEvent.event_type != EventType.BOUNCE, TrackingEvent.bounce_type == "hard"),
-                # only rejects that say the address is suppressed count; "sender not verified" does not
-                or_(TrackingEvent.event_type != EventType.REJECT, TrackingEvent.detail.ilike("%suppress%")))
+                or_(TrackingEvent.event_type != EventType.BOUNCE, TrackingEvent.bounce_type == "hard"))
     return bool(session.scalar(select(exists().where(cond))))
 
 
 def suppress_for_event(session: Session, address: str, event_type: EventType, occurred_at: datetime, *,
-                       bounce_type: str | None = None, text: str = "", detail: str | None = None,
+                       bounce_type: str | None = None, detail: str | None = None,
                        source_message_id: str | None = None) -> str | None:
     """The suppression effect of one provider event: ``"suppressed"``, ``"unsuppressed"`` or None.
 
-    Hard bounce, spam complaint, unsubscribe and a reject whose ``text`` (message and context) mentions
-    suppression add the address; resubscribe removes it; a soft bounce never suppresses. Events can arrive out
-    of order (SMTP2Go retries for 48 h), so the newest fact wins: nothing is added when a later resubscribe is
-    already stored, and a resubscribe removes nothing when a later suppressing event is already stored.
+    Hard bounce, spam complaint, unsubscribe and reject add the address; resubscribe removes it; a soft bounce
+    never suppresses. SMTP2Go sends ``reject`` only for a recipient already on its own suppression list, so the
+    reject itself is the fact, not its wording (which need not mention suppression); leaving the address off our
+    list meant sending to it, and being refused, again and again. ``detail`` carries the text SMTP2Go gave, so
+    the operator still sees why. Events can arrive out of order (SMTP2Go retries for 48 h), so the newest fact
+    wins: nothing is added when a later resubscribe is already stored, and a resubscribe removes nothing when a
+    later suppressing event is already stored.
     """
     addr = normalize_address(address)
     reason = None
@@ -167,8 +167,8 @@ def suppress_for_event(session: Session, address: str, event_type: EventType, oc
         reason = REASON_SPAM
     elif event_type == EventType.UNSUBSCRIBE:
         reason = REASON_UNSUBSCRIBE
-    elif event_type == EventType.REJECT and _SUPPRESSED_RE.search(text):
-        reason = REASON_REJECTED
+    elif event_type == EventType.REJECT:
+        reason = REASON_REJECT
     if reason:
         if _later_event(session, addr, occurred_at, [EventType.RESUBSCRIBE]):
             return None

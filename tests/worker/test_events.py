@@ -294,20 +294,60 @@ def test_out_of_order_unsubscribe_after_newer_resubscribe_does_not_suppress(db: 
         assert not is_suppressed(session, "dave@example.com")
 
 
-def test_reject_on_suppression_list_suppresses(db: str) -> None:
+def _suppression_row(address: str) -> tuple[str, str | None, str | None]:
+    with session_scope() as session:
+        row = session.scalars(select(Suppression).where(Suppression.address == address)).one()
+        return row.reason, row.detail, row.source_message_id
+
+
+@pytest.mark.parametrize("backend", ["db", "sqlite_db"])
+def test_reject_suppresses_and_keeps_smtp2gos_text(backend: str, request: pytest.FixtureRequest) -> None:
+    request.getfixturevalue(backend)
     tid = make_message("erin@example.com", smtp2go_id=REJECT_ID)
     assert process_event(fixture("webhook_reject.json"))["suppression"] == "suppressed"
     status = status_of(tid)
     assert status["status"] == "rejected"
     assert rcpt(status, "erin@example.com")["status"] == "rejected"
+    assert _suppression_row("erin@example.com") == (
+        "reject", f"smtp2go reject {REJECT_ID}: Recipient address is on the suppression list (submission)", tid)
+
+
+@pytest.mark.parametrize("text", [
+    {"message": "Sender domain not verified"},  # wording that does not mention suppression
+    {"message": "550 5.7.1 Recipient refused", "reason": "unsubscribed", "context": "submission"},
+    {"reason": "previously hard bounced"},
+    {},  # no text at all: the reject is still the fact
+])
+def test_reject_suppresses_whatever_its_text_says(db: str, text: dict[str, str]) -> None:
+    """SMTP2Go rejects only addresses on its own suppression list; the text is the detail, not the trigger."""
+    base = {key: value for key, value in fixture("webhook_reject.json").items()
+            if key not in ("message", "context")}
+    tid = make_message("erin@example.com", smtp2go_id=REJECT_ID)
+    assert process_event({**base, **text})["suppression"] == "suppressed"
+    assert status_of(tid)["status"] == "rejected"
+    reason, detail, source = _suppression_row("erin@example.com")
+    assert (reason, source) == ("reject", tid)
+    assert detail is not None and detail.startswith(f"smtp2go reject {REJECT_ID}")
+    for value in text.values():
+        assert value in detail
+    with session_scope() as session:  # and the send path now skips the address
+        assert is_suppressed(session, "Erin@Example.com")
+
+
+def test_reject_for_an_unknown_message_still_suppresses(db: str) -> None:
+    payload = variant(fixture("webhook_reject.json"), message="Recipient refused", context=None)
+    result = process_event(payload)
+    assert (result["status"], result["suppression"]) == ("orphan", "suppressed")
+    assert _suppression_row("erin@example.com") == ("reject", f"smtp2go reject {REJECT_ID}: Recipient refused",
+                                                    None)
+
+
+def test_resubscribe_older_than_a_reject_keeps_the_suppression(db: str) -> None:
+    process_event(variant(fixture("webhook_reject.json"), message="Recipient refused"))  # 2026-11-21T16:00:12Z
+    resub = {"event": "resubscribe", "id": "resub-old", "rcpt": "erin@example.com", "time": "2026-11-21T15:00:00Z"}
+    assert "suppression" not in process_event(resub)
     with session_scope() as session:
-        assert session.scalars(select(Suppression.reason)).one() == "rejected"
-    other = make_message("frank@example.com", smtp2go_id="1t9QnD-other-T2fK")
-    process_event({"event": "reject", "id": "r2", "email_id": "1t9QnD-other-T2fK", "rcpt": "frank@example.com",
-                   "time": "2026-11-21T16:00:12Z", "message": "Sender domain not verified"})
-    assert status_of(other)["status"] == "rejected"
-    with session_scope() as session:
-        assert not is_suppressed(session, "frank@example.com")
+        assert is_suppressed(session, "erin@example.com")
 
 
 def test_opens_and_clicks_count_once_per_distinct_event(db: str) -> None:

@@ -115,10 +115,12 @@ def test_suppress_for_event_rules(db: str) -> None:
         assert suppress_for_event(session, "a@example.com", EventType.BOUNCE, t, bounce_type="soft") is None
         assert suppress_for_event(session, "a@example.com", EventType.BOUNCE, t, bounce_type=None) is None
         assert suppress_for_event(session, "a@example.com", EventType.DELIVERED, t) is None
-        assert suppress_for_event(session, "a@example.com", EventType.REJECT, t, text="Sender not verified") is None
         assert suppress_for_event(session, "a@example.com", EventType.BOUNCE, t, bounce_type="hard") == "suppressed"
         assert suppress_for_event(session, "a@example.com", EventType.SPAM, t) is None  # already suppressed
+        # A reject suppresses whatever SMTP2Go's text says; the text is kept as the detail.
         assert suppress_for_event(session, "b@example.com", EventType.REJECT, t + timedelta(seconds=1),
-                                  text="Recipient address is on the suppression list") == "suppressed"
+                                  detail="smtp2go reject x: Sender not verified") == "suppressed"
         assert suppress_for_event(session, "A@example.com", EventType.RESUBSCRIBE, t) == "unsuppressed"
         assert not is_suppressed(session, "a@example.com") and is_suppressed(session, "b@example.com")
+        [row] = [r for r in list_suppressions(session) if r["address"] == "b@example.com"]
+        assert (row["reason"], row["detail"]) == ("reject", "smtp2go reject x: Sender not verified")
