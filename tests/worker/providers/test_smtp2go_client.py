@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import requests
+import trustme
 
 from tests.conftest import FIXTURES_DIR, free_port
-from worker.errors import AmbiguousDeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from worker.errors import (
+    AmbiguousDeliveryError,
+    CredentialsRejected,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from worker.fake_smtp2go import FakeSMTP2Go, Scripted
 from worker.providers import OutgoingAttachment, OutgoingEmail, smtp2go
-from worker.providers.smtp2go import interpret_response
+from worker.providers.smtp2go import ActivitySearchError, custom_header, interpret_response, search_activity
 
 FIXTURES = FIXTURES_DIR
 
@@ -99,10 +110,20 @@ def test_real_http_success_sends_key_in_header_only() -> None:
         assert "api_key" not in req["payload"]
 
 
-def test_wrong_key_is_permanent() -> None:
-    with FakeSMTP2Go(api_key="right") as api, pytest.raises(PermanentDeliveryError) as excinfo:
-        smtp2go.send(email=email(), api_key="wrong", api_url=api.url)
-    assert "wrong" not in str(excinfo.value)
+def test_wrong_key_is_a_credentials_problem_not_a_message_outcome() -> None:
+    """Was PermanentDeliveryError: that failed every email sent while a key was revoked (issue 9, item 8).
+    A refused key is an operator problem; the message says what to do and never contains the key."""
+    with FakeSMTP2Go(api_key="right") as api, pytest.raises(CredentialsRejected) as excinfo:
+        smtp2go.send(email=email(), api_key="wrong-key-123", api_url=api.url)
+    assert excinfo.value.status_code == 401 and excinfo.value.provider == "smtp2go"
+    assert "wrong-key-123" not in str(excinfo.value) and "wrong-key-123" not in repr(excinfo.value)
+    assert "mailworker module set smtp2go api_key=" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_and_403_are_credentials_rejected(status: int) -> None:
+    with pytest.raises(CredentialsRejected, match=f"SMTP2Go refused the API key \\({status}\\)"):
+        interpret_response(status, {"data": {"error": "Invalid API key", "error_code": "E_ApiResponseCodes.X"}})
 
 
 def test_rate_limit_header_becomes_retry_after() -> None:
@@ -177,3 +198,168 @@ def test_proxy_and_no_proxy_from_the_environment_are_honoured(monkeypatch: pytes
     finally:
         proxy.server.shutdown()
         smtp2go._environment.cache_clear()
+
+
+# -- transport failures: did the request leave? -------------------------------------------------------------
+
+
+@contextmanager
+def raw_server(handle: Callable[[socket.socket], None], *, tls: ssl.SSLContext | None = None) -> Iterator[int]:
+    """A loopback TCP server that runs ``handle`` on each connection: for answers no HTTP server would give."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.05)  # accept() wakes up to notice stop (closing the listener does not wake it)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(5)
+            try:
+                handle(tls.wrap_socket(conn, server_side=True) if tls else conn)
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def read_request(conn: socket.socket) -> bytes:
+    """Read one whole HTTP request (headers and a Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_truncated_answer_after_the_request_is_ambiguous() -> None:
+    """SMTP2Go read the request (it may have sent the mail); the answer broke off: never a blind resend."""
+    seen: list[bytes] = []
+
+    def truncated(conn: socket.socket) -> None:
+        seen.append(read_request(conn))
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+                     b'{"request_id": "r", "data": {"email_')
+
+    with raw_server(truncated) as port, pytest.raises(AmbiguousDeliveryError) as excinfo:
+        smtp2go.send(email=email(), api_key="k", api_url=f"http://127.0.0.1:{port}/v3", timeout=5)
+    assert isinstance(excinfo.value.__cause__, requests.exceptions.ChunkedEncodingError)
+    assert len(seen) == 1 and b"X-Mailworker-Id" in seen[0]
+
+
+def test_bad_chunked_encoding_is_ambiguous() -> None:
+    def bad_chunks(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n")
+
+    with raw_server(bad_chunks) as port, pytest.raises(AmbiguousDeliveryError):
+        smtp2go.send(email=email(), api_key="k", api_url=f"http://127.0.0.1:{port}/v3", timeout=5)
+
+
+def test_connection_closed_after_the_request_is_ambiguous() -> None:
+    with raw_server(read_request) as port, pytest.raises(AmbiguousDeliveryError, match="connection lost"):
+        smtp2go.send(email=email(), api_key="k", api_url=f"http://127.0.0.1:{port}/v3", timeout=5)
+
+
+def test_refused_connection_is_retryable_and_proven_by_type() -> None:
+    with pytest.raises(RetryableDeliveryError, match="cannot connect") as excinfo:
+        smtp2go.send(email=email(), api_key="k", api_url=f"http://127.0.0.1:{free_port()}/v3")
+    assert not smtp2go.request_left(excinfo.value.__cause__)  # type: ignore[arg-type]
+
+
+def test_tls_handshake_failure_is_retryable() -> None:
+    """A TLS error inside the handshake: nothing was written yet."""
+    def plain_http(conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    with raw_server(plain_http) as port, pytest.raises(RetryableDeliveryError, match="TLS handshake"):
+        smtp2go.send(email=email(), api_key="k", api_url=f"https://127.0.0.1:{port}/v3", timeout=5, verify=False)
+
+
+def test_tls_eof_after_the_request_is_ambiguous(tmp_path: Any) -> None:
+    """The TLS connection ends without an answer after SMTP2Go read the request: it may have acted on it."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    def eof_after_request(conn: socket.socket) -> None:
+        read_request(conn)
+        assert isinstance(conn, ssl.SSLSocket)
+        socket.socket(fileno=conn.detach()).close()  # no close_notify: the TCP socket ends under TLS
+
+    with raw_server(eof_after_request, tls=server_ctx) as port, pytest.raises(AmbiguousDeliveryError):
+        smtp2go.send(email=email(), api_key="k", api_url=f"https://127.0.0.1:{port}/v3", timeout=5,
+                     verify=str(ca_file))
+
+
+# -- /activity/search ----------------------------------------------------------------------------------------
+
+
+def _serve_json(status: int, body: Any) -> Callable[[socket.socket], None]:
+    raw = json.dumps(body).encode()
+
+    def handle(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(raw)}\r\n"
+                     "Connection: close\r\n\r\n".encode() + raw)
+
+    return handle
+
+
+def test_search_activity_reads_the_documented_fixture() -> None:
+    doc = fixture("activity_search.json")
+    with raw_server(_serve_json(200, doc)) as port:
+        page = search_activity({"search_recipient": "alice@example.com"}, api_key="k",
+                               api_url=f"http://127.0.0.1:{port}/v3")
+    assert page.continue_token is None and page.total_events == 5 and len(page.events) == 5
+    assert [e["event"] for e in page.events] == ["processed", "delivered", "hard-bounced", "soft-bounced", "rejected"]
+    assert custom_header(page.events[0], "x-mailworker-id") == "6d9e2a09-d7f3-4c57-87ad-4f4f1fd42635"
+    assert custom_header({"custom_headers": [{"header": "X-Mailworker-Id", "value": "v"}]}, "X-Mailworker-Id") is None
+
+
+def test_search_activity_errors_say_what_they_are() -> None:
+    with FakeSMTP2Go(api_key="right") as api:
+        with pytest.raises(CredentialsRejected, match="activity search") as cred:
+            search_activity({}, api_key="wrong-key-77", api_url=api.url)
+        assert cred.value.status_code == 401 and "wrong-key-77" not in str(cred.value)
+        api.script_activity(Scripted.server_error(500), Scripted.rate_limited(reset_seconds=9))
+        with pytest.raises(ActivitySearchError, match="^SMTP2Go activity search failed with 500$") as err500:
+            search_activity({}, api_key="right", api_url=api.url)
+        assert err500.value.kind == "server_error" and err500.value.status_code == 500
+        with pytest.raises(ActivitySearchError, match="rate limited") as err429:
+            search_activity({}, api_key="right", api_url=api.url)
+        assert err429.value.kind == "rate_limited" and err429.value.retry_after == pytest.approx(9, abs=1)
+        with pytest.raises(ActivitySearchError, match="search_email_id") as refused:
+            search_activity({"search_email_id": ["a", "b"]}, api_key="right", api_url=api.url)
+        assert refused.value.kind == "refused" and refused.value.status_code == 400
+    with pytest.raises(ActivitySearchError) as down:
+        search_activity({}, api_key="k", api_url=f"http://127.0.0.1:{free_port()}/v3")
+    assert down.value.kind == "unreachable"
+
+
+def test_search_activity_without_permission_is_a_credentials_problem() -> None:
+    with raw_server(_serve_json(400, fixture("send_error_data.json"))) as port, \
+            pytest.raises(CredentialsRejected, match="no permission"):
+        search_activity({}, api_key="k", api_url=f"http://127.0.0.1:{port}/v3")
