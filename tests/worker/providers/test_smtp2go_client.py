@@ -204,7 +204,7 @@ def test_proxy_and_no_proxy_from_the_environment_are_honoured(monkeypatch: pytes
 
 
 @contextmanager
-def raw_server(handle: Callable[[socket.socket], None], *, tls: ssl.SSLContext | None = None) -> Iterator[int]:
+def raw_server(handle: Callable[[socket.socket], object], *, tls: ssl.SSLContext | None = None) -> Iterator[int]:
     """A loopback TCP server that runs ``handle`` on each connection: for answers no HTTP server would give."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
