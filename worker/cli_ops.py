@@ -228,23 +228,28 @@ def suppressions_remove(address: str) -> None:
 @click.option("--failed", is_flag=True, help="Every failed message (with --since to narrow).")
 @click.option("--stuck", is_flag=True, help="Messages whose lease expired or whose publish was lost.")
 @click.option("--since", help="Only messages queued since (ISO time or duration ago, e.g. 1d).")
-@click.option("--include-ambiguous", is_flag=True, help="Also resend ambiguous sends (may deliver twice).")
+@click.option("--held", is_flag=True, help="Messages held for an operator problem (fixed now): send at once.")
+@click.option("--include-ambiguous", is_flag=True,
+              help="Also resend parked sends whose outcome is unknown, without reconciliation (may deliver twice).")
 @click.option("--dry-run", is_flag=True, help="Show what would be requeued; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
-def requeue(ids: tuple[str, ...], failed: bool, stuck: bool, since: str | None, include_ambiguous: bool,
-            dry_run: bool, as_json: bool) -> None:
-    """Send failed or stuck messages again, by tracking id or by filter."""
+def requeue(ids: tuple[str, ...], failed: bool, stuck: bool, held: bool, since: str | None,
+            include_ambiguous: bool, dry_run: bool, as_json: bool) -> None:
+    """Send failed, stuck or held messages again, by tracking id or by filter.
+
+    A stuck message whose worker died mid-send is parked for reconciliation, never resent blindly."""
     from worker.maintenance import requeue as run
 
-    if not ids and not failed and not stuck:
-        raise click.UsageError("give tracking ids, --failed or --stuck")
-    result = run(list(ids) or None, failed=failed, stuck=stuck, since=parse_when(since),
+    if not ids and not failed and not stuck and not held and not include_ambiguous:
+        raise click.UsageError("give tracking ids, --failed, --stuck, --held or --include-ambiguous")
+    result = run(list(ids) or None, failed=failed, stuck=stuck, held=held, since=parse_when(since),
                  include_ambiguous=include_ambiguous, dry_run=dry_run)
 
     def render(r: dict[str, Any]) -> str:
         verb = "would requeue" if r["dry_run"] else "requeued"
         lines = [f"{verb} {len(r['requeued'])} message(s)"] + [f"  {i}" for i in r["requeued"]]
+        lines += [f"parked {i}: it may have been sent; reconciliation settles it" for i in r["parked"]]
         lines += [f"skipped {i}: {why}" for i, why in r["skipped"].items()]
         return "\n".join(lines)
 

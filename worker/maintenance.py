@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, delete, func, or_, select, update
-from sqlalchemy.orm import selectinload
 
-from worker.db import session_scope
+from worker import lifecycle
+from worker.db import get_engine, session_scope
 from worker.models import (
     Attachment,
     Message,
     MessageStatus,
-    RecipientStatus,
     TrackingEvent,
     utcnow,
 )
@@ -31,11 +30,13 @@ FINAL = [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.BOUNCED, Mes
 @dataclass
 class RequeueResult:
     requeued: list[str] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)  # in flight when its worker died: reconciliation decides
     skipped: dict[str, str] = field(default_factory=dict)  # id -> why
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, object]:
-        return {"requeued": self.requeued, "skipped": self.skipped, "dry_run": self.dry_run}
+        return {"requeued": self.requeued, "parked": self.parked, "skipped": self.skipped,
+                "dry_run": self.dry_run}
 
 
 def _stuck_filter(now: datetime, stuck_after: timedelta) -> ColumnElement[bool]:
@@ -48,76 +49,60 @@ def _stuck_filter(now: datetime, stuck_after: timedelta) -> ColumnElement[bool]:
     )
 
 
-def requeue(ids: list[str] | None = None, *, failed: bool = False, stuck: bool = False,
+def requeue(ids: list[str] | None = None, *, failed: bool = False, stuck: bool = False, held: bool = False,
             since: datetime | None = None, include_ambiguous: bool = False, dry_run: bool = False,
             stuck_after: timedelta = timedelta(minutes=5), limit: int = 1000) -> RequeueResult:
-    """Put failed (and/or stuck) messages back in the queue; by explicit ids or by filter."""
+    """Send failed, stuck or held messages again, by explicit ids or by filter, through the lifecycle's
+    transitions: a message whose send may have landed is parked for reconciliation, never resent blindly
+    (``include_ambiguous`` is the operator's explicit decision to resend parked messages anyway)."""
     result = RequeueResult(dry_run=dry_run)
     now = utcnow()
-    with session_scope() as session:
-        stmt = select(Message).options(selectinload(Message.recipients)).limit(limit)
-        if ids:
-            stmt = stmt.where(Message.id.in_(ids))
-        else:
-            conditions = []
-            if failed:
-                conditions.append(Message.status == MessageStatus.FAILED)
-            if stuck:
-                conditions.append(_stuck_filter(now, stuck_after))
-            if not conditions:
-                raise ValueError("give tracking ids, --failed or --stuck")
-            stmt = stmt.where(or_(*conditions))
-            if since is not None:
-                stmt = stmt.where(Message.queued_at >= since)
-        messages = session.scalars(stmt).all()
-        found = {m.id for m in messages}
-        for missing in sorted(set(ids or []) - found):
+    stmt = select(Message.id).order_by(Message.queued_at).limit(limit)
+    if ids:
+        stmt = stmt.where(Message.id.in_(ids))
+    else:
+        conditions: list[ColumnElement[bool]] = []
+        if failed:
+            conditions.append(Message.status == MessageStatus.FAILED)
+        if stuck:
+            conditions.append(_stuck_filter(now, stuck_after))
+        if held:
+            conditions.append((Message.status == MessageStatus.RETRYING) & Message.held_since.is_not(None))
+        if include_ambiguous:
+            conditions.append((Message.status == MessageStatus.RETRYING) & Message.ambiguous_since.is_not(None))
+        if not conditions:
+            raise ValueError("give tracking ids, --failed, --stuck or --held")
+        stmt = stmt.where(or_(*conditions))
+        if since is not None:
+            stmt = stmt.where(Message.queued_at >= since)
+    note = f"requeued by operator at {now.isoformat(timespec='seconds')}"
+    with get_engine().connect() as conn:
+        found = list(conn.scalars(stmt))
+        for missing in sorted(set(ids or []) - set(found)):
             result.skipped[missing] = "unknown id"
-        for message in messages:
-            why = _not_requeueable(message, now, stuck_after, include_ambiguous)
-            if why:
-                result.skipped[message.id] = why
-                continue
-            result.requeued.append(message.id)
+        for tracking_id in found:
             if dry_run:
+                result.requeued.append(tracking_id)
                 continue
-            if message.status == MessageStatus.FAILED:
-                message.api_attempts = message.smtp_attempts = message.crashes = 0
-                message.api_abandoned = False
-                message.failed_at = None
-                for r in message.recipients:
-                    if r.status == RecipientStatus.FAILED:
-                        r.status = RecipientStatus.QUEUED
-                        r.error = None
-            message.status = MessageStatus.QUEUED
-            message.ambiguous_since = None
-            message.lease_owner = message.lease_expires_at = None
-            message.inflight_since = None
-            message.inflight_transport = None
-            message.next_attempt_at = None
-            message.published_at = now
-            message.last_error = f"requeued by operator at {now.isoformat()}; was: {message.last_error or '-'}"
+            if include_ambiguous and lifecycle.release_parked(conn, tracking_id, note=f"{note} (parked: resent "
+                                                             "by the operator's decision, may deliver twice)"):
+                what = "requeued"
+            else:
+                what = lifecycle.requeue(conn, tracking_id, note=note, stuck_after=timedelta(0) if ids or held
+                                         else stuck_after)
+            conn.commit()
+            if what == "requeued":
+                result.requeued.append(tracking_id)
+            elif what == "parked":
+                result.parked.append(tracking_id)
+            else:
+                result.skipped[tracking_id] = what
     if not dry_run:
         for tracking_id in result.requeued:
             publish_send(tracking_id)
-        if result.requeued:
-            log.info("requeued %d message(s)", len(result.requeued))
+        if result.requeued or result.parked:
+            log.info("requeue: %d requeued, %d parked for reconciliation", len(result.requeued), len(result.parked))
     return result
-
-
-def _not_requeueable(message: Message, now: datetime, stuck_after: timedelta, include_ambiguous: bool) -> str:
-    if message.status == MessageStatus.FAILED:
-        if message.purged_at is not None:
-            return "content purged"
-        return ""
-    if message.ambiguous_since is not None:
-        return "" if include_ambiguous else "ambiguous send: reconcile first, or pass --include-ambiguous"
-    if message.status == MessageStatus.SENDING:
-        expired = message.lease_expires_at is not None and message.lease_expires_at < now
-        return "" if expired else "a worker holds its lease"
-    if message.status in (MessageStatus.QUEUED, MessageStatus.RETRYING):
-        return ""
-    return f"status is {message.status.value}"
 
 
 @dataclass

@@ -66,6 +66,8 @@ class Gate:
 
     verdict: str
     wait: float = 0.0
+    #: Why the breaker is open, when an operator must fix it (a refused API key): held mail names it.
+    problem: str | None = None
     trial: bool = False
     #: Failures were counted recently; a success must clear them (otherwise it costs no Redis round trip).
     failures: bool = True
@@ -115,8 +117,8 @@ def before_api_send(settings: Settings | None = None) -> Gate:
         # One round trip for the three keys: this runs before every API send. `failures` only tells
         # record_success whether there is anything to clear (a count racing in after this read is left to
         # expire with its window).
-        pause_until, opened_until, failures = client.mget(
-            _prefix() + "pause_until", _prefix() + "open_until", _prefix() + "failures")
+        pause_until, opened_until, failures, problem = client.mget(
+            _prefix() + "pause_until", _prefix() + "open_until", _prefix() + "failures", _prefix() + "problem")
         seen = failures is not None
         if pause_until and float(pause_until) > now:
             return Gate("paused", float(pause_until) - now)
@@ -124,10 +126,10 @@ def before_api_send(settings: Settings | None = None) -> Gate:
         if opened_until:
             remaining = float(opened_until) - now
             if remaining > 0:
-                return Gate("open", remaining)
+                return Gate("open", remaining, problem=problem)
             # Cool-down over: one trial request across all workers, the others keep avoiding the API.
             if not client.set(_prefix() + "trial", "1", nx=True, ex=max(5, int(settings.smtp2go_timeout) + 5)):
-                return Gate("open", 1.0)
+                return Gate("open", 1.0, problem=problem)
             trial = True
         if not pause_until and not opened_until and not seen and settings.smtp2go_rate_limit <= 0:
             _clear = (time.monotonic() + CLEAR_SECONDS, settings)
@@ -167,7 +169,7 @@ def record_success(settings: Settings | None = None, gate: Gate | None = None) -
         pipe = client.pipeline()
         pipe.delete(_prefix() + "failures")
         if gate is not None and gate.trial:
-            pipe.delete(_prefix() + "open_until", _prefix() + "trial")
+            pipe.delete(_prefix() + "open_until", _prefix() + "trial", _prefix() + "problem")
             log.info("circuit breaker closed: SMTP2Go trial request succeeded")
         pipe.execute()
     except Exception as err:  # noqa: BLE001
@@ -198,9 +200,27 @@ def record_failure(settings: Settings | None = None, gate: Gate | None = None) -
     return False
 
 
-def _open(client: Any, settings: Settings, now: float, why: str) -> None:
+def open_for_problem(problem: str, settings: Settings | None = None) -> None:
+    """An operator problem (SMTP2Go refused the API key): open the breaker at once, remembering why, so every
+    worker holds (or relays) its mail and only one trial request per cool-down meets the bad key."""
+    _forget_clear()
+    settings = settings or get_settings()
+    client = _redis(settings)
+    if client is None:
+        return
+    try:
+        _open(client, settings, time.time(), problem, problem=problem)
+    except Exception as err:  # noqa: BLE001
+        _fail_open(err)
+
+
+def _open(client: Any, settings: Settings, now: float, why: str, *, problem: str | None = None) -> None:
     cooldown = settings.smtp2go_breaker_cooldown
     pipe = client.pipeline()
+    if problem:
+        pipe.set(_prefix() + "problem", problem, ex=int(cooldown * 10) + 60)
+    else:
+        pipe.delete(_prefix() + "problem")
     # Stored at full float precision: rounding to milliseconds could round *up* and report a wait longer
     # than the cool-down (CI caught 1.00006 s for a 1 s cool-down).
     pipe.set(_prefix() + "open_until", repr(now + cooldown), ex=int(cooldown * 10) + 60)
@@ -238,6 +258,7 @@ def state(settings: Settings | None = None) -> dict[str, Any]:
         return {
             "available": True,
             "breaker": "open" if opened and float(opened) > now else ("half-open" if opened else "closed"),
+            "problem": client.get(_prefix() + "problem"),
             "failures": int(client.get(_prefix() + "failures") or 0),
             "paused_for": max(0.0, float(paused) - now) if paused else 0.0,
         }
@@ -252,4 +273,4 @@ def reset(settings: Settings | None = None) -> None:
     client = _redis(settings)
     if client is not None:
         client.delete(_prefix() + "failures", _prefix() + "open_until", _prefix() + "trial", _prefix() + "pause_until",
-                      _prefix() + "bucket")
+                      _prefix() + "bucket", _prefix() + "problem")

@@ -258,12 +258,12 @@ def test_database_lost_before_the_send_leaves_no_lease_and_no_crash(fake_api: An
     from sqlalchemy import text
     from sqlalchemy.exc import OperationalError
 
-    from worker import send_store
+    from worker import delivery
     from worker.db import get_engine
     from worker.delivery import deliver
 
     tid = enqueue_email("cut@example.com", "db cut", text_body="x")
-    load_job = send_store.load_job
+    load_job = delivery.load_job
 
     def killed_first(conn: Any, tracking_id: str) -> Any:
         own_id = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
@@ -272,7 +272,7 @@ def test_database_lost_before_the_send_leaves_no_lease_and_no_crash(fake_api: An
         return load_job(conn, tracking_id)
 
     with monkeypatch.context() as patch:
-        patch.setattr(send_store, "load_job", killed_first)
+        patch.setattr(delivery, "load_job", killed_first)
         with pytest.raises(OperationalError):
             deliver(tid, owner="host:cut")
     status = get_email_status(tid)
@@ -285,8 +285,8 @@ def test_database_lost_before_the_send_leaves_no_lease_and_no_crash(fake_api: An
 
 
 def test_attempt_counts_say_what_was_sent(fake_api: Any, smtp_sink: Any, db: str) -> None:
-    """The claim counts the API attempt it expects (one UPDATE fewer per send); every path that then does not
-    call the API takes the count back or moves it to the relay."""
+    """Attempts are counted when a transport is called (the in-flight mark), per transport; paths that call
+    none (suppressed) count nothing."""
     from worker.db import session_scope
     from worker.delivery import deliver
     from worker.suppressions import add_suppression
