@@ -408,50 +408,120 @@ def test_post_event_posts_now_and_returns_status(receiver: Receiver) -> None:
 # -- /activity/search ----------------------------------------------------------------------------------------
 
 
+def _window(**extra: Any) -> dict[str, Any]:
+    """An explicit window around now (the documented defaults start at today's midnight UTC)."""
+    return {"start_date": (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end_date": (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"), **extra}
+
+
+def test_activity_search_matches_the_documented_fixture_key_by_key(fake: FakeSMTP2Go) -> None:
+    """The simulator must never drift back to a shape SMTP2Go does not send (custom_headers as a list, webhook
+    event names, ``count``): every event kind in activity_search.json is compared key by key, type by type."""
+    doc = fixture("activity_search.json")
+    email_id = send(fake, message("6d9e2a09", to=["alice@example.com"])).json()["data"]["email_id"]
+    for event in ("hard-bounced", "soft-bounced", "rejected"):
+        fake.add_activity(email_id, event, "alice@example.com")
+    answer = search(fake, **_window(custom_headers=["X-Mailworker-Id"])).json()
+
+    assert set(answer) == set(doc) and set(answer["data"]) == set(doc["data"])
+    assert {k: shape(v) for k, v in answer["data"].items() if k != "events"} == \
+        {k: shape(v) for k, v in doc["data"].items() if k != "events"}
+    assert type(answer["request_id"]) is type(doc["request_id"])
+    ours = {e["event"]: e for e in answer["data"]["events"]}
+    theirs = {e["event"]: e for e in doc["data"]["events"]}
+    assert set(ours) == set(theirs)  # the documented names, not the webhook ones
+    for name, documented in theirs.items():
+        assert shape(ours[name]) == shape(documented), name  # same keys, same value types
+        assert isinstance(ours[name]["custom_headers"], dict)
+        datetime.strptime(ours[name]["date"], "%Y-%m-%dT%H:%M:%SZ")
+    assert ours["delivered"]["custom_headers"] == {"X-Mailworker-Id": "6d9e2a09"}
+    assert answer["data"]["total_events"] == 5 and answer["data"]["continue_token"] is None
+
+
+def test_activity_search_returns_only_the_requested_custom_headers(fake: FakeSMTP2Go) -> None:
+    send(fake, message("tid-1", to=["a@example.com"],
+                       custom_headers=[{"header": "X-Mailworker-Id", "value": "tid-1"},
+                                       {"header": "X-Other", "value": "o"}]))
+    events = search(fake, **_window()).json()["data"]["events"]
+    assert [e["custom_headers"] for e in events] == [{}, {}]
+    events = search(fake, **_window(custom_headers=["x-mailworker-id", "X-Missing"])).json()["data"]["events"]
+    assert events[0]["custom_headers"] == {"x-mailworker-id": "tid-1"}
+
+
 def test_activity_search_filters(fake: FakeSMTP2Go) -> None:
     ids = {}
     recipients = {"aaa-111": ["alice@example.com"], "bbb-222": ["bob@example.net", "carol@example.com"]}
     for tid, to in recipients.items():
-        ids[tid] = send(fake, message(tid, to=to, subject=f"About {tid}")).json()["data"]["email_id"]
+        ids[tid] = send(fake, message(tid, to=to, subject=f"About {tid[:3]}")).json()["data"]["email_id"]
+    fake.add_activity(ids["bbb-222"], "hard-bounced", "bob@example.net")
 
-    everything = search(fake).json()["data"]
-    assert everything["count"] == 6 and len(everything["events"]) == 6
-    assert {e["event"] for e in everything["events"]} == {"processed", "delivered"}
+    def found(**q: Any) -> set[tuple[str, str, str]]:
+        data = search(fake, **_window(**q)).json()["data"]
+        assert data["total_events"] == len(data["events"])
+        return {(e["email_id"], e["event"], e["recipient"]) for e in data["events"]}
 
-    by_id = search(fake, email_id=[ids["bbb-222"]], custom_headers=["X-Mailworker-Id"]).json()["data"]
-    assert by_id["count"] == 4
-    ev = by_id["events"][0]
-    assert set(ev) == {"email_id", "event", "date", "recipient", "sender", "subject", "custom_headers"}
-    assert ev["email_id"] == ids["bbb-222"] and ev["sender"] == "support@example.org"
-    assert ev["custom_headers"] == [{"header": "X-Mailworker-Id", "value": "bbb-222"}]
-    datetime.fromisoformat(ev["date"])
-
-    by_tracking = search(fake, search="aaa-1").json()["data"]["events"]
-    assert {e["email_id"] for e in by_tracking} == {ids["aaa-111"]}
-    by_rcpt = search(fake, search="carol@").json()["data"]["events"]
-    assert {(e["email_id"], e["recipient"]) for e in by_rcpt} == {(ids["bbb-222"], "carol@example.com")}
-    assert search(fake, search_recipient="bob@").json()["data"]["count"] == 2
-    assert search(fake, search="no-such-thing").json()["data"] == {"events": [], "count": 0}
-    assert search(fake, limit=3).json()["data"]["count"] == 3
+    assert len(found()) == 7
+    assert found(search_email_id=ids["aaa-111"]) == {(ids["aaa-111"], "processed", "alice@example.com"),
+                                                     (ids["aaa-111"], "delivered", "alice@example.com")}
+    assert {r for _, _, r in found(search_recipient="CAROL@")} == {"carol@example.com"}
+    assert found(event_types=["hard-bounced"]) == {(ids["bbb-222"], "hard-bounced", "bob@example.net")}
+    assert {i for i, _, _ in found(search="About aaa | nobody")} == {ids["aaa-111"]}
+    assert {i for i, _, _ in found(search=ids["bbb-222"])} == {ids["bbb-222"]}
+    assert found(search="aaa-111") == set()  # a custom header is not a search field
+    assert len(found(search_sender="support@example.org")) == 7 and found(search_subject="nothing") == set()
 
     past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    assert search(fake, end_date=past).json()["data"]["count"] == 0
-    assert search(fake, start_date=past, end_date=future).json()["data"]["count"] == 6
-    assert search(fake, start_date=future).json()["data"]["count"] == 0
+    assert search(fake, start_date=past, end_date=past).json()["data"]["total_events"] == 0  # end exclusive
+    assert search(fake, start_date=future, end_date=future).json()["data"]["total_events"] == 0
+    assert search(fake, start_date=past).json()["data"]["total_events"] == 7  # end defaults to now
     assert search(fake, start_date="yesterday").status_code == 400
 
 
-def test_activity_search_auth_and_rate_limit() -> None:
+@pytest.mark.parametrize(("query", "field"), [
+    ({"search_email_id": ["a", "b"]}, "search_email_id"),  # documented as one id (a string)
+    ({"email_id": ["a"]}, "email_id"),  # not a field of this endpoint
+    ({"event_types": ["bounce"]}, "event_types"),  # a webhook name, not an activity name
+    ({"custom_headers": "X-Mailworker-Id"}, "custom_headers"),
+    ({"limit": 1001}, "limit"),
+    ({"continue_token": "bm9wZQ=="}, "continue_token"),
+])
+def test_activity_search_refuses_what_smtp2go_does_not_document(fake: FakeSMTP2Go, query: dict, field: str) -> None:
+    r = search(fake, **query)
+    assert r.status_code == 400
+    assert r.json()["field_validation_errors"]["fieldname"] == field
+
+
+def test_activity_search_pages_with_continue_token(fake: FakeSMTP2Go) -> None:
+    for n in range(3):
+        send(fake, message(f"tid-{n}", to=["x@example.com"]))
+    q = _window(custom_headers=["X-Mailworker-Id"], limit=4)
+    first = search(fake, **q).json()["data"]
+    assert len(first["events"]) == 4 and first["total_events"] == 6 and isinstance(first["continue_token"], str)
+    second = search(fake, **q, continue_token=first["continue_token"]).json()["data"]
+    assert len(second["events"]) == 2 and second["continue_token"] is None
+    keys = [(e["email_id"], e["event"]) for e in first["events"] + second["events"]]
+    assert len(set(keys)) == 6
+    other = search(fake, **_window(search_recipient="y@"), continue_token=first["continue_token"])
+    assert other.status_code == 400  # a token continues the same search only
+    assert len(search(fake, **_window()).json()["data"]["events"]) == 6  # default limit 100
+
+
+def test_activity_search_auth_rate_limit_and_scripted_errors() -> None:
     with FakeSMTP2Go(activity_rate_per_minute=3) as fake:
         r = requests.post(f"{fake.url}/activity/search", json={"api_key": "wrong"}, timeout=5)
         assert r.status_code == 401
+        fake.script_activity(Scripted.server_error(500))
+        failed = search(fake)
+        assert failed.status_code == 500 and failed.json()["data"]["error_code"].endswith("API_EXCEPTION")
         assert [search(fake).status_code for _ in range(3)] == [200, 200, 200]
         limited = search(fake)
         assert limited.status_code == 429
         assert 1 <= int(limited.headers["X-Ratelimit-Reset"]) <= 60 and limited.headers["Retry-After"]
         assert "error" in limited.json()["data"]
         assert send(fake, message()).status_code == 200  # sending has its own budget
+    with pytest.raises(ValueError, match="documented"):
+        fake.add_activity("x", "bounce", "a@example.com")
 
 
 # -- lifecycle and CLI ---------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class FakeSMTP2Go(_SendAPI, _ActivityAPI):
         self._script: deque[Scripted] = deque()
         self._counts: dict[str, int] = {}
         self._activity_hits: deque[float] = deque()
+        self._activity_extra: list[dict] = []
+        self._activity_script: deque[Scripted] = deque()
         self._stopping = threading.Event()
         self._wq: deque[tuple[float, list[dict]] | None] = deque()
         self._wcond = threading.Condition()
@@ -115,7 +117,8 @@ class FakeSMTP2Go(_SendAPI, _ActivityAPI):
 
     def reset(self) -> None:
         with self._lock:
-            for c in (self.sends, self.requests, self.webhooks, self._script, self._counts):
+            for c in (self.sends, self.requests, self.webhooks, self._script, self._counts, self._activity_extra,
+                      self._activity_script):
                 c.clear()
             self._activity_hits.clear()
 

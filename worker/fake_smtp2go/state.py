@@ -46,6 +46,8 @@ class _FakeState:
     _script: deque[Scripted]
     _counts: dict[str, int]
     _activity_hits: deque[float]
+    _activity_extra: list[dict]
+    _activity_script: deque[Scripted]
     _stopping: threading.Event
     _wq: deque[tuple[float, list[dict]] | None]
     _wcond: threading.Condition
