@@ -11,22 +11,45 @@ import socket
 from typing import Any
 
 from celery import Task
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from worker.celery_app import app, task_event_dispatcher
 from worker.config import get_settings
+from worker.dberrors import UPGRADE_HINT, describe, is_schema_error, is_transient
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
 
-#: Database outages: wait and try again rather than lose the message (the row is still there).
-_DB_ERRORS = (OperationalError, DBAPIError)
+#: Errors from the database layer; :func:`_retry_later` decides which of them are an outage to wait out.
+_DB_ERRORS = (SQLAlchemyError,)
+#: Retries of a send through a database outage: 1, 2, 4 ... 32 s then every 60 s: about 5 minutes in all.
+#: Then the task fails; the row is still there and the sweeper republishes it once the database is back.
+SEND_DB_RETRIES = 10
+#: An event has no row until it is processed, so nothing would republish it: wait out about an hour.
+EVENT_DB_RETRIES = 60
 
 
-def _retry_later(task: Task, err: Exception, what: str) -> Exception:
-    """The database is unavailable: retry the task after 1, 2, 4 ... 32 s (then every 60 s); the row waits."""
-    delay = min(60, 2 ** min(task.request.retries, 5))
-    log.warning("database unavailable %s retry_in=%ss: %s", what, delay, type(err).__name__)
+def _retry_later(task: Task, err: Exception, what: str, limit: int) -> Exception:
+    """Retry the task through a real database outage (bounded by ``limit``); re-raise anything else at once.
+
+    A missing column or table, a syntax error or a constraint violation will fail the same way every time:
+    retrying it would only hide a deploy that skipped ``mailworker db upgrade`` behind an "unavailable"
+    warning. ``limit`` counts every retry of this task (``send_email`` also retries for provider back-off), so
+    a long-retried send gives up sooner; for a send that only means the sweeper picks it up later.
+    """
+    if not is_transient(err):
+        if is_schema_error(err):
+            log.error("%s %s: %s", UPGRADE_HINT, what, describe(err))
+        else:
+            log.error("database error, not retried %s: %s", what, describe(err))
+        return err
+    retries = task.request.retries
+    if retries >= limit:
+        log.error("database still unavailable after %d retries %s, giving up: %s", retries, what, describe(err))
+        return err
+    delay = min(60, 2 ** min(retries, 6))
+    log.warning("database unavailable %s retry %d/%d in %ss: %s", what, retries + 1, limit, delay, describe(err))
+    # exc=None: Celery would log the exception's str(), which carries the SQL statement and its parameters.
     return task.retry(countdown=delay, exc=None)
 
 
@@ -62,7 +85,10 @@ def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
     try:
         outcome = deliver(str(tracking_id), owner=owner)
     except _DB_ERRORS as err:
-        raise _retry_later(self, err, f"tracking_id={tracking_id}") from None
+        failure = _retry_later(self, err, f"tracking_id={tracking_id}", SEND_DB_RETRIES)
+        if failure is err:
+            raise
+        raise failure from None
     finally:
         progress_hook.reset(token)
     if outcome.kind == "retry" and outcome.delay is not None:
@@ -83,7 +109,11 @@ def process_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
     try:
         result = apply_event(event)
     except _DB_ERRORS as err:
-        raise _retry_later(self, err, "event") from None
+        event_id = event.get("id") if isinstance(event, dict) else None
+        failure = _retry_later(self, err, f"event={event_id or '-'}", EVENT_DB_RETRIES)
+        if failure is err:
+            raise
+        raise failure from None
     return result
 
 
