@@ -148,7 +148,7 @@ def explain(sample: list[tuple[str, str, str]]) -> tuple[str, list[dict[str, Any
     """Run the product code paths that matter at scale, EXPLAIN every statement they issued."""
 
     from benchmarks.seed import event
-    from worker import send_store
+    from worker import lifecycle, send_store
     from worker.db import get_engine
     from worker.events import link_orphan_events, process_event
     from worker.models import Transport
@@ -159,13 +159,15 @@ def explain(sample: list[tuple[str, str, str]]) -> tuple[str, list[dict[str, Any
     with cap.labelled("sweeper: sweep()"):
         sweep()
     with cap.labelled("deliver: claim + load"), get_engine().connect() as conn:
-        send_store.claim(conn, delivered[0], "bench:explain", 60)
+        lease = lifecycle.claim(conn, delivered[0], owner="bench:explain", lease_seconds=60)
         send_store.load_job(conn, delivered[0])
         conn.rollback()
     with cap.labelled("event: lookup by smtp2go_message_id + apply"):
         process_event(event("open", delivered[1], delivered[2], datetime.now(UTC)))
-    with cap.labelled("deliver: record_sent (+ pending events)"), get_engine().connect() as conn:
-        send_store.record_sent(conn, delivered[0], Transport.SMTP2GO, delivered[1])
+    with cap.labelled("deliver: record_accepted (+ pending events)"), get_engine().connect() as conn:
+        lease = lifecycle.claim(conn, delivered[0], owner="bench:explain", lease_seconds=60)
+        if lease is not None:
+            lifecycle.record_accepted(conn, lease, Transport.SMTP2GO, delivered[1])
         conn.rollback()
     with cap.labelled("sweeper: link_orphan_events()"):
         link_orphan_events()

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.conftest import FIXTURES_DIR
 from worker.api import get_email_status
@@ -479,17 +479,22 @@ def test_event_for_message_still_sending_is_deferred_until_sent(db: str) -> None
     assert status_of(tid)["status"] == "delivered"
 
 
-def test_record_sent_applies_events_that_beat_it(db: str) -> None:
-    """The real send path: events that arrived while the message was being sent are applied by record_sent."""
-    from worker.send_store import record_sent
+def test_record_accepted_applies_events_that_beat_it(db: str) -> None:
+    """The real send path: events that arrived while the message was being sent are applied when the send's
+    acceptance is recorded (lifecycle.record_accepted)."""
+    from worker.db import get_engine
+    from worker.lifecycle import ClaimKind, Lease, record_accepted
 
     tid = make_message("alice@example.com", "bob@example.net", smtp2go_id=None, status=MessageStatus.SENDING)
+    with session_scope() as session:
+        session.execute(update(Message).where(Message.id == tid).values(lease_owner="host:w"))
     assert process_event(variant(fixture("webhook_open.json"), **{"X-Mailworker-Id": tid}))["status"] == "deferred"
     assert process_event(fixture("webhook_delivered.json"))["status"] == "orphan"  # no header, id unknown yet
     assert process_event(fixture("webhook_bounce_hard.json"))["status"] == "orphan"
-    with session_scope() as session:
-        session.scalars(select(Message).where(Message.id == tid).with_for_update()).one()
-        assert record_sent(session.connection(), tid, Transport.SMTP2GO, EMAIL_ID) == 3
+    with get_engine().connect() as conn:
+        lease = Lease(tid, "host:w", ClaimKind.FRESH)
+        assert record_accepted(conn, lease, Transport.SMTP2GO, EMAIL_ID) == 3
+        conn.commit()
     status = status_of(tid)
     alice, bob = rcpt(status, "alice@example.com"), rcpt(status, "bob@example.net")
     assert (status["status"], alice["status"], alice["open_count"], bob["status"]) == (
