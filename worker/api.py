@@ -3,6 +3,8 @@
 ``enqueue_email`` validates, writes the message with its recipients and attachments in one transaction,
 commits, and only then publishes ``mailworker.send_email(tracking_id)``. The database row is the source of
 truth: when the publish fails (broker down), the sweeper publishes the row later; the caller never retries.
+``published_at`` is written with the row when the task is published at once, so the sweeper leaves a row that
+merely waits in a broker backlog alone (see :mod:`worker.sweeper`); a failed publish clears it again.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from datetime import datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import selectinload
 
 from worker.config import get_settings
@@ -103,6 +105,8 @@ def enqueue_email(
 
     tracking_id = str(uuid.uuid4())
     now = utcnow()
+    # A far ``send_at`` is published by the sweeper shortly before it is due (published_at stays NULL).
+    publish_now = when is None or when - now <= SHORT_ETA
     domain = from_addr.address.rsplit("@", 1)[1]
     # Core inserts on one connection: three round trips (message, recipients, commit); the ORM unit of work
     # cost more CPU than the rest of enqueue_email together (docs/benchmarks.md).
@@ -114,6 +118,8 @@ def enqueue_email(
         "message_id_header": make_msgid(idstring=tracking_id.replace("-", ""), domain=domain),
         "size_bytes": size, "queued_at": now, "send_at": when, "next_attempt_at": when, "attempts": 0,
         "api_attempts": 0, "smtp_attempts": 0, "crashes": 0, "api_abandoned": False, "updated_at": now,
+        # Recorded before the publish: a worker may claim the row before this function returns.
+        "published_at": now if publish_now else None,
     }
     recipients = [
         {"message_id": tracking_id, "address": addr.address, "display_name": addr.name, "kind": kind,
@@ -139,8 +145,15 @@ def enqueue_email(
                 return existing
         raise
 
-    if when is None or when - utcnow() <= SHORT_ETA:
-        publish_send(tracking_id, eta=when)
+    if publish_now and not publish_send(tracking_id, eta=when):
+        # Broker down: no publish on record, so the sweeper's next pass after its grace publishes the row.
+        try:
+            with get_engine().begin() as conn:
+                conn.execute(update(M).where(M.c.id == tracking_id).values(published_at=None))
+        except SQLAlchemyError as err:
+            # The email is stored: raising now would make the caller send it twice. The sweeper still
+            # publishes it, only after SWEEP_REPUBLISH_AFTER instead of its grace.
+            log.warning("could not clear published_at tracking_id=%s: %s", tracking_id, type(err).__name__)
     log.info("email queued tracking_id=%s recipients=%d send_at=%s", tracking_id,
              len(recipients), when.isoformat() if when else "now")
     return tracking_id

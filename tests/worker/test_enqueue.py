@@ -47,6 +47,11 @@ BAD_CALLS = [
      "attachments"),
     ({"to": "ok@example.com", "send_at": datetime(2030, 1, 1)}, "send_at"),
     ({"to": []}, "to"),
+    ({"to": "ok@example.com", "sender": "a@example.com, b@example.com"}, "sender"),
+    ({"to": "ok@example.com", "reply_to": "a@example.com; b@example.com"}, "reply_to"),
+    ({"to": "ok@example.com, jürgen@example.com"}, "to"),
+    ({"to": "ok@example.com", "cc": "a@example.com <b@example.com>"}, "cc"),
+    ({"to": ", ".join(f"u{i}@example.com" for i in range(101))}, "to"),
 ]
 
 
@@ -131,6 +136,56 @@ def test_broker_down_still_accepts_and_sweeper_publishes(db: str, redis_client: 
 
     assert sweep(grace=0).republished == 1
     assert _queued_task_ids(redis_client) == [tid]
+
+
+def _published_at(tracking_id: str) -> datetime | None:
+    with session_scope() as session:
+        row = session.get(Message, tracking_id)
+        assert row is not None
+        return row.published_at
+
+
+@pytest.mark.parametrize("backend", ["db", "sqlite_db"])
+def test_address_lists_in_one_string_are_all_stored(backend: str, request: pytest.FixtureRequest,
+                                                    redis_client: Any) -> None:
+    """Regression: "a@x, b@y" used to store (and send to) a@x only."""
+    request.getfixturevalue(backend)
+    tid = enqueue_email('a@example.com, "Doe, Jane" <jane@example.com>; Bob <b@example.net>', "many",
+                        text_body="b", cc=["c@example.org; anna@bücher.example", "C@EXAMPLE.ORG"],
+                        bcc="d@example.com,e@example.com", sender='"Support, EU" <support@example.org>',
+                        reply_to="Replies <r@example.com>")
+    status = get_email_status(tid)
+    assert status is not None
+    assert [(r["address"], r["name"], r["kind"]) for r in status["recipients"]] == [
+        ("a@example.com", None, "to"), ("jane@example.com", "Doe, Jane", "to"), ("b@example.net", "Bob", "to"),
+        ("c@example.org", None, "cc"), ("anna@xn--bcher-kva.example", None, "cc"),
+        ("d@example.com", None, "bcc"), ("e@example.com", None, "bcc")]
+    assert status["sender"] == '"Support, EU" <support@example.org>'
+    assert _queued_task_ids(redis_client) == [tid]
+
+
+def test_published_at_recorded_when_published(db: str, redis_client: Any) -> None:
+    before = datetime.now(UTC)
+    tid = enqueue_email("a@example.com", "now", text_body="b")
+    published = _published_at(tid)
+    assert published is not None and published >= before - timedelta(seconds=1)
+    assert _queued_task_ids(redis_client) == [tid]
+    soon = enqueue_email("a@example.com", "soon", text_body="b",
+                         send_at=datetime.now(UTC) + timedelta(seconds=30))
+    assert _published_at(soon) is not None  # published at once, with a broker ETA
+    later = enqueue_email("a@example.com", "later", text_body="b",
+                          send_at=datetime.now(UTC) + timedelta(hours=2))
+    assert _published_at(later) is None  # not published: the sweeper hands it over when due
+
+
+def test_published_at_cleared_when_broker_down(db: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker import publish
+
+    with monkeypatch.context() as patch:
+        patch.setattr(publish.app.conf, "broker_write_url", "redis://127.0.0.1:1/0")
+        tid = enqueue_email("a@example.com", "broker down", text_body="b")
+    assert _published_at(tid) is None
+    assert get_email_status(tid)["status"] == "queued"  # type: ignore[index]
 
 
 def test_unknown_id_status_is_none(db: str) -> None:
