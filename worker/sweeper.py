@@ -3,7 +3,15 @@
 It publishes ``queued`` rows whose publish was lost (broker down at enqueue, Redis flushed), re-publishes
 ``retrying`` rows whose retry message vanished, hands ``send_at`` mail to the broker shortly before it is due
 (so no broker message carries a long countdown), and re-publishes messages whose lease expired (a worker
-died). Publishing twice is harmless: :func:`worker.delivery.claim` lets only one attempt through.
+died). Publishing twice is harmless: :func:`worker.delivery.claim` lets only one attempt through, but it is not
+free, so a row whose publish is on record is left to its broker message:
+
+- ``published_at`` is NULL (the publish failed, or the row was made due by a write that left the publish to
+  the sweeper), or older than the row's last write (``updated_at``: an attempt since then consumed that broker
+  message): republished once it has been due for ``grace`` (a few sweep intervals).
+- ``published_at`` is on record and no later write superseded it (``enqueue_email``, ``requeue``, this
+  sweeper): its broker message is presumably still waiting in a backlog, so it is republished only when it
+  has been due for ``SWEEP_REPUBLISH_AFTER`` seconds, i.e. the publish was really lost (Redis flushed).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, not_, or_, select, update
 
 from worker.config import Settings, get_settings
 from worker.db import session_scope
@@ -33,13 +41,19 @@ class SweepReport:
                 "expired_leases": self.expired_leases}
 
 
-def sweep(settings: Settings | None = None, *, grace: float | None = None, batch: int = 1000) -> SweepReport:
-    """One sweep pass; returns what it published."""
+def sweep(settings: Settings | None = None, *, grace: float | None = None, republish_after: float | None = None,
+          batch: int = 1000) -> SweepReport:
+    """One sweep pass; returns what it published. ``grace`` (default 4 sweep intervals) and ``republish_after``
+    (default ``SWEEP_REPUBLISH_AFTER``) override the settings, for tests and the fault harness."""
     settings = settings or get_settings()
     grace_td = timedelta(seconds=settings.sweep_interval * 4 if grace is None else grace)
+    republish_td = timedelta(seconds=settings.sweep_republish_after if republish_after is None
+                             else republish_after)
     now = utcnow()
     soon = now + timedelta(seconds=settings.sweep_interval * 1.5)
     stale = now - grace_td
+    due = func.coalesce(Message.next_attempt_at, Message.queued_at)
+    on_record = and_(Message.published_at.is_not(None), Message.published_at >= Message.updated_at)
     report = SweepReport()
     pending = [MessageStatus.QUEUED, MessageStatus.RETRYING]
     with session_scope() as session:
@@ -55,8 +69,7 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, batch
             .where(
                 Message.status.in_(pending),
                 Message.ambiguous_since.is_(None),
-                func.coalesce(Message.next_attempt_at, Message.queued_at) <= stale,
-                or_(Message.published_at.is_(None), Message.published_at <= stale),
+                or_(and_(not_(on_record), due <= stale), and_(on_record, due <= now - republish_td)),
             )
             .limit(batch)
         ).all()
@@ -84,7 +97,10 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, batch
             for chunk_start in range(0, len(published), 500):
                 chunk = published[chunk_start:chunk_start + 500]
                 session.execute(
-                    update(Message).where(and_(Message.id.in_(chunk))).values(published_at=now)
+                    # updated_at keeps its value (no onupdate bump), so this publish is "on record"
+                    # unless a worker wrote the row after ``now``, i.e. already consumed something.
+                    update(Message).where(Message.id.in_(chunk))
+                    .values(published_at=now, updated_at=Message.updated_at)
                     .execution_options(synchronize_session=False)
                 )
         log.info("sweep published %s", report.as_dict())
