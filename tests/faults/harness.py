@@ -171,6 +171,9 @@ class Driver:
         self.totals = DriverTotals()
 
     def tick(self) -> None:
+        import dataclasses
+
+        from worker.config import get_settings
         from worker.reconcile import reconcile
         from worker.sweeper import sweep
 
@@ -184,8 +187,9 @@ class Driver:
             self.totals.errors.append(f"sweep: {type(err).__name__}: {err}"[:300])
         if self.reconcile:
             try:
-                rec = reconcile(settle=self.settle, resend_after=self.resend_after, fill_after=10**7,
-                                max_requests=self.max_requests)
+                rec = reconcile(dataclasses.replace(get_settings(), reconcile_resend_after=self.resend_after,
+                                                    smtp_unknown_resend_after=self.resend_after),
+                                settle=self.settle, fill_after=10**7, max_requests=self.max_requests)
                 self.totals.ambiguous_resolved += rec.resolved_sent
                 self.totals.ambiguous_released += rec.released
             except Exception as err:  # noqa: BLE001

@@ -51,7 +51,8 @@ _EVENT_DETAIL: dict[str, dict[str, str]] = {
 
 class _ActivityAPI(_FakeState):
     """The activity-search half of :class:`~worker.fake_smtp2go.FakeSMTP2Go`: events for the recorded sends
-    (``processed`` and ``delivered`` per recipient) plus any a test added with :meth:`add_activity`."""
+    (``activity_events`` per recipient: ``processed`` and ``delivered`` unless a test changes it) plus any a
+    test added with :meth:`add_activity`. Every authenticated query is kept in ``activity_queries``."""
 
     def add_activity(self, email_id: str, event: str, recipient: str, *, at: float | None = None,
                      **fields: Any) -> None:
@@ -93,6 +94,8 @@ class _ActivityAPI(_FakeState):
             if len(hits) >= self.activity_rate_per_minute:
                 return _rate_limited(max(1, math.ceil(hits[0] + 60 - now)))
             hits.append(now)
+        with self._lock:
+            self.activity_queries.append({k: v for k, v in q.items() if k != "api_key"})
         problem = _validate(q)
         if problem:
             return 400, _toplevel_error(*problem), {}
@@ -130,8 +133,8 @@ class _ActivityAPI(_FakeState):
         raw: list[tuple[float, int, dict[str, Any], str, str, dict[str, Any]]] = []
         for n, s in enumerate(sends):
             for rcpt in _recipients(s["payload"]):
-                raw.append((s["time"], n, s, "processed", rcpt, {}))
-                raw.append((s["time"] + 0.001, n, s, "delivered", rcpt, {}))
+                for step, name in enumerate(self.activity_events):  # processed, then delivered, per recipient
+                    raw.append((s["time"] + step / 1000, n, s, name, rcpt, {}))
         for n, x in enumerate(extra, start=len(sends)):
             send = by_id.get(x["email_id"]) or {"email_id": x["email_id"], "payload": {}, "time": x["time"]}
             raw.append((x["time"], n, send, x["event"], x["recipient"], x["fields"]))

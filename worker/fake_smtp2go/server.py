@@ -46,6 +46,8 @@ class FakeSMTP2Go(_SendAPI, _ActivityAPI):
         self._counts: dict[str, int] = {}
         self._activity_hits: deque[float] = deque()
         self._activity_extra: list[dict] = []
+        self.activity_events: tuple[str, ...] = ("processed", "delivered")
+        self.activity_queries: list[dict] = []
         self._activity_script: deque[Scripted] = deque()
         self._stopping = threading.Event()
         self._wq: deque[tuple[float, list[dict]] | None] = deque()
@@ -118,7 +120,7 @@ class FakeSMTP2Go(_SendAPI, _ActivityAPI):
     def reset(self) -> None:
         with self._lock:
             for c in (self.sends, self.requests, self.webhooks, self._script, self._counts, self._activity_extra,
-                      self._activity_script):
+                      self._activity_script, self.activity_queries):
                 c.clear()
             self._activity_hits.clear()
 

@@ -47,6 +47,8 @@ class _FakeState:
     _counts: dict[str, int]
     _activity_hits: deque[float]
     _activity_extra: list[dict]
+    activity_events: tuple[str, ...]
+    activity_queries: list[dict]
     _activity_script: deque[Scripted]
     _stopping: threading.Event
     _wq: deque[tuple[float, list[dict]] | None]
