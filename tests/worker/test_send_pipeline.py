@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -127,6 +128,57 @@ def test_relay_refusing_some_recipients_records_them(smtp_sink: Any, celery_work
     assert by_addr["ok@example.com"]["status"] == "sent"
     assert by_addr["nobody@example.com"]["status"] == "rejected"
     assert "550" in by_addr["nobody@example.com"]["error"]
+
+
+def test_relay_deferring_one_recipient_retries_only_that_recipient(smtp_sink: Any, db: str) -> None:
+    """A 451 for one recipient (greylisting, mailbox full) while the others are accepted: the others are sent
+    once, the deferred one stays queued and is sent alone on the next attempt (issue 9, item 4)."""
+    from worker.delivery import OutcomeKind, deliver
+
+    smtp_sink.refuse["grey@example.com"] = "451 4.7.1 greylisted, try again later"
+    tid = enqueue_email(["ok@example.com", "grey@example.com"], "greylisted", text_body="x")
+    assert deliver(tid, owner="w").kind == OutcomeKind.RETRY
+    status = get_email_status(tid)
+    assert status is not None and status["status"] == "retrying" and "451" in status["last_error"]
+    by_addr = {r["address"]: r["status"] for r in status["recipients"]}
+    assert by_addr == {"ok@example.com": "sent", "grey@example.com": "queued"}
+    assert [rcpts for _, rcpts, _ in smtp_sink.messages] == [["ok@example.com"]]
+
+    del smtp_sink.refuse["grey@example.com"]  # the greylisting period is over
+    wait_until(lambda: deliver(tid, owner="w").kind != OutcomeKind.SKIPPED, timeout=10, interval=0.1,
+               message="the retry to be due")
+    status = get_email_status(tid)
+    assert status is not None and status["status"] == "sent" and status["transport"] == "smtp"
+    assert {r["status"] for r in status["recipients"]} == {"sent"}
+    assert [rcpts for _, rcpts, _ in smtp_sink.messages] == [["ok@example.com"], ["grey@example.com"]]
+
+
+def test_relay_that_took_the_data_but_never_answered_is_parked_not_resent(smtp_sink: Any, db: str,
+                                                                          base_env: Any) -> None:
+    """The relay received the DATA but its 250 never arrived: parked, never resent at once (item 5); after
+    SMTP_UNKNOWN_RESEND_AFTER reconciliation releases it (at least once, documented)."""
+    from worker.config import reset_settings
+    from worker.delivery import OutcomeKind, deliver
+    from worker.reconcile import reconcile
+
+    base_env.setenv("SMTP_TIMEOUT", "1")
+    base_env.setenv("SMTP_UNKNOWN_RESEND_AFTER", "2")
+    reset_settings()
+    smtp_sink.data_delay = 3.0
+    tid = enqueue_email("slow@example.com", "no answer", text_body="x")
+    assert deliver(tid, owner="w").kind == OutcomeKind.PARKED
+    assert deliver(tid, owner="w").kind == OutcomeKind.SKIPPED  # parked: not due for the send path
+    wait_until(lambda: smtp_sink.count_for(tid) == 1, timeout=10, message="the relay to keep the message")
+    status = get_email_status(tid)
+    assert status is not None and status["status"] == "retrying" and status["ambiguous"] is True
+    assert reconcile(settle=0).released == 0  # too early to resend
+    assert smtp_sink.count_for(tid) == 1
+
+    smtp_sink.data_delay = 0.0
+    time.sleep(2.1)
+    assert reconcile(settle=0).released == 1
+    assert deliver(tid, owner="w").kind == OutcomeKind.SENT
+    assert smtp_sink.count_for(tid) == 2  # at least once: SMTP cannot be asked whether it had it
 
 
 def test_suppressed_recipient_is_dropped(fake_api: Any, celery_worker: Any) -> None:
