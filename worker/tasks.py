@@ -78,7 +78,7 @@ def _flower_progress(task: Task) -> Any:
 @app.task(name="mailworker.send_email", bind=True, acks_late=True, max_retries=None)
 def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
     """Deliver one stored message; retries are scheduled from the row's ``next_attempt_at``."""
-    from worker.delivery import deliver, progress_hook
+    from worker.delivery import OutcomeKind, deliver, progress_hook
 
     owner = f"{_HOST}:{self.request.hostname or '-'}:{self.request.id}"
     token = progress_hook.set(_flower_progress(self))
@@ -91,7 +91,7 @@ def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
         raise failure from None
     finally:
         progress_hook.reset(token)
-    if outcome.kind == "retry" and outcome.delay is not None:
+    if outcome.kind in (OutcomeKind.RETRY, OutcomeKind.HELD) and outcome.delay is not None:
         visibility = int(app.conf.broker_transport_options.get("visibility_timeout", 3600))
         if outcome.delay < visibility / 2:
             # Same task id; a duplicate delivery is harmless because deliver() claims atomically.

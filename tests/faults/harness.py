@@ -34,7 +34,7 @@ ALL_QUEUES = f"{SEND_QUEUE},{EVENTS_QUEUE},{MAINTENANCE_QUEUE}"
 FAULT_ENV = {
     # The lease must outlive the worst-case attempt (Settings.validate): 4 x SMTP_TIMEOUT here.
     "SEND_LEASE_SECONDS": "7",
-    "SMTP_TIMEOUT": "1.5",
+    "SMTP_TIMEOUT": "1",
     "SWEEP_INTERVAL": "1",
     "SWEEP_REPUBLISH_AFTER": "4",
     "SEND_RETRY_BACKOFF": "0.2",
@@ -179,7 +179,7 @@ class Driver:
 
         self.totals.ticks += 1
         try:
-            report = sweep(grace=self.grace)
+            report = sweep(grace=self.grace, republish_after=float(FAULT_ENV["SWEEP_REPUBLISH_AFTER"]))
             self.totals.republished += report.republished + report.scheduled
             self.totals.expired_leases += report.expired_leases
         except Exception as err:  # noqa: BLE001 - a fault may make one pass fail; the next one runs
