@@ -192,6 +192,7 @@ def get_email_status(tracking_id: str) -> dict[str, Any] | None:
             "last_error": message.last_error,
             "fallback_reason": message.fallback_reason,
             "ambiguous": message.ambiguous_since is not None,
+            "held": message.held_since is not None,
             "reference": message.reference,
             "sender": message.sender,
             "subject": message.subject,

@@ -60,7 +60,8 @@ def test_revoked_key_holds_mail_one_probe_then_sends_through_smtp2go_once_fixed(
 
     assert deliver(first, owner="w").kind == OutcomeKind.HELD
     held = _status(first)
-    assert held["status"] == "retrying" and "401" in held["last_error"] and "api_key" in held["last_error"]
+    assert held["status"] == "retrying" and held["held"] is True and held["ambiguous"] is False
+    assert "401" in held["last_error"] and "api_key" in held["last_error"]
     assert "api-revoked-0000" not in held["last_error"]
     assert held["api_attempts"] == 0  # the refused key does not use up the retry budget
     assert protection.state()["breaker"] == "open"
