@@ -8,8 +8,9 @@ Two jobs, both run by the ``mailworker.reconcile`` beat task:
    - *SMTP2Go-parked*: a webhook already stored with our ``X-Mailworker-Id`` and an ``email_id`` settles it
      without a request. Otherwise the activity log is searched for the first recipient that was actually handed
      to SMTP2Go (a recipient suppressed before the send never reached it), over a window from ten minutes
-     before the attempt to now, asking for the ``X-Mailworker-Id`` custom header (returned as an object keyed
-     by header name). An event carrying our id -> :func:`worker.lifecycle.settle_accepted` with its ``email_id``.
+     before the message could first have been sent to now, asking for the ``X-Mailworker-Id`` custom header
+     (returned as an object keyed by header name). An event carrying our id ->
+     :func:`worker.lifecycle.settle_accepted` with its ``email_id``.
      Release (:func:`worker.lifecycle.release_parked`) happens only after a *completed* negative search -- every
      page read, no error -- made at least ``RECONCILE_RESEND_AFTER`` seconds after the attempt (activity lags
      the API by a minute or two). No API key, a disabled module or a missing encryption key on this host means
@@ -52,8 +53,10 @@ log = logging.getLogger(__name__)
 
 #: SMTP2Go's documented budget for ``/activity/search``, per API key.
 ACTIVITY_REQUESTS_PER_MINUTE = 60
-#: How far before the attempt the search window opens (clock skew between us and SMTP2Go, queueing there).
+#: How far before the first possible send the search window opens (clock skew between us and SMTP2Go).
 SEARCH_LEAD = timedelta(minutes=10)
+#: Activity kept on the smallest plans: older events cannot be asked for.
+ACTIVITY_RETENTION = timedelta(days=5)
 #: Activity event -> (our webhook event name, bounce type) for the fill-in of missing webhooks.
 FILL_EVENTS: dict[str, tuple[str, str | None]] = {
     "delivered": ("delivered", None),
@@ -93,8 +96,7 @@ class _Parked:
     id: str
     transport: Transport | None
     ambiguous_since: datetime
-    attempted_at: datetime
-    queued_at: datetime
+    earliest_send: datetime  # the message cannot have been handed over before this (queued_at, or send_at)
     sent_to: list[str] = field(default_factory=list)  # recipients handed to the transport, in order
 
 
@@ -197,8 +199,8 @@ def _load_parked(session: Session, settled_before: datetime) -> list[_Parked]:
     parked = []
     for m in rows:
         assert m.ambiguous_since is not None
-        attempted = min(t for t in (m.inflight_since, m.ambiguous_since) if t is not None)
-        parked.append(_Parked(m.id, m.inflight_transport, m.ambiguous_since, attempted, m.queued_at,
+        earliest = max(m.queued_at, m.send_at) if m.send_at is not None else m.queued_at
+        parked.append(_Parked(m.id, m.inflight_transport, m.ambiguous_since, earliest,
                               [r.address for r in m.recipients if r.status != RecipientStatus.SUPPRESSED]))
     return parked
 
@@ -262,8 +264,11 @@ def _find_in_activity(message: _Parked, activity: _Activity, now: datetime) -> s
 
     One recipient is enough: SMTP2Go logs events per recipient, and every event of an accepted email carries
     its custom headers, so the first recipient that was really handed over has an event if the send landed.
+    The window opens before the message could first have been sent (queued, or its ``send_at``), not at
+    ``ambiguous_since``: a worker that died mid-send may be parked long after its attempt (``requeue``), and
+    a window that misses the attempt would be a negative search that resends. The recipient filter keeps it cheap.
     """
-    start = max(message.queued_at - timedelta(minutes=1), message.attempted_at - SEARCH_LEAD)
+    start = max(message.earliest_send - SEARCH_LEAD, now - ACTIVITY_RETENTION)
     query: dict[str, Any] = {"start_date": _iso(start), "end_date": _iso(now + timedelta(minutes=1)),
                              "custom_headers": [TRACKING_HEADER]}
     if message.sent_to:
@@ -277,7 +282,7 @@ def _find_in_activity(message: _Parked, activity: _Activity, now: datetime) -> s
 def _fill_missing(activity: _Activity, now: datetime, fill_after: float, report: ReconcileReport) -> None:
     from worker.events import process_event
 
-    oldest = now - timedelta(days=5)  # SMTP2Go keeps 5 days of activity on every plan
+    oldest = now - ACTIVITY_RETENTION
     stale = now - timedelta(seconds=fill_after)
     with session_scope() as session:
         rows = session.execute(

@@ -89,6 +89,19 @@ def test_match_on_the_second_activity_page(fake_api: Any, database: str) -> None
     assert _status(tid)["smtp2go_message_id"] == fake_api.sends[-1]["email_id"]
 
 
+def test_window_covers_a_send_long_before_it_was_parked(fake_api: Any, database: str) -> None:
+    """A worker that died mid-send can be parked (sweeper, ``requeue``) long after the attempt: the search
+    must still cover the attempt, or its negative answer would resend a delivered mail."""
+    tid = _ambiguous_send(fake_api)
+    fake_api.sends[0]["time"] -= 3 * 3600  # SMTP2Go took it three hours ago ...
+    now = utcnow()
+    with session_scope() as session:  # ... and the message was parked only now
+        session.execute(update(Message).where(Message.id == tid).values(
+            queued_at=now - timedelta(hours=3, minutes=1), ambiguous_since=now - timedelta(seconds=1)))
+    assert reconcile(settle=0).resolved_sent == 1
+    assert _status(tid)["smtp2go_message_id"] == fake_api.sends[0]["email_id"]
+
+
 def test_search_uses_the_recipient_actually_sent_not_a_suppressed_first_one(fake_api: Any, database: str) -> None:
     with session_scope() as session:
         add_suppression(session, "gone@example.com", "hard_bounce")
