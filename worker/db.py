@@ -67,7 +67,9 @@ def _sqlite_begin(conn: Any) -> None:
 def build_engine(url: str) -> Engine:
     """Create an engine with the options each backend needs."""
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"future": True}
+    # hide_parameters: a failed statement's message (logged, stored in task results) never carries its values,
+    # which include bodies, addresses and encrypted settings.
+    kwargs: dict[str, Any] = {"future": True, "hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
