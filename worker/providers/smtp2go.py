@@ -40,7 +40,6 @@ from requests.adapters import HTTPAdapter
 
 from worker.errors import (
     AmbiguousDeliveryError,
-    ConfigurationError,
     CredentialsRejected,
     DeliveryError,
     MailworkerError,
@@ -135,14 +134,17 @@ def request_left(err: BaseException) -> bool:
     return True
 
 
-def _transport_error(err: requests.RequestException, *, timeout: float) -> DeliveryError | ConfigurationError:
+def _transport_error(err: requests.RequestException, *, timeout: float) -> DeliveryError:
     """The delivery error (or configuration error) for a request that got no complete HTTP answer."""
     if isinstance(err, requests.exceptions.ConnectTimeout):
         return RetryableDeliveryError("connect timeout", provider=PROVIDER)
     if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                         requests.exceptions.InvalidSchema, requests.exceptions.URLRequired)):
-        return ConfigurationError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check SMTP2GO_API_URL "
-                                  "or `mailworker module set smtp2go api_url=...`")
+        # Nothing left. Retryable (as before) rather than ConfigurationError, which the send path does not
+        # expect from send(); the text names the operator's fix either way.
+        return RetryableDeliveryError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check "
+                                      "SMTP2GO_API_URL or `mailworker module set smtp2go api_url=...`",
+                                      provider=PROVIDER)
     if isinstance(err, requests.exceptions.ReadTimeout):
         return AmbiguousDeliveryError(f"no answer within {timeout:g}s after sending", provider=PROVIDER)
     if isinstance(err, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):

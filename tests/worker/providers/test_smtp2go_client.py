@@ -363,3 +363,9 @@ def test_search_activity_without_permission_is_a_credentials_problem() -> None:
     with raw_server(_serve_json(400, fixture("send_error_data.json"))) as port, \
             pytest.raises(CredentialsRejected, match="no permission"):
         search_activity({}, api_key="k", api_url=f"http://127.0.0.1:{port}/v3")
+
+
+@pytest.mark.parametrize("url", ["api.smtp2go.com/v3", "ftp://api.smtp2go.com/v3", "http:///v3"])
+def test_unusable_api_url_names_the_setting(url: str) -> None:
+    with pytest.raises(RetryableDeliveryError, match="SMTP2GO_API_URL"):
+        smtp2go.send(email=email(), api_key="k", api_url=url, timeout=2, connect_timeout=1)
