@@ -14,7 +14,8 @@ lint:
 	.venv/bin/ruff check .
 	.venv/bin/mypy
 
-bench:
+bench:          ## the benchmarks (docs/benchmarks.md), with the django-post_office anchor row (the bench extra)
 	bash scripts/services.sh
 	bash scripts/bootstrap.sh
+	.venv/bin/pip install -e '.[test,bench]'
 	.venv/bin/python -m benchmarks.run
