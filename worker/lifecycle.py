@@ -293,13 +293,15 @@ def settle_accepted(conn: Connection, tracking_id: str, *, transport: Transport,
     return True
 
 
-def release_parked(conn: Connection, tracking_id: str, *, note: str) -> bool:
+def release_parked(conn: Connection, tracking_id: str, *, note: str, parked_since: datetime | None = None) -> bool:
     """A parked message was not accepted (a completed negative search, an SMTP outcome past its resend delay,
     or an operator's decision): make it due now, so the send path sends it again. Runs in the caller's
-    transaction; False (nothing changed) when the message is no longer parked."""
+    transaction; False (nothing changed) when the message is no longer parked -- or, with ``parked_since``, when
+    it was parked again since (the search that justified the release was about an earlier attempt)."""
     now = utcnow()
+    same_parking = [messages.c.ambiguous_since == parked_since] if parked_since is not None else []
     released = conn.execute(
-        update(messages).where(messages.c.id == tracking_id, *_PARKED)
+        update(messages).where(messages.c.id == tracking_id, *_PARKED, *same_parking)
         .values({**_END_ATTEMPT, "ambiguous_since": None, "next_attempt_at": now, "last_error": note,
                  "updated_at": now})
     ).rowcount == 1

@@ -215,7 +215,7 @@ def _reconcile_parked(message: _Parked, activity: _Activity | None, settings: Se
         note = (f"reconciled: the SMTP relay took the DATA but never answered; no API can check, so it is sent "
                 f"again after {waited:.0f}s (SMTP_UNKNOWN_RESEND_AFTER={settings.smtp_unknown_resend_after:g}s): "
                 "at least once, a recipient may get it twice")
-        _release(message.id, note, report)
+        _release(message, note, report)
         return
     email_id = _webhook_email_id(message.id)
     if email_id is None:
@@ -238,15 +238,16 @@ def _reconcile_parked(message: _Parked, activity: _Activity | None, settings: Se
         report.resolved_sent += int(settled)
         return
     if waited >= settings.reconcile_resend_after:
-        _release(message.id, "reconciled: a complete SMTP2Go activity search found no send with our "
+        _release(message, "reconciled: a complete SMTP2Go activity search found no send with our "
                  f"X-Mailworker-Id {waited:.0f}s after the attempt; sending again", report)
     else:
         report.still_ambiguous += 1
 
 
-def _release(tracking_id: str, note: str, report: ReconcileReport) -> None:
+def _release(message: _Parked, note: str, report: ReconcileReport) -> None:
     with session_scope() as session:
-        report.released += int(release_parked(session.connection(), tracking_id, note=note))
+        report.released += int(release_parked(session.connection(), message.id, note=note,
+                                              parked_since=message.ambiguous_since))
 
 
 def _webhook_email_id(tracking_id: str) -> str | None:
