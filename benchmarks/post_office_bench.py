@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from benchmarks.common import (
@@ -197,3 +198,53 @@ def run_post_office(pool: str, concurrency: int, n: int, fake: FakeProcess, proc
     result.extra = {"e2e_accepted_per_s": len(arrivals) / (accepted - t0), "stand_in_sends": len(arrivals),
                     "duplicates": duplicates, "not_sent": failed}
     return result
+
+
+def census(n: int = 200) -> str:
+    """Round trips per email on post_office's side, counted as :mod:`benchmarks.census` counts mailworker's:
+    ``n`` ``mail.send()`` calls, then one ``send_queued_mail_until_done()`` in this process against a stand-in
+    that answers at once. Run as ``python -m benchmarks.post_office_bench census [N]`` (after
+    ``benchmarks.common.configure_env``, which ``__main__`` calls)."""
+    from benchmarks.census import counting
+    from benchmarks.common import API_KEY, set_api_url, table
+
+    fake = FakeProcess(0.0, api_key=API_KEY)
+    set_api_url(fake.url)
+    os.environ["MWBENCH_PO_THREADS"] = "16"
+    try:
+        setup()
+        from django.conf import settings
+        from post_office.mail import send_queued_mail_until_done
+
+        settings.SMTP2GO_API_URL = fake.url
+        _truncate()
+        rows: list[tuple[str, Counter[str], Counter[str], float | None]] = []
+        with counting() as (sql, rds):
+            t0 = time.thread_time()
+            _enqueue(n, 0)
+            cpu = time.thread_time() - t0
+        rows.append(("mail.send() (+ publish)", sql, rds, cpu))
+        with counting() as (sql, rds):
+            send_queued_mail_until_done()  # its sending threads' CPU is not a caller figure: round trips only
+        rows.append((f"send_queued_mail_until_done() ({n} queued), per email", sql, rds, None))
+        if _sent() != n or fake.count() != n:
+            raise RuntimeError(f"census: {_sent()} sent in the table, {fake.count()} at the stand-in, of {n}")
+        out = table(["per email", "MariaDB round trips", "by command", "Redis round trips", "CPU ms (caller)"], [
+            [what, f"{sum(s.values()) / n:g}", ", ".join(f"{k} {v / n:g}" for k, v in s.most_common()),
+             f"{r['(round trips)'] / n:g}", "-" if c is None else f"{1000 * c / n:.2f}"] for what, s, r, c in rows])
+    finally:
+        drop()
+        clean_redis()
+        fake.stop()
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    from benchmarks.common import configure_env
+
+    if sys.argv[1:2] != ["census"]:
+        raise SystemExit("usage: python -m benchmarks.post_office_bench census [N]")
+    configure_env()
+    say(census(int(sys.argv[2]) if len(sys.argv) > 2 else 200))
