@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, func, or_, select, true, update
+from sqlalchemy import Connection, Table, Update, func, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from worker.models import (
@@ -63,6 +63,20 @@ events = cast(Table, TrackingEvent.__table__)
 #: Columns that describe a running attempt; cleared whenever an attempt ends.
 _END_ATTEMPT: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "inflight_since": None,
                                 "inflight_transport": None}
+
+
+def _update(tracking_id: str) -> Update:
+    """``UPDATE messages ... WHERE id = :tracking_id``, through the primary key on MariaDB.
+
+    Left to itself, MariaDB's optimizer may run such an UPDATE as a range over ``ix_messages_status`` (the
+    secondary index entries carry the id), locking that index's entry before the row. Two writers of one message
+    then lock in opposite orders, one by the row, one by the index, and deadlock (seen with duplicate publishes:
+    a take-over attempt against the owner's ``record_accepted``). Every writer here goes row first.
+    """
+    return update(messages).with_hint("FORCE INDEX (PRIMARY)", dialect_name="mysql").where(
+        messages.c.id == tracking_id)
+
+
 _PARKED = (messages.c.status == MessageStatus.RETRYING, messages.c.ambiguous_since.is_not(None))
 _HELD = (messages.c.status == MessageStatus.RETRYING, messages.c.held_since.is_not(None))
 
@@ -95,9 +109,8 @@ def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: floa
     lease = {"status": MessageStatus.SENDING, "lease_owner": owner,
              "lease_expires_at": now + timedelta(seconds=lease_seconds), "updated_at": now}
     fresh = conn.execute(
-        update(messages)
-        .where(messages.c.id == tracking_id,
-               messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
+        _update(tracking_id)
+        .where(messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
                messages.c.ambiguous_since.is_(None),
                or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now))
         .values(lease)
@@ -105,8 +118,7 @@ def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: floa
     if fresh.rowcount == 1:
         return Lease(tracking_id, owner, ClaimKind.FRESH)
     takeover = conn.execute(
-        update(messages)
-        .where(messages.c.id == tracking_id, messages.c.status == MessageStatus.SENDING,
+        _update(tracking_id).where(messages.c.status == MessageStatus.SENDING,
                messages.c.lease_expires_at < now)
         .values({**lease, "crashes": messages.c.crashes + 1})
     )
@@ -118,8 +130,7 @@ def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: floa
 def _write(conn: Connection, lease: Lease, values: dict[str, Any]) -> None:
     """One fenced UPDATE of the leased message; :class:`LeaseLost` when the lease is no longer ours."""
     result = conn.execute(
-        update(messages)
-        .where(messages.c.id == lease.tracking_id, messages.c.lease_owner == lease.owner,
+        _update(lease.tracking_id).where(messages.c.lease_owner == lease.owner,
                messages.c.status == MessageStatus.SENDING)
         .values({**values, "updated_at": utcnow()})
     )
@@ -278,7 +289,7 @@ def settle_accepted(conn: Connection, tracking_id: str, *, transport: Transport,
     ids = ({"smtp2go_message_id": provider_id} if transport == Transport.SMTP2GO
            else {"message_id_header": provider_id} if provider_id else {})
     settled = conn.execute(
-        update(messages).where(messages.c.id == tracking_id, *_PARKED)
+        _update(tracking_id).where(*_PARKED)
         .values({**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "transport": transport, "sent_at": now,
                  "ambiguous_since": None, "next_attempt_at": None, "last_error": note, "updated_at": now})
     ).rowcount == 1
@@ -301,7 +312,7 @@ def release_parked(conn: Connection, tracking_id: str, *, note: str, parked_sinc
     now = utcnow()
     same_parking = [messages.c.ambiguous_since == parked_since] if parked_since is not None else []
     released = conn.execute(
-        update(messages).where(messages.c.id == tracking_id, *_PARKED, *same_parking)
+        _update(tracking_id).where(*_PARKED, *same_parking)
         .values({**_END_ATTEMPT, "ambiguous_since": None, "next_attempt_at": now, "last_error": note,
                  "updated_at": now})
     ).rowcount == 1
@@ -314,7 +325,7 @@ def release_held(conn: Connection, tracking_id: str, *, note: str) -> bool:
     """An operator fixed the problem: a held message is due now (instead of after its cool-down)."""
     now = utcnow()
     return conn.execute(
-        update(messages).where(messages.c.id == tracking_id, *_HELD)
+        _update(tracking_id).where(*_HELD)
         .values(next_attempt_at=now, last_error=note, updated_at=now)
     ).rowcount == 1
 
@@ -342,7 +353,7 @@ def requeue(conn: Connection, tracking_id: str, *, note: str, stuck_after: timed
                      .where(recipients.c.message_id == tracking_id, recipients.c.status == RecipientStatus.FAILED)
                      .values(status=RecipientStatus.QUEUED, error=None))
         restarted = conn.execute(
-            update(messages).where(messages.c.id == tracking_id, messages.c.status == MessageStatus.FAILED)
+            _update(tracking_id).where(messages.c.status == MessageStatus.FAILED)
             .values({**common, **_END_ATTEMPT, "status": MessageStatus.QUEUED, "api_attempts": 0,
                      "smtp_attempts": 0, "crashes": 0, "api_abandoned": False, "failed_at": None,
                      "held_since": None}))
@@ -352,23 +363,22 @@ def requeue(conn: Connection, tracking_id: str, *, note: str, stuck_after: timed
     if row.status == MessageStatus.SENDING:
         if row.lease_expires_at is None or row.lease_expires_at >= now:
             return "a worker holds its lease"
-        expired = (messages.c.id == tracking_id, messages.c.status == MessageStatus.SENDING,
-                   messages.c.lease_expires_at < now)
+        expired = (messages.c.status == MessageStatus.SENDING, messages.c.lease_expires_at < now)
         if row.inflight_since is not None:
-            done = conn.execute(update(messages).where(*expired).values(
+            done = conn.execute(_update(tracking_id).where(*expired).values(
                 status=MessageStatus.RETRYING, ambiguous_since=now, lease_owner=None, lease_expires_at=None,
                 inflight_since=None, next_attempt_at=None, updated_at=now,
                 last_error=f"ambiguous: its worker died mid-send; parked until reconciliation settles it ({note})"))
             return "parked" if done.rowcount == 1 else "changed meanwhile"
-        done = conn.execute(update(messages).where(*expired).values(
+        done = conn.execute(_update(tracking_id).where(*expired).values(
             {**common, "status": MessageStatus.QUEUED, "lease_owner": None, "lease_expires_at": None}))
         return "requeued" if done.rowcount == 1 else "changed meanwhile"
     if row.status in (MessageStatus.QUEUED, MessageStatus.RETRYING):
         due = row.next_attempt_at or row.queued_at
         if row.held_since is None and due is not None and due > now - stuck_after:
             return "not stuck: it is due soon"
-        done = conn.execute(update(messages).where(
-            messages.c.id == tracking_id, messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
+        done = conn.execute(_update(tracking_id).where(
+            messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
             messages.c.ambiguous_since.is_(None)).values(common))
         return "requeued" if done.rowcount == 1 else "changed meanwhile"
     return f"status is {row.status.value}"
