@@ -130,7 +130,12 @@ def test_relay_refusing_some_recipients_records_them(smtp_sink: Any, celery_work
     assert "550" in by_addr["nobody@example.com"]["error"]
 
 
-def test_relay_deferring_one_recipient_retries_only_that_recipient(smtp_sink: Any, db: str) -> None:
+@pytest.fixture(params=["db", "sqlite_db"])
+def database(request: pytest.FixtureRequest, redis_client: Any) -> Any:
+    return request.getfixturevalue(request.param)
+
+
+def test_relay_deferring_one_recipient_retries_only_that_recipient(smtp_sink: Any, database: str) -> None:
     """A 451 for one recipient (greylisting, mailbox full) while the others are accepted: the others are sent
     once, the deferred one stays queued and is sent alone on the next attempt (issue 9, item 4)."""
     from worker.delivery import OutcomeKind, deliver
@@ -153,7 +158,7 @@ def test_relay_deferring_one_recipient_retries_only_that_recipient(smtp_sink: An
     assert [rcpts for _, rcpts, _ in smtp_sink.messages] == [["ok@example.com"], ["grey@example.com"]]
 
 
-def test_relay_that_took_the_data_but_never_answered_is_parked_not_resent(smtp_sink: Any, db: str,
+def test_relay_that_took_the_data_but_never_answered_is_parked_not_resent(smtp_sink: Any, database: str,
                                                                           base_env: Any) -> None:
     """The relay received the DATA but its 250 never arrived: parked, never resent at once (item 5); after
     SMTP_UNKNOWN_RESEND_AFTER reconciliation releases it (at least once, documented)."""
