@@ -1,5 +1,5 @@
 # The two commands from README.md; each does all of its set-up on a fresh machine.
-.PHONY: run test lint bench
+.PHONY: run test test-unit lint bench
 
 run:            ## start the whole system on the embedded default (SQLite, embedded Redis if none)
 	bash scripts/bootstrap.sh
@@ -9,6 +9,10 @@ test:           ## start Redis + MariaDB if needed, install, run the whole test 
 	bash scripts/services.sh
 	bash scripts/bootstrap.sh
 	.venv/bin/python -m pytest -q
+
+test-unit:      ## the fast layer: tests that need no service (no database, broker or worker), in seconds
+	bash scripts/bootstrap.sh
+	.venv/bin/python -m pytest -q -m unit
 
 lint:
 	.venv/bin/ruff check .

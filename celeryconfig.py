@@ -1,6 +1,6 @@
 """Celery settings only (loaded with ``app.config_from_object("celeryconfig")``).
 
-Application settings live in ``worker/config.py``; this module reads just what Celery needs.
+Application settings live in ``worker/infrastructure/config.py``; this module reads just what Celery needs.
 """
 
 import os

@@ -71,7 +71,7 @@ def _row(call: str, sql: Counter[str], rds: Counter[str], n: int, cpu: float) ->
 
 def _measure(n: int) -> list[list[str]]:
     from worker import enqueue_email
-    from worker.delivery import deliver
+    from worker.sending.delivery import deliver
 
     truncate_tables()
     warm = [enqueue_email(recipient(i), SUBJECT, text_body=TEXT_BODY, html_body=HTML_BODY) for i in range(20)]
@@ -101,9 +101,9 @@ def _measure_events(ids: list[str]) -> list[str]:
     from sqlalchemy import select
 
     from benchmarks.seed import event
-    from worker.db import session_scope
-    from worker.events import process_event
-    from worker.models import Message
+    from worker.infrastructure.db import session_scope
+    from worker.infrastructure.models import Message
+    from worker.tracking.events import process_event
 
     with session_scope() as session:
         rows = session.execute(select(Message.smtp2go_message_id, Message.id).where(Message.id.in_(ids))).all()

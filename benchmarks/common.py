@@ -46,7 +46,7 @@ def recipient(i: int) -> str:
 
 
 def baseline_payload(tracking_id: str, to: str) -> dict[str, Any]:
-    """Byte for byte the JSON the product posts for the benchmark email (see ``worker.providers.smtp2go``)."""
+    """Byte for byte the JSON the product posts for the benchmark email (see ``worker.sending.transports.smtp2go``)."""
     return {
         "sender": SENDER,
         "to": [to],
@@ -77,8 +77,8 @@ def configure_env(api_url: str = "http://127.0.0.1:9/v3") -> dict[str, str]:
     for name in ("REDIS_URL", "SMTP_HOST", "SETTINGS_ENCRYPTION_KEY", "SMTP2GO_RATE_LIMIT"):
         os.environ.pop(name, None)
     os.environ.update(env)
-    if "worker.config" in sys.modules:
-        from worker.config import reset_settings
+    if "worker.infrastructure.config" in sys.modules:
+        from worker.infrastructure.config import reset_settings
 
         reset_settings()
     return dict(os.environ)
@@ -86,7 +86,7 @@ def configure_env(api_url: str = "http://127.0.0.1:9/v3") -> dict[str, str]:
 
 def set_api_url(url: str) -> None:
     os.environ["SMTP2GO_API_URL"] = url
-    from worker.config import reset_settings
+    from worker.infrastructure.config import reset_settings
 
     reset_settings()
 
@@ -95,8 +95,8 @@ def reset_database() -> None:
     """Drop and recreate our own database, then migrate it (never touches any other database)."""
     from sqlalchemy import create_engine, text
 
-    from worker.db import dispose_engines
-    from worker.migrate import upgrade
+    from worker.infrastructure.db import dispose_engines
+    from worker.infrastructure.migrate import upgrade
 
     dispose_engines()
     admin = create_engine(ADMIN_URL)
@@ -111,7 +111,7 @@ def truncate_tables() -> None:
     """Empty our tables between rows so every row starts from the same table size."""
     from sqlalchemy import text
 
-    from worker.db import get_engine
+    from worker.infrastructure.db import get_engine
 
     with get_engine().begin() as conn:
         conn.execute(text("SET FOREIGN_KEY_CHECKS=0"))

@@ -16,7 +16,7 @@ from typing import Any
 
 
 def _serve(conn: Connection, latency: float, api_key: str) -> None:
-    from worker.fake_smtp2go import FakeSMTP2Go
+    from worker.devtools.fake_smtp2go import FakeSMTP2Go
 
     fake = FakeSMTP2Go(api_key=api_key, latency=latency).start()
     conn.send(fake.url)

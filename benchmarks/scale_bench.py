@@ -44,7 +44,7 @@ def _database(url: str) -> Iterator[None]:
     """Point ``worker`` at another database for a moment (settings and engines are cached per URL)."""
     import os
 
-    from worker.config import reset_settings
+    from worker.infrastructure.config import reset_settings
 
     before = os.environ["DATABASE_URL"]
     os.environ["DATABASE_URL"] = url
@@ -66,7 +66,7 @@ def _enqueue_chunk(n: int, offset: int) -> float:
 
 
 def _sweep_once() -> float:
-    from worker.sweeper import sweep
+    from worker.operations.sweeper import sweep
 
     t0 = time.perf_counter()
     sweep()
@@ -77,7 +77,7 @@ def add_foreign_orphans(count: int) -> None:
     """Events for mail this system never sent (another sender on the same SMTP2Go account): they stay
     orphans for ORPHAN_REPAIR_WINDOW (3 days), and every sweep looks at them again."""
     from benchmarks.seed import event
-    from worker.events import process_event
+    from worker.tracking.events import process_event
 
     now = datetime.now(UTC)
     for i in range(count):
@@ -85,7 +85,7 @@ def add_foreign_orphans(count: int) -> None:
 
 
 def orphan_link_ms(repeat: int = 3) -> float:
-    from worker.events import link_orphan_events
+    from worker.tracking.events import link_orphan_events
 
     times = []
     for _ in range(repeat):
@@ -124,7 +124,7 @@ class _Capture:
     def __init__(self) -> None:
         from sqlalchemy import event
 
-        from worker.db import get_engine
+        from worker.infrastructure.db import get_engine
 
         self.label = ""
         self.statements: list[tuple[str, str]] = []
@@ -148,11 +148,12 @@ def explain(sample: list[tuple[str, str, str]]) -> tuple[str, list[dict[str, Any
     """Run the product code paths that matter at scale, EXPLAIN every statement they issued."""
 
     from benchmarks.seed import event
-    from worker import lifecycle, send_store
-    from worker.db import get_engine
-    from worker.events import link_orphan_events, process_event
-    from worker.models import Transport
-    from worker.sweeper import sweep
+    from worker.infrastructure.db import get_engine
+    from worker.infrastructure.models import Transport
+    from worker.operations.sweeper import sweep
+    from worker.sending import jobs as send_store
+    from worker.sending import lifecycle
+    from worker.tracking.events import link_orphan_events, process_event
 
     cap = _Capture()
     delivered = next(s for s in sample if s[1])
@@ -216,9 +217,9 @@ def _feed(total: int, batch: int = 500) -> Iterator[int]:
     from sqlalchemy import insert
 
     from benchmarks.seed import new_message_rows
-    from worker.db import get_engine
-    from worker.models import Message, Recipient
-    from worker.publish import publish_send
+    from worker.infrastructure.db import get_engine
+    from worker.infrastructure.models import Message, Recipient
+    from worker.sending.publish import publish_send
 
     done = 0
     while done < total:
@@ -241,7 +242,7 @@ def memory(total: int, fake: FakeProcess, pool: str = "threads", concurrency: in
     """
     from sqlalchemy import text
 
-    from worker.db import get_engine
+    from worker.infrastructure.db import get_engine
 
     clean_redis()
     engine = get_engine()
@@ -299,7 +300,7 @@ def _empty_database() -> str:
     from sqlalchemy import create_engine, text
 
     from benchmarks.common import ADMIN_URL, DB_NAME, MYSQL_HOST
-    from worker.migrate import upgrade
+    from worker.infrastructure.migrate import upgrade
 
     name = f"{DB_NAME}_empty"
     admin = create_engine(ADMIN_URL)
@@ -317,7 +318,7 @@ def _drop_database(url: str) -> None:
     from sqlalchemy.engine import make_url
 
     from benchmarks.common import ADMIN_URL
-    from worker.db import dispose_engines
+    from worker.infrastructure.db import dispose_engines
 
     dispose_engines()
     admin = create_engine(ADMIN_URL)
@@ -331,7 +332,7 @@ def run(quick: bool = False, memory_emails: int | None = None) -> dict[str, Any]
 
     from benchmarks.common import API_KEY, set_api_url
     from benchmarks.seed import seed_messages
-    from worker.db import get_engine
+    from worker.infrastructure.db import get_engine
 
     truncate_tables()
     clean_redis()

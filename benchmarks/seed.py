@@ -45,7 +45,7 @@ def seed_messages(count: int, *, offset: int = 0, status: str | None = None, bod
     in as plain tuples through the driver's ``executemany`` (batched multi-row INSERTs): the ORM's per-value
     type processing would make seeding 100,000 rows take minutes instead of seconds.
     """
-    from worker.db import get_engine
+    from worker.infrastructure.db import get_engine
 
     rng = random.Random(seed + offset)
     now = datetime.now(UTC).replace(tzinfo=None)  # naive UTC, as the UTCDateTime column type stores it

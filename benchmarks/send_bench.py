@@ -139,7 +139,7 @@ def _server_pids() -> dict[str, int]:
 def _sent_count() -> tuple[int, int]:
     from sqlalchemy import text
 
-    from worker.db import get_engine
+    from worker.infrastructure.db import get_engine
 
     with get_engine().connect() as conn:
         rows: dict[str, int] = {str(status): int(count) for status, count in conn.execute(
@@ -196,7 +196,7 @@ def run_product(pool: str, concurrency: int, n: int, fake: FakeProcess, profile_
                 tag: str = "", app: str = "worker", kind: str = "mailworker", processes: int = 1) -> SendResult:
     from sqlalchemy import text
 
-    from worker.db import get_engine
+    from worker.infrastructure.db import get_engine
 
     if profile_to is not None and processes != 1:
         raise ValueError("profile_to needs a single worker process (processes=1)")

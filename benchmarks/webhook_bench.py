@@ -166,7 +166,7 @@ def apply_events(n: int, pool: str, concurrency: int, profile_to: Path | None = 
 
     from benchmarks.seed import event, seed_messages
     from worker.celery_app import app
-    from worker.db import get_engine
+    from worker.infrastructure.db import get_engine
 
     truncate_tables()
     clean_redis()

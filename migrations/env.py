@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from ``worker.config`` (DATABASE_URL) unless the caller set one."""
+"""Alembic environment: the URL comes from ``worker.infrastructure.config`` (DATABASE_URL) unless the caller set one."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from worker.config import get_settings
-from worker.db import build_engine
-from worker.models import Base
+from worker.infrastructure.config import get_settings
+from worker.infrastructure.db import build_engine
+from worker.infrastructure.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -31,7 +31,7 @@ API_KEY = "api-test-key-0123456789"
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures" / "smtp2go"
 
 # Celery reads its broker from the environment when celeryconfig is imported: set it before anything
-# imports ``worker``. The app's own settings are re-read per test through worker.config.reset_settings().
+# imports ``worker``. The app's own settings are re-read per test through worker.infrastructure.config.reset_settings().
 os.environ["CELERY_BROKER_URL"] = REDIS_URL
 # Queue names unique to this test session: concurrent test runs on one Redis never consume each other's tasks,
 # and cleaning up deletes only our own keys (never FLUSHDB on a database someone else may use).
@@ -48,9 +48,22 @@ for _name in ("SMTP2GO_API_KEY", "SMTP_HOST", "SMTP2GO_WEBHOOK_SECRET", "DATABAS
 from sqlalchemy import create_engine, text  # noqa: E402
 
 from worker import app as celery_app  # noqa: E402
-from worker.config import reset_settings  # noqa: E402
-from worker.db import dispose_engines, get_engine  # noqa: E402
-from worker.models import Base  # noqa: E402
+from worker.infrastructure.config import reset_settings  # noqa: E402
+from worker.infrastructure.db import dispose_engines, get_engine  # noqa: E402
+from worker.infrastructure.models import Base  # noqa: E402
+
+
+#: Fixtures that reach a service (MariaDB, Redis, a Celery worker) or a database file. A test using none of them is
+#: in the unit layer (`make test-unit`, marker ``unit``), marked here so the layer cannot drift from the truth.
+SERVICE_FIXTURES = frozenset({"base_env", "db", "sqlite_db", "mariadb_url", "redis_client", "celery_worker", "database",
+                              "workers", "private_redis", "app_client", "receiver", "gunicorn", "live_receiver"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if not uses & SERVICE_FIXTURES and item.get_closest_marker("faults") is None:
+            item.add_marker(pytest.mark.unit)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
@@ -130,7 +143,7 @@ def mariadb_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS `{TEST_DB_NAME}`"))
         conn.execute(text(f"CREATE DATABASE `{TEST_DB_NAME}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
-    from worker.migrate import upgrade
+    from worker.infrastructure.migrate import upgrade
 
     upgrade(MARIADB_URL)
     yield MARIADB_URL
@@ -198,7 +211,7 @@ def db(base_env: pytest.MonkeyPatch, mariadb_url: str) -> Iterator[str]:
 def sqlite_db(base_env: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[str]:
     """A migrated SQLite file (the embedded default) as DATABASE_URL."""
     url = f"sqlite:///{tmp_path / 'mailworker.db'}"
-    from worker.migrate import upgrade
+    from worker.infrastructure.migrate import upgrade
 
     upgrade(url)
     base_env.setenv("DATABASE_URL", url)
@@ -238,7 +251,7 @@ def celery_worker(redis_client: Any, db: str) -> Iterator[Any]:
 @pytest.fixture
 def fake_api(base_env: pytest.MonkeyPatch) -> Iterator[Any]:
     """A local server speaking SMTP2Go's v3 API, configured as the SMTP2Go module via the environment."""
-    from worker.fake_smtp2go import FakeSMTP2Go
+    from worker.devtools.fake_smtp2go import FakeSMTP2Go
 
     server = FakeSMTP2Go(api_key=API_KEY).start()
     base_env.setenv("SMTP2GO_API_KEY", API_KEY)

@@ -12,8 +12,8 @@ from werkzeug.serving import make_server
 
 from tests.conftest import API_KEY, free_port, wait_until
 from worker import enqueue_email, get_email_stats, get_email_status
-from worker.config import reset_settings
-from worker.fake_smtp2go import FakeSMTP2Go
+from worker.devtools.fake_smtp2go import FakeSMTP2Go
+from worker.infrastructure.config import reset_settings
 
 SECRET = "whsec-end-to-end-0123456789"
 
@@ -86,8 +86,8 @@ def test_form_basic_hard_bounce_suppresses(base_env: pytest.MonkeyPatch, receive
         status = _status(tid, "bounced")
         rcpt = status["recipients"][0]
         assert rcpt["status"] == "bounced" and rcpt["bounce_type"] == "hard" and rcpt["bounced_at"]
-        from worker.db import session_scope
-        from worker.suppressions import is_suppressed
+        from worker.infrastructure.db import session_scope
+        from worker.tracking.suppressions import is_suppressed
 
         with session_scope() as session:
             assert is_suppressed(session, "gone@example.com")

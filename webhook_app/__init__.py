@@ -41,8 +41,8 @@ _KNOWN_KEYS = {"secrets", "allow_unauthenticated", "max_body_bytes", "max_batch_
 
 def load_module_secrets() -> tuple[str, ...]:
     """The SMTP2Go module's webhook secret(s) from the database (runs in the refresher thread only)."""
-    from worker.db import session_scope
-    from worker.modules import smtp2go_config
+    from worker.infrastructure.db import session_scope
+    from worker.infrastructure.modules import smtp2go_config
 
     with session_scope() as session:
         return smtp2go_config(session).webhook_secrets
@@ -62,10 +62,10 @@ def configure_logging() -> None:
 
     Gunicorn configures only its own loggers; without a root handler our warnings would vanish, so add a plain
     stderr one at ``LOG_LEVEL`` (default INFO) unless something already configured logging. Every root handler
-    then gets ``worker.redaction``'s filter, as in the Celery processes. It costs nothing per accepted webhook:
-    their line is DEBUG and not emitted at the default level.
+    then gets ``worker.infrastructure.redaction``'s filter, as in the Celery processes. It costs nothing per
+    accepted webhook: their line is DEBUG and not emitted at the default level.
     """
-    from worker.redaction import install
+    from worker.infrastructure.redaction import install
 
     install(logging.getLogger(), level=os.environ.get("LOG_LEVEL", "INFO").upper())
 
@@ -85,8 +85,9 @@ def _register_error_handlers(app: Flask) -> None:
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the receiver; without ``test_config`` everything comes from the environment (worker.config)."""
-    from worker.config import get_settings
+    """Build the receiver; without ``test_config`` everything comes from the environment
+    (``worker.infrastructure.config``)."""
+    from worker.infrastructure.config import get_settings
 
     test_config = dict(test_config or {})
     settings = get_settings()
@@ -99,7 +100,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     publisher = test_config.get("publisher")
     if publisher is None:
-        from worker.publish import broker_write_url, publish_event
+        from worker.sending.publish import broker_write_url, publish_event
 
         # Without a URL publish_event looks up the write/broker URL in Celery's layered config on every call
         # (~2% of the receiver's CPU in the profile). The value is fixed once celeryconfig is loaded, so it is

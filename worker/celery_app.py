@@ -8,7 +8,16 @@ from celery import Celery, bootsteps
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_init, worker_process_init
 
 app = Celery("mailworker", include=["worker.tasks"])
-app.config_from_object("celeryconfig")
+app.config_from_object("celeryconfig")  # lazy: read when the configuration is first needed
+
+
+@app.on_configure.connect
+def _apply_dev_env(sender: Any = None, **_kwargs: Any) -> None:
+    """A running ``mailworker dev`` publishes its broker in ``var/dev.env``; apply it before ``celeryconfig``
+    reads the environment (at configure time, not at import)."""
+    from worker.infrastructure.config import apply_dev_env
+
+    apply_dev_env()
 
 #: The running worker's consumer (set by :class:`_KeepConsumer`), whose event dispatcher knows whether task
 #: events are on right now: off by default, switched on remotely by Flower while it runs.
@@ -42,7 +51,7 @@ def _size_db_pool(sender: Any = None, **_kwargs: Any) -> None:
     name = pool if isinstance(pool, str) else getattr(pool, "__module__", "")
     concurrency = getattr(sender, "concurrency", None)
     if isinstance(concurrency, int) and any(kind in name for kind in ("thread", "gevent", "eventlet")):
-        from worker.db import size_pool_for
+        from worker.infrastructure.db import size_pool_for
 
         size_pool_for(concurrency)
 
@@ -50,7 +59,7 @@ def _size_db_pool(sender: Any = None, **_kwargs: Any) -> None:
 @worker_process_init.connect
 def _fresh_connections(**_kwargs: Any) -> None:
     """A forked pool process must not share its parent's database connections."""
-    from worker.db import dispose_engines
+    from worker.infrastructure.db import dispose_engines
 
     dispose_engines()
 
@@ -58,7 +67,7 @@ def _fresh_connections(**_kwargs: Any) -> None:
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _redact_logs(logger: Any = None, **_kwargs: Any) -> None:
-    """Every handler the worker, beat or Flower log through drops secrets (see ``worker.redaction``)."""
-    from worker.redaction import install
+    """Every handler the worker, beat or Flower log through drops secrets (see ``worker.infrastructure.redaction``)."""
+    from worker.infrastructure.redaction import install
 
     install(logger)

@@ -14,8 +14,8 @@ from celery import Task
 from sqlalchemy.exc import SQLAlchemyError
 
 from worker.celery_app import app, task_event_dispatcher
-from worker.config import get_settings
-from worker.dberrors import UPGRADE_HINT, describe, is_schema_error, is_transient
+from worker.infrastructure.config import get_settings
+from worker.infrastructure.dberrors import UPGRADE_HINT, describe, is_schema_error, is_transient
 
 log = logging.getLogger(__name__)
 _HOST = socket.gethostname()
@@ -78,7 +78,7 @@ def _flower_progress(task: Task) -> Any:
 @app.task(name="mailworker.send_email", bind=True, acks_late=True, max_retries=None)
 def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
     """Deliver one stored message; retries are scheduled from the row's ``next_attempt_at``."""
-    from worker.delivery import OutcomeKind, deliver, progress_hook
+    from worker.sending.delivery import OutcomeKind, deliver, progress_hook
 
     owner = f"{_HOST}:{self.request.hostname or '-'}:{self.request.id}"
     token = progress_hook.set(_flower_progress(self))
@@ -104,7 +104,7 @@ def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
 @app.task(name="mailworker.process_event", bind=True, acks_late=True, max_retries=None)
 def process_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
     """Apply one SMTP2Go webhook event (idempotent: duplicates change nothing)."""
-    from worker.events import process_event as apply_event
+    from worker.tracking.events import process_event as apply_event
 
     try:
         result = apply_event(event)
@@ -120,8 +120,8 @@ def process_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
 @app.task(name="mailworker.sweep", acks_late=True, ignore_result=True)
 def sweep() -> dict[str, int]:
     """Periodic repair (Celery beat): lost publishes, due ``send_at`` mail, expired leases, orphan events."""
-    from worker.events import link_orphan_events
-    from worker.sweeper import sweep as run_sweep
+    from worker.operations.sweeper import sweep as run_sweep
+    from worker.tracking.events import link_orphan_events
 
     report = run_sweep(get_settings()).as_dict()
     report["orphans_linked"] = link_orphan_events()
@@ -131,7 +131,7 @@ def sweep() -> dict[str, int]:
 @app.task(name="mailworker.reconcile", acks_late=True, ignore_result=True)
 def reconcile() -> dict[str, int]:
     """Periodic: settle ambiguous sends and fill in delivery news whose webhooks never came (SMTP2Go activity)."""
-    from worker.reconcile import reconcile as run_reconcile
+    from worker.operations.reconcile import reconcile as run_reconcile
 
     return run_reconcile(get_settings()).as_dict()
 
@@ -141,6 +141,6 @@ def purge() -> dict[str, object]:
     """Daily retention: drop content of finished mail older than RETENTION_DAYS."""
     from datetime import timedelta
 
-    from worker.maintenance import purge as run_purge
+    from worker.operations.maintenance import purge as run_purge
 
     return run_purge(timedelta(days=get_settings().retention_days)).as_dict()

@@ -24,8 +24,8 @@ from typing import Any
 from sqlalchemy import func, select
 
 from tests.conftest import EVENTS_QUEUE, MAINTENANCE_QUEUE, QUEUE_PREFIX, SEND_QUEUE, free_port
-from worker.db import session_scope
-from worker.models import Message, MessageStatus, Transport
+from worker.infrastructure.db import session_scope
+from worker.infrastructure.models import Message, MessageStatus, Transport
 
 PROJECT = Path(__file__).resolve().parents[2]
 ALL_QUEUES = f"{SEND_QUEUE},{EVENTS_QUEUE},{MAINTENANCE_QUEUE}"
@@ -173,9 +173,9 @@ class Driver:
     def tick(self) -> None:
         import dataclasses
 
-        from worker.config import get_settings
-        from worker.reconcile import reconcile
-        from worker.sweeper import sweep
+        from worker.infrastructure.config import get_settings
+        from worker.operations.reconcile import reconcile
+        from worker.operations.sweeper import sweep
 
         self.totals.ticks += 1
         try:
@@ -353,7 +353,7 @@ def point_broker_at(url: str) -> None:
     from kombu import pools
 
     from worker.celery_app import app
-    from worker.config import reset_settings
+    from worker.infrastructure.config import reset_settings
 
     reset_settings()
     app.conf.broker_url = url

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from worker.db import session_scope
-from worker.events import process_event
-from worker.models import Message, MessageStatus, Recipient, RecipientKind, RecipientStatus, Transport
-from worker.suppressions import is_suppressed
+from worker.infrastructure.db import session_scope
+from worker.infrastructure.models import Message, MessageStatus, Recipient, RecipientKind, RecipientStatus, Transport
+from worker.tracking.events import process_event
+from worker.tracking.suppressions import is_suppressed
 
 pytestmark = pytest.mark.faults
 

@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 
 from tests.conftest import wait_until
 from tests.faults.harness import Driver, WorkerProcess, all_sent, enqueue_many, report, send_totals
-from worker.db import session_scope
-from worker.models import Message, MessageStatus
+from worker.infrastructure.db import session_scope
+from worker.infrastructure.models import Message, MessageStatus
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 

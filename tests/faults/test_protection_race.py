@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from worker import protection
-from worker.config import get_settings
+from worker.infrastructure.config import get_settings
+from worker.sending import protection
 
 pytestmark = pytest.mark.faults
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tests.faults.harness import Driver, WorkerProcess, all_sent, enqueue_many, report, rows, send_totals
-from worker import protection
-from worker.fake_smtp2go import Scripted
-from worker.models import Transport
+from worker.devtools.fake_smtp2go import Scripted
+from worker.infrastructure.models import Transport
+from worker.sending import protection
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.faults.harness import Driver, WorkerProcess, all_sent, enqueue_many, report, send_totals
-from worker.publish import publish_send
+from worker.sending.publish import publish_send
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -34,7 +34,7 @@ def test_two_hosts_duplicate_publishes_no_duplicate_sends(fake_api: Any, workers
     # Store the rows without publishing, then publish every id COPIES times back to back (id1 id1 id1 id2 ...),
     # and only then start both hosts: adjacent copies are taken by different hosts at the same moment.
     with monkeypatch.context() as patch:
-        patch.setattr("worker.api.publish_send", lambda *a, **k: True)
+        patch.setattr("worker.api.enqueue.publish_send", lambda *a, **k: True)
         ids = enqueue_many(N, "twohosts")
     for tid in ids:
         for _ in range(COPIES):

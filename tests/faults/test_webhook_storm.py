@@ -4,7 +4,7 @@ Two copies of the same ~1,000 sent messages are stored (copy A and copy B: same 
 ids and domains). Copy A gets the storm: every event POSTed to gunicorn serving ``webhook_app.wsgi:app`` (Bearer
 secret), by several client threads at once, in shuffled order with 30% re-deliveries, processed by two real
 worker processes. Copy B gets the same events in event-time order, each once, applied directly with
-``worker.events.process_event`` (one message at a time; per message strictly in order). The final state of the
+``worker.tracking.events.process_event`` (one message at a time; per message strictly in order). The final state of the
 two copies must be identical: message status and timestamps, every recipient's status, timestamps, counts and
 bounce type, and the suppression list.
 """
@@ -32,9 +32,8 @@ from sqlalchemy.orm import selectinload
 
 from tests.conftest import gunicorn_server
 from tests.faults.harness import WorkerProcess, report
-from worker.db import session_scope
-from worker.events import process_event
-from worker.models import (
+from worker.infrastructure.db import session_scope
+from worker.infrastructure.models import (
     Message,
     MessageStatus,
     Recipient,
@@ -44,6 +43,7 @@ from worker.models import (
     TrackingEvent,
     Transport,
 )
+from worker.tracking.events import process_event
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(420)]
 

@@ -16,8 +16,8 @@ from sqlalchemy import JSON, Engine, String, create_engine, inspect, text
 from sqlalchemy.dialects import mysql
 
 from tests.conftest import MARIADB_ADMIN_URL, MARIADB_HOST
-from worker.migrate import MIGRATIONS_DIR, downgrade, heads, upgrade
-from worker.models import Base
+from worker.infrastructure.migrate import MIGRATIONS_DIR, downgrade, heads, upgrade
+from worker.infrastructure.models import Base
 
 TABLES = {"messages", "recipients", "attachments", "tracking_events", "suppressions", "integration_modules"}
 

@@ -61,7 +61,7 @@ def test_rotation_every_listed_secret_is_valid(make_app: Callable[..., Flask], s
                                                base_env: pytest.MonkeyPatch, auth: Auth, which: str,
                                                recorder: Any) -> None:
     base_env.setenv("SMTP2GO_WEBHOOK_SECRET", f" {OLD_SECRET} , {NEW_SECRET} ")
-    from worker.config import reset_settings
+    from worker.infrastructure.config import reset_settings
 
     reset_settings()
     client = make_app(publisher=recorder).test_client()
@@ -187,7 +187,7 @@ def test_allow_unauthenticated_from_the_environment(make_app: Callable[..., Flas
                                                     base_env: pytest.MonkeyPatch,
                                                     recorder: Any) -> None:
     base_env.setenv("MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS", "true")
-    from worker.config import reset_settings
+    from worker.infrastructure.config import reset_settings
 
     reset_settings()
     assert post(make_app(publisher=recorder).test_client(), {}).status_code == 200
@@ -205,8 +205,8 @@ def test_allow_unauthenticated_does_not_override_a_configured_secret(make_app: C
 
 
 def _set_module_secret(value: str) -> None:
-    from worker.db import session_scope
-    from worker.modules import SMTP2GO, update_module_settings
+    from worker.infrastructure.db import session_scope
+    from worker.infrastructure.modules import SMTP2GO, update_module_settings
 
     with session_scope() as session:
         update_module_settings(session, SMTP2GO, {"webhook_secret": value})
@@ -222,8 +222,8 @@ def _poll(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 def test_module_secret_from_the_database_is_valid_and_refreshed(
         db: str, base_env: pytest.MonkeyPatch, make_app: Callable[..., Flask], creds: SimpleNamespace,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker.config import reset_settings
-    from worker.crypto import generate_key
+    from worker.infrastructure.config import reset_settings
+    from worker.infrastructure.crypto import generate_key
 
     base_env.setenv("SETTINGS_ENCRYPTION_KEY", generate_key())
     base_env.setenv("SMTP2GO_WEBHOOK_SECRET", SECRET)
@@ -240,20 +240,20 @@ def test_module_secret_from_the_database_is_valid_and_refreshed(
 
     # The request path never touches the database: make any database access explode and keep serving.
     app.extensions["mailworker_webhooks"].secrets.stop()
-    import worker.db
+    import worker.infrastructure.db
 
     def no_database(*_args: Any, **_kwargs: Any) -> Any:
         raise AssertionError("the request path touched the database")
 
-    monkeypatch.setattr(worker.db, "session_scope", no_database)
-    monkeypatch.setattr(worker.db, "get_engine", no_database)
+    monkeypatch.setattr(worker.infrastructure.db, "session_scope", no_database)
+    monkeypatch.setattr(worker.infrastructure.db, "get_engine", no_database)
     assert post(client, creds.bearer("db-secret-two")).status_code == 200
 
 
 def test_database_down_at_startup_is_tolerated(base_env: pytest.MonkeyPatch, make_app: Callable[..., Flask],
                                                creds: SimpleNamespace, closed_port: int,
                                                caplog: pytest.LogCaptureFixture) -> None:
-    from worker.config import reset_settings
+    from worker.infrastructure.config import reset_settings
 
     base_env.setenv("DATABASE_URL", f"mysql+pymysql://root@127.0.0.1:{closed_port}/nothing")
     base_env.setenv("SMTP2GO_WEBHOOK_SECRET", SECRET)
@@ -311,7 +311,7 @@ def test_the_deployed_logging_redacts_webhook_secrets(base_env: pytest.MonkeyPat
     import io
 
     from webhook_app import configure_logging
-    from worker.config import reset_settings
+    from worker.infrastructure.config import reset_settings
 
     base_env.setenv("SMTP2GO_WEBHOOK_SECRET", f"{OLD_SECRET},{NEW_SECRET}")
     reset_settings()

@@ -1,0 +1,307 @@
+"""``mailworker dev`` and its parts, with real processes.
+
+The slow test runs the whole stack the way a newcomer does (on free ports, the real Redis in our own DB 12
+instead of the embedded one because a real Redis already owns 6379) and drives it from "another shell" that
+knows nothing but the dev.env file. The embedded Redis is tested on its own, on a free port.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import free_port, wait_until
+from worker.cli.dev import dev, fake_smtp2go
+from worker.devtools import devstack
+from worker.devtools.devstack import Child, DevError, DevOptions, DevStack, load_dev_env, stop_children
+
+DEV_REDIS_URL = "redis://127.0.0.1:6379/12"
+# `python -m worker.cli dev` once cli_dev is registered in worker/cli/__init__.py; registering here too is harmless.
+LAUNCH = ("import sys; from worker.cli import main; from worker.cli import dev as cli_dev; "
+          "'dev' in main.commands or cli_dev.register(main); sys.exit(main())")
+_SCRIPT = Path(sys.executable).parent / "mailworker"
+# "Another shell" types `mailworker ...`: the console script when installed, else the same entry point.
+MAILWORKER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", LAUNCH]
+_SCRUB = ("DATABASE_URL", "REDIS_URL", "SMTP2GO_API_KEY", "SMTP2GO_API_URL", "SMTP2GO_WEBHOOK_SECRET",
+          "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "MAIL_DEFAULT_SENDER", "FLOWER_BASIC_AUTH")
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.update(extra)
+    return env
+
+
+def _port_open(port: int) -> bool:
+    return devstack.port_open("127.0.0.1", port, timeout=0.3)
+
+
+# ------------------------------------------------------------------------------------------ dev.env
+
+
+def test_load_dev_env_absent_and_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "dev.env"
+    assert load_dev_env(path) == {}
+    path.write_text("# comment\n#pid=1\n\nDATABASE_URL=sqlite:////x/y.db?a=b\n"
+                    "MAIL_DEFAULT_SENDER=mailworker dev <dev@mailworker.example.com>\nnot a pair\n")
+    assert load_dev_env(path) == {"DATABASE_URL": "sqlite:////x/y.db?a=b",
+                                  "MAIL_DEFAULT_SENDER": "mailworker dev <dev@mailworker.example.com>"}
+    monkeypatch.setenv("MAILWORKER_DEV_ENV_FILE", str(path))
+    assert load_dev_env()["DATABASE_URL"] == "sqlite:////x/y.db?a=b"
+
+
+def test_dev_env_written_private_and_stale_file_handled(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dev.env"
+    devstack._write_dev_env(path, {"A": "1", "B": "x y"})
+    assert load_dev_env(path) == {"A": "1", "B": "x y"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    devstack._clear_stale_dev_env(path)  # our own pid: ours to replace
+    assert not path.exists()
+    path.write_text(f"#pid={os.getppid()}\nA=1\n")  # a live process owns it
+    with pytest.raises(DevError, match="already|running"):
+        devstack._clear_stale_dev_env(path)
+    assert load_dev_env(path) == {"A": "1"}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path.write_text(f"#pid={dead.pid}\nA=1\n")
+    assert load_dev_env(path) == {}  # its dev was killed: stale, ignored
+    devstack._clear_stale_dev_env(path)
+    assert not path.exists()
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+
+def test_plan_simulator_sink_and_shared_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _SCRUB:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
+    stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env"))
+    names = [c.name for c in stack._children()]
+    assert names == ["worker", "beat", "web", "flower", "smtp", "smtp2go"]
+    shared = stack.shared_settings()
+    assert shared["DATABASE_URL"] == f"sqlite:///{tmp_path.resolve() / 'mailworker.db'}"
+    assert shared["CELERY_BROKER_URL"] == DEV_REDIS_URL
+    assert shared["SMTP2GO_API_URL"] == "http://127.0.0.1:8787/v3"
+    assert shared["SMTP_SECURITY"] == "none" and shared["SMTP_PORT"] == "2525"
+    assert shared["MAIL_DEFAULT_SENDER"] == devstack.DEFAULT_SENDER
+    assert "SMTP2GO_WEBHOOK_SECRET" not in shared and "FLOWER_BASIC_AUTH" not in shared
+    assert stack.child_env["SMTP2GO_WEBHOOK_SECRET"] and stack.child_env["SWEEP_INTERVAL"] == "5"
+    assert stack.child_env["FLOWER_BASIC_AUTH"].startswith("dev:")
+
+
+def test_plan_keeps_real_api_and_secrets_out_of_dev_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://:hunter2@127.0.0.1:6379/12")
+    monkeypatch.setenv("SMTP2GO_API_KEY", "api-REAL")
+    monkeypatch.setenv("DATABASE_URL", "mysql+pymysql://u:pw@db/mail")
+    monkeypatch.delenv("SMTP2GO_API_URL", raising=False)
+    stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env", flower=False))
+    assert [c.name for c in stack._children()] == ["worker", "beat", "web", "smtp"]
+    assert stack.child_env["SMTP2GO_API_URL"] == "https://api.smtp2go.com/v3"
+    shared = stack.shared_settings()
+    assert not {"SMTP2GO_API_KEY", "DATABASE_URL", "CELERY_BROKER_URL"} & shared.keys()
+    assert "hunter2" not in json.dumps(shared)
+
+
+def test_port_in_use_fails_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env", web_port=port))
+        with pytest.raises(DevError, match=f"port {port} .*--web-port"):
+            stack.run()
+    assert stack.children == []
+
+
+# ------------------------------------------------------------------------------------------ children
+
+
+def test_child_output_and_stop_escalates_to_sigkill() -> None:
+    stubborn = Child("stubborn", [sys.executable, "-c",
+                                  "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                  "print('up', flush=True); time.sleep(60)"]).start()
+    polite = Child("polite", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]).start()
+    wait_until(lambda: "up" in stubborn.tail and "up" in polite.tail, 10, message="children up")
+    started = time.monotonic()
+    stop_children([stubborn, polite], timeout=1.0)
+    assert time.monotonic() - started < 8
+    assert polite.exit_code() == -signal.SIGTERM
+    assert stubborn.exit_code() == -signal.SIGKILL
+
+
+def _stack_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str,
+                start_timeout: float = 60.0) -> tuple[DevStack, io.StringIO]:
+    """A stack whose only child runs ``code`` and whose only probe never succeeds."""
+    monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
+    buf = io.StringIO()
+    opts = DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env", start_timeout=start_timeout)
+    stack = DevStack(opts, devstack.Output(buf))
+    stack.children = [Child("boom", [sys.executable, "-c", code]).start(stack.out)]
+    monkeypatch.setattr(stack, "_probes", lambda: {"boom": lambda: False})
+    return stack, buf
+
+
+def test_child_dying_at_start_fails_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack, buf = _stack_with(tmp_path, monkeypatch, "print('kaboom: bad config', flush=True); raise SystemExit(3)")
+    try:
+        assert stack._wait_ready() is False
+    finally:
+        stop_children(stack.children)
+    assert "boom exited with code 3 during start-up" in buf.getvalue()
+    assert "    kaboom: bad config" in buf.getvalue()
+
+
+def test_start_timeout_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack, buf = _stack_with(tmp_path, monkeypatch, "import time; print('still booting', flush=True); time.sleep(30)",
+                             start_timeout=0.5)
+    try:
+        assert stack._wait_ready() is False
+    finally:
+        stop_children(stack.children)
+    assert "not ready after 0s: boom" in buf.getvalue() or "not ready after 1s: boom" in buf.getvalue()
+    assert "still booting" in buf.getvalue()
+
+
+def test_embedded_redis_listens_on_tcp(tmp_path: Path) -> None:
+    import redis
+
+    port = free_port()
+    child = devstack.start_embedded_redis(port, tmp_path / "redis")
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        assert client.ping()
+        client.set("mailworker-dev", "ok")
+        assert client.get("mailworker-dev") == b"ok"
+        client.close()
+    finally:
+        stop_children([child])
+    assert child.exit_code() == 0
+    assert not _port_open(port)
+    assert (tmp_path / "redis" / "dump.rdb").exists()  # saved on SIGTERM: queued mail survives a restart
+
+
+def test_cli_help() -> None:
+    runner = CliRunner()
+    result = runner.invoke(dev, ["--help"])
+    assert result.exit_code == 0 and "--no-flower" in result.output and "--var-dir" in result.output
+    result = runner.invoke(fake_smtp2go, ["--help"])
+    assert result.exit_code == 0
+    assert "--webhook-bearer" in result.output and "--error-rate" in result.output
+
+
+# ------------------------------------------------------------------------------------ the whole stack
+
+
+class _Reader:
+    """Drains the dev process's stdout (so it never blocks on a full pipe) and keeps every line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.proc = proc
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MAILWORKER, *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
+    import psutil
+    import redis
+
+    redis.Redis.from_url(DEV_REDIS_URL).flushdb()  # our own DB number only
+    ports = {name: free_port() for name in ("web", "flower", "api", "smtp")}
+    env_file, var_dir = tmp_path / "dev.env", tmp_path / "var"
+    env = _clean_env(CELERY_BROKER_URL=DEV_REDIS_URL, MAILWORKER_DEV_ENV_FILE=str(env_file))
+    argv = [sys.executable, "-c", LAUNCH, "dev", "--var-dir", str(var_dir), "--start-timeout", "40",
+            *[x for name, port in ports.items() for x in (f"--{name}-port", str(port))]]
+    proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    out = _Reader(proc)
+    try:
+        wait_until(lambda: devstack.READY_LINE in out.lines or proc.poll() is not None, 45,
+                   interval=0.1, message="the ready line")
+        assert proc.poll() is None, f"dev exited with {proc.returncode}:\n{out.text()}"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert {c.pid for c in children}
+
+        # Another shell: nothing but the dev.env file tells it where things are.
+        shared = load_dev_env(env_file)
+        assert shared["DATABASE_URL"] == f"sqlite:///{var_dir.resolve() / 'mailworker.db'}"
+        assert shared["CELERY_BROKER_URL"] == DEV_REDIS_URL
+        shell = _clean_env(MAILWORKER_DEV_ENV_FILE=str(env_file))
+        shell.pop("CELERY_BROKER_URL", None)
+        shell.update(shared)  # what worker.infrastructure.config will do itself from MAILWORKER_DEV_ENV_FILE
+        sent = _cli(["send", "--to", "someone@example.com", "--subject", "hi", "--text", "hello", "--json"],
+                    shell, tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        tracking_id = json.loads(sent.stdout)["id"]
+
+        def status() -> dict | None:
+            res = _cli(["status", tracking_id, "--json"], shell, tmp_path)
+            assert res.returncode == 0, res.stderr
+            data = json.loads(res.stdout)
+            return data if data["status"] == "delivered" else None
+
+        # queued -> sent (simulator accepted) -> delivered (its webhook, through the receiver and event worker)
+        wait_until(status, 30, interval=0.3, message="delivered")
+        final = json.loads(_cli(["status", tracking_id, "--json"], shell, tmp_path).stdout)
+        assert final["status"] == "delivered", out.text()[-3000:]
+        assert sorted(e["type"] for e in final["events"]) == ["delivered", "processed"]
+        assert final["smtp2go_message_id"] and final["transport"] == "smtp2go"
+
+        # Flower demands the printed dev credentials.
+        creds = re.search(r"user (\S+), password (\S+)\)", out.text())
+        assert creds, out.text()
+        flower = f"http://127.0.0.1:{ports['flower']}/"
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(flower, timeout=5)  # noqa: S310
+        assert denied.value.code == 401
+        auth = b64encode(f"{creds[1]}:{creds[2]}".encode()).decode()
+        req = urllib.request.Request(flower, headers={"Authorization": f"Basic {auth}"})
+        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+            assert resp.status == 200
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+
+    assert code == 0, out.text()[-3000:]
+    assert "mailworker dev stopped" in out.lines
+    assert not env_file.exists()
+    assert not [p for p in ports.values() if _port_open(p)]
+    alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"left running: {alive}"

@@ -1,0 +1,1 @@
+"""The application-facing API: enqueue_email, get_email_status, and input validation."""

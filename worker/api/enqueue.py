@@ -1,0 +1,238 @@
+"""The application-facing API: ``enqueue_email`` and ``get_email_status``.
+
+``enqueue_email`` validates, writes the message with its recipients and attachments in one transaction,
+commits, and only then publishes ``mailworker.send_email(tracking_id)``. The database row is the source of
+truth: when the publish fails (broker down), the sweeper publishes the row later; the caller never retries.
+``published_at`` is written with the row when the task is published at once, so the sweeper leaves a row that
+merely waits in a broker backlog alone (see :mod:`worker.operations.sweeper`); a failed publish clears it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+from email.utils import make_msgid
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import selectinload
+
+from worker.api.validation import (
+    MAX_TOTAL_BYTES,
+    check_attachments,
+    check_headers,
+    check_optional_str,
+    check_send_at,
+    parse_address,
+    parse_address_list,
+)
+from worker.errors import InvalidEmail
+from worker.infrastructure.config import get_settings
+from worker.infrastructure.db import get_engine, session_scope
+from worker.infrastructure.models import (
+    Message,
+    MessageStatus,
+    RecipientKind,
+    RecipientStatus,
+    utcnow,
+)
+from worker.sending.jobs import A, M, R
+from worker.sending.publish import publish_send
+
+log = logging.getLogger(__name__)
+
+#: ``send_at`` closer than this is published with a broker ETA; later ones wait for the sweeper, so no
+#: broker message ever carries a long countdown (Redis redelivers those after the visibility timeout).
+SHORT_ETA = timedelta(seconds=60)
+
+
+def enqueue_email(
+    to: str | list[str],
+    subject: str | None = None,
+    *,
+    html_body: str | None = None,
+    text_body: str | None = None,
+    sender: str | None = None,
+    cc: str | list[str] | None = None,
+    bcc: str | list[str] | None = None,
+    reply_to: str | None = None,
+    headers: dict[str, str] | None = None,
+    attachments: list[tuple[str, bytes, str]] | None = None,
+    template_id: str | None = None,
+    template_data: dict[str, Any] | None = None,
+    reference: str | None = None,
+    idempotency_key: str | None = None,
+    send_at: datetime | None = None,
+) -> str:
+    """Validate and store an email, then hand it to the worker. Returns the tracking id (UUID string)."""
+    settings = get_settings()
+    to_list = parse_address_list("to", to, required=True)
+    cc_list = parse_address_list("cc", cc)
+    bcc_list = parse_address_list("bcc", bcc)
+    raw_sender = sender if sender is not None else settings.mail_default_sender
+    if raw_sender is None:
+        raise InvalidEmail("sender", "no sender given and MAIL_DEFAULT_SENDER is not set")
+    from_addr = parse_address("sender", raw_sender)
+    reply = parse_address("reply_to", reply_to) if reply_to is not None else None
+    subject = check_optional_str("subject", subject, max_len=998)
+    extra_headers = check_headers(headers)
+    files = check_attachments(attachments)
+    when = check_send_at(send_at)
+    reference = check_optional_str("reference", reference, header=False)
+    idempotency_key = check_optional_str("idempotency_key", idempotency_key, header=False)
+    template_id = check_optional_str("template_id", template_id)
+    for field_name, body in (("html_body", html_body), ("text_body", text_body)):
+        if body is not None and not isinstance(body, str):
+            raise InvalidEmail(field_name, f"expected a string, got {type(body).__name__}")
+    if template_data is not None and not isinstance(template_data, dict):
+        raise InvalidEmail("template_data", "expected a dict")
+    if not (html_body or text_body or template_id):
+        raise InvalidEmail("body", "give html_body, text_body or template_id")
+    if template_data is not None and not template_id:
+        raise InvalidEmail("template_data", "given without template_id")
+
+    size = sum(len(c) for _, c, _ in files) * 4 // 3  # base64 on the wire
+    size += len((html_body or "").encode()) + len((text_body or "").encode()) + len((subject or "").encode())
+    if size >= MAX_TOTAL_BYTES:
+        raise InvalidEmail("attachments", f"message is {size} bytes encoded; the limit is {MAX_TOTAL_BYTES}")
+
+    if idempotency_key:
+        existing = _find_by_idempotency_key(idempotency_key)
+        if existing:
+            return existing
+
+    tracking_id = str(uuid.uuid4())
+    now = utcnow()
+    # A far ``send_at`` is published by the sweeper shortly before it is due (published_at stays NULL).
+    publish_now = when is None or when - now <= SHORT_ETA
+    domain = from_addr.address.rsplit("@", 1)[1]
+    # Core inserts on one connection: three round trips (message, recipients, commit); the ORM unit of work
+    # cost more CPU than the rest of enqueue_email together (docs/benchmarks.md).
+    message = {
+        "id": tracking_id, "status": MessageStatus.QUEUED, "sender": from_addr.formatted,
+        "reply_to": reply.formatted if reply else None, "subject": subject, "text_body": text_body,
+        "html_body": html_body, "headers": extra_headers or None, "template_id": template_id,
+        "template_data": template_data, "reference": reference, "idempotency_key": idempotency_key,
+        "message_id_header": make_msgid(idstring=tracking_id.replace("-", ""), domain=domain),
+        "size_bytes": size, "queued_at": now, "send_at": when, "next_attempt_at": when, "attempts": 0,
+        "api_attempts": 0, "smtp_attempts": 0, "crashes": 0, "api_abandoned": False, "updated_at": now,
+        # Recorded before the publish: a worker may claim the row before this function returns.
+        "published_at": now if publish_now else None,
+    }
+    recipients = [
+        {"message_id": tracking_id, "address": addr.address, "display_name": addr.name, "kind": kind,
+         "status": RecipientStatus.QUEUED, "open_count": 0, "click_count": 0}
+        for kind, addrs in ((RecipientKind.TO, to_list), (RecipientKind.CC, cc_list), (RecipientKind.BCC, bcc_list))
+        for addr in addrs
+    ]
+    attachment_rows = [
+        {"message_id": tracking_id, "filename": filename, "mimetype": mimetype, "size_bytes": len(content),
+         "content": content}
+        for filename, content, mimetype in files
+    ]
+    try:
+        with get_engine().begin() as conn:
+            conn.execute(insert(M), message)
+            conn.execute(insert(R), recipients)
+            if attachment_rows:
+                conn.execute(insert(A), attachment_rows)
+    except IntegrityError:
+        if idempotency_key:
+            existing = _find_by_idempotency_key(idempotency_key)
+            if existing:
+                return existing
+        raise
+
+    if publish_now and not publish_send(tracking_id, eta=when):
+        # Broker down: no publish on record, so the sweeper's next pass after its grace publishes the row.
+        try:
+            with get_engine().begin() as conn:
+                conn.execute(update(M).where(M.c.id == tracking_id).values(published_at=None))
+        except SQLAlchemyError as err:
+            # The email is stored: raising now would make the caller send it twice. The sweeper still
+            # publishes it, only after SWEEP_REPUBLISH_AFTER instead of its grace.
+            log.warning("could not clear published_at tracking_id=%s: %s", tracking_id, type(err).__name__)
+    log.info("email queued tracking_id=%s recipients=%d send_at=%s", tracking_id,
+             len(recipients), when.isoformat() if when else "now")
+    return tracking_id
+
+
+def _find_by_idempotency_key(key: str) -> str | None:
+    with session_scope() as session:
+        return session.scalar(select(Message.id).where(Message.idempotency_key == key))
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def get_email_status(tracking_id: str) -> dict[str, Any] | None:
+    """Everything known about one email, or ``None`` for an unknown id."""
+    if not isinstance(tracking_id, str):
+        return None
+    with session_scope() as session:
+        message = session.scalar(
+            select(Message)
+            .where(Message.id == tracking_id)
+            .options(selectinload(Message.recipients), selectinload(Message.events))
+        )
+        if message is None:
+            return None
+        return {
+            "id": message.id,
+            "status": message.status.value,
+            "transport": message.transport.value if message.transport else None,
+            "smtp2go_message_id": message.smtp2go_message_id,
+            "message_id_header": message.message_id_header,
+            "attempts": message.attempts,
+            "api_attempts": message.api_attempts,
+            "smtp_attempts": message.smtp_attempts,
+            "last_error": message.last_error,
+            "fallback_reason": message.fallback_reason,
+            "ambiguous": message.ambiguous_since is not None,
+            "held": message.held_since is not None,
+            "reference": message.reference,
+            "sender": message.sender,
+            "subject": message.subject,
+            "queued_at": _iso(message.queued_at),
+            "send_at": _iso(message.send_at),
+            "next_attempt_at": _iso(message.next_attempt_at),
+            "sent_at": _iso(message.sent_at),
+            "failed_at": _iso(message.failed_at),
+            "delivered_at": _iso(message.email_delivered_at),
+            "bounced_at": _iso(message.email_bounced_at),
+            "opened_at": _iso(message.email_opened_at),
+            "clicked_at": _iso(message.email_clicked_at),
+            "complained_at": _iso(message.email_complained_at),
+            "recipients": [
+                {
+                    "address": r.address,
+                    "name": r.display_name,
+                    "kind": r.kind.value,
+                    "status": r.status.value,
+                    "error": r.error,
+                    "delivered_at": _iso(r.delivered_at),
+                    "bounced_at": _iso(r.bounced_at),
+                    "bounce_type": r.bounce_type,
+                    "opened_at": _iso(r.opened_at),
+                    "open_count": r.open_count,
+                    "clicked_at": _iso(r.clicked_at),
+                    "click_count": r.click_count,
+                    "complained_at": _iso(r.complained_at),
+                }
+                for r in message.recipients
+            ],
+            "events": [
+                {
+                    "type": e.event_type.value,
+                    "recipient": e.recipient,
+                    "occurred_at": _iso(e.occurred_at),
+                    "bounce_type": e.bounce_type,
+                    "url": e.url,
+                    "detail": e.detail,
+                }
+                for e in message.events
+            ],
+        }

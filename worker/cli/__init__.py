@@ -1,0 +1,5 @@
+"""The ``mailworker`` command line (``worker.cli:main``): the operator's interface."""
+
+from worker.cli.main import main, run
+
+__all__ = ["main", "run"]

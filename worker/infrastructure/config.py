@@ -1,0 +1,209 @@
+"""Settings, read from the environment in one place.
+
+Every other module asks :func:`get_settings` instead of reading ``os.environ`` so that defaults, parsing and
+the error for a missing secret live together. Settings are cached; tests (and the CLI, after it changes the
+environment) call :func:`reset_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from worker.errors import ConfigurationError
+from worker.infrastructure.paths import PROJECT_ROOT
+
+DEFAULT_SQLITE_PATH = PROJECT_ROOT / "var" / "mailworker.db"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_SMTP2GO_API_URL = "https://api.smtp2go.com/v3"
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as err:
+        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from err
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as err:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from err
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def _list(name: str) -> tuple[str, ...]:
+    raw = os.environ.get(name, "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _opt(name: str) -> str | None:
+    raw = os.environ.get(name, "").strip()
+    return raw or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything mailworker reads from its environment. Secrets are excluded from ``repr``."""
+
+    database_url: str
+    broker_url: str
+    smtp2go_api_key: str | None = field(repr=False)
+    smtp2go_api_url: str
+    smtp2go_webhook_secrets: tuple[str, ...] = field(repr=False)
+    allow_unauthenticated_webhooks: bool
+    smtp_host: str | None
+    smtp_port: int
+    smtp_username: str | None
+    smtp_password: str | None = field(repr=False)
+    smtp_security: str
+    smtp_timeout: float
+    smtp_ca_file: str | None
+    mail_default_sender: str | None
+    settings_encryption_keys: tuple[str, ...] = field(repr=False)
+    send_max_retries: int
+    smtp_max_retries: int
+    send_retry_backoff: float
+    send_retry_backoff_max: float
+    smtp2go_timeout: float
+    smtp2go_connect_timeout: float
+    smtp2go_ca_file: str | None
+    smtp2go_rate_limit: float
+    smtp2go_breaker_threshold: int
+    smtp2go_breaker_window: float
+    smtp2go_breaker_cooldown: float
+    send_lease_seconds: int
+    max_task_crashes: int
+    smtp_unknown_resend_after: float
+    reconcile_resend_after: float
+    module_cache_seconds: float
+    db_pool_size: int
+    webhook_max_body_bytes: int
+    sweep_interval: float
+    sweep_republish_after: float
+    retention_days: int
+
+    def worst_case_attempt_seconds(self) -> float:
+        """The longest one transport call can take: the API's connect + read timeouts, or an SMTP exchange
+        (connect, EHLO/STARTTLS/AUTH, envelope, DATA: each socket operation bounded by ``SMTP_TIMEOUT``; four
+        of them waiting their full timeout is the worst we plan for)."""
+        return max(self.smtp2go_connect_timeout + self.smtp2go_timeout, 4 * self.smtp_timeout)
+
+    def validate(self) -> None:
+        """Refuse settings under which the send path cannot keep its promise (checked at start-up)."""
+        needed = self.worst_case_attempt_seconds() * 1.1 + 2  # + the database writes around the call
+        if self.send_lease_seconds < needed:
+            raise ConfigurationError(
+                f"SEND_LEASE_SECONDS={self.send_lease_seconds} is shorter than the worst-case send attempt "
+                f"(needs {needed:.0f}s: SMTP2GO_CONNECT_TIMEOUT + SMTP2GO_TIMEOUT, or 4 x SMTP_TIMEOUT, plus 10%): "
+                "a second worker could take over a message that is still being sent")
+        if self.smtp_unknown_resend_after < 0 or self.reconcile_resend_after < 0:
+            raise ConfigurationError("SMTP_UNKNOWN_RESEND_AFTER and RECONCILE_RESEND_AFTER must not be negative")
+
+    @property
+    def smtp_configured(self) -> bool:
+        return bool(self.smtp_host)
+
+    def require_encryption_keys(self) -> tuple[str, ...]:
+        """The settings-encryption keys, or a loud error naming the variable."""
+        if not self.settings_encryption_keys:
+            raise ConfigurationError(
+                "SETTINGS_ENCRYPTION_KEY is not set: it is needed to store module settings encrypted "
+                "(generate one with `mailworker module keygen`)"
+            )
+        return self.settings_encryption_keys
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+def apply_dev_env() -> None:
+    """Let ``mailworker`` in another shell use a running ``mailworker dev`` (it writes ``var/dev.env``).
+
+    Only on the embedded default (no DATABASE_URL), and the real environment always wins. It runs before
+    ``celeryconfig`` is imported (``worker/__init__.py``), because Celery reads the broker URL at import time.
+    """
+    if os.environ.get("DATABASE_URL", "").strip():
+        return
+    from worker.infrastructure.devenv import load_dev_env
+
+    for key, value in load_dev_env().items():
+        os.environ.setdefault(key, value)
+
+
+def load_settings() -> Settings:
+    """Read the environment now (uncached) and validate it."""
+    apply_dev_env()
+    security = (os.environ.get("SMTP_SECURITY") or "starttls").strip().lower()
+    if security not in {"starttls", "ssl", "none"}:
+        raise ConfigurationError(f"SMTP_SECURITY must be starttls, ssl or none, got {security!r}")
+    settings = Settings(
+        database_url=_opt("DATABASE_URL") or default_database_url(),
+        broker_url=_opt("CELERY_BROKER_URL") or _opt("REDIS_URL") or DEFAULT_BROKER_URL,
+        smtp2go_api_key=_opt("SMTP2GO_API_KEY"),
+        smtp2go_api_url=(_opt("SMTP2GO_API_URL") or DEFAULT_SMTP2GO_API_URL).rstrip("/"),
+        smtp2go_webhook_secrets=_list("SMTP2GO_WEBHOOK_SECRET"),
+        allow_unauthenticated_webhooks=_bool("MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS", False),
+        smtp_host=_opt("SMTP_HOST"),
+        smtp_port=_int("SMTP_PORT", 465 if security == "ssl" else 587),
+        smtp_username=_opt("SMTP_USERNAME"),
+        smtp_password=_opt("SMTP_PASSWORD"),
+        smtp_security=security,
+        smtp_timeout=_float("SMTP_TIMEOUT", 30.0),
+        smtp_ca_file=_opt("SMTP_CA_FILE"),
+        mail_default_sender=_opt("MAIL_DEFAULT_SENDER"),
+        settings_encryption_keys=_list("SETTINGS_ENCRYPTION_KEY"),
+        send_max_retries=_int("SEND_MAX_RETRIES", 5),
+        smtp_max_retries=_int("SMTP_MAX_RETRIES", 5),
+        send_retry_backoff=_float("SEND_RETRY_BACKOFF", 10.0),
+        send_retry_backoff_max=_float("SEND_RETRY_BACKOFF_MAX", 600.0),
+        smtp2go_timeout=_float("SMTP2GO_TIMEOUT", 30.0),
+        smtp2go_connect_timeout=_float("SMTP2GO_CONNECT_TIMEOUT", 5.0),
+        smtp2go_ca_file=_opt("SMTP2GO_CA_FILE"),
+        smtp2go_rate_limit=_float("SMTP2GO_RATE_LIMIT", 0.0),
+        smtp2go_breaker_threshold=_int("SMTP2GO_BREAKER_THRESHOLD", 5),
+        smtp2go_breaker_window=_float("SMTP2GO_BREAKER_WINDOW", 30.0),
+        smtp2go_breaker_cooldown=_float("SMTP2GO_BREAKER_COOLDOWN", 30.0),
+        send_lease_seconds=_int("SEND_LEASE_SECONDS", 180),
+        max_task_crashes=_int("SEND_MAX_CRASHES", 3),
+        smtp_unknown_resend_after=_float("SMTP_UNKNOWN_RESEND_AFTER", 600.0),
+        reconcile_resend_after=_float("RECONCILE_RESEND_AFTER", 600.0),
+        module_cache_seconds=_float("MODULE_CACHE_SECONDS", 5.0),
+        db_pool_size=_int("DB_POOL_SIZE", 0),
+        webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),
+        sweep_interval=_float("SWEEP_INTERVAL", 15.0),
+        sweep_republish_after=_float("SWEEP_REPUBLISH_AFTER", 300.0),
+        retention_days=_int("RETENTION_DAYS", 90),
+    )
+    settings.validate()
+    return settings
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached)."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget cached settings so the next :func:`get_settings` re-reads the environment."""
+    get_settings.cache_clear()

@@ -1,0 +1,325 @@
+"""SQLAlchemy 2.0 models: messages, recipients, attachments, tracking events, suppressions, modules.
+
+The database row is the source of truth for every email: the broker carries only the tracking id. Types are
+chosen to work the same on MariaDB (utf8mb4, microsecond timestamps, LONGTEXT/LONGBLOB for bodies and
+attachments) and on SQLite (the embedded default). Timestamps are stored as naive UTC and returned aware.
+
+Identifiers compare exactly on both backends: tracking ids (and every column that holds one), idempotency
+keys, provider ids, event ids and references are :data:`ExactString` columns, ``utf8mb4_bin`` on MariaDB, whose
+tables are otherwise ``utf8mb4_unicode_ci`` (case- and accent-insensitive: ``Order-1`` and ``order-1`` would be
+one idempotency key there and two on SQLite, which compares BINARY). Email addresses stay case-insensitive.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes stored naive (MariaDB has no time zones in DATETIME) with microseconds."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        if dialect.name in {"mysql", "mariadb"}:
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+def ExactString(length: int) -> TypeEngine[str]:  # noqa: N802 - used like a type, next to String
+    """A VARCHAR compared byte for byte: ``utf8mb4_bin`` on MariaDB, plain (already BINARY) on SQLite."""
+    return String(length).with_variant(mysql.VARCHAR(length, collation="utf8mb4_bin"), "mysql", "mariadb")
+
+
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+LongBlob = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+
+class MessageStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+
+
+#: States in which the send path still owns the message.
+PENDING_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.RETRYING)
+#: States reached once a transport accepted the message; events move it among these.
+ACCEPTED_STATUSES = (
+    MessageStatus.SENT,
+    MessageStatus.DELIVERED,
+    MessageStatus.BOUNCED,
+    MessageStatus.COMPLAINED,
+    MessageStatus.REJECTED,
+)
+
+
+class RecipientStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    SUPPRESSED = "suppressed"
+
+
+class RecipientKind(enum.StrEnum):
+    TO = "to"
+    CC = "cc"
+    BCC = "bcc"
+
+
+class Transport(enum.StrEnum):
+    SMTP2GO = "smtp2go"
+    SMTP = "smtp"
+
+
+class EventType(enum.StrEnum):
+    PROCESSED = "processed"
+    DELIVERED = "delivered"
+    OPEN = "open"
+    CLICK = "click"
+    BOUNCE = "bounce"
+    SPAM = "spam"
+    UNSUBSCRIBE = "unsubscribe"
+    RESUBSCRIBE = "resubscribe"
+    REJECT = "reject"
+    UNKNOWN = "unknown"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    """Enums stored by value in a VARCHAR (portable, readable in SQL, no ALTER TYPE on new values)."""
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        create_constraint=False,
+        length=16,
+        values_callable=lambda members: [m.value for m in members],
+        validate_strings=True,
+    )
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(ExactString(36), primary_key=True)
+    status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus, "message_status"), index=True)
+    transport: Mapped[Transport | None] = mapped_column(_enum(Transport, "transport"))
+    sender: Mapped[str] = mapped_column(String(998))
+    reply_to: Mapped[str | None] = mapped_column(String(998))
+    subject: Mapped[str | None] = mapped_column(Text)
+    text_body: Mapped[str | None] = mapped_column(LongText)
+    html_body: Mapped[str | None] = mapped_column(LongText)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    template_id: Mapped[str | None] = mapped_column(String(255))
+    template_data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    reference: Mapped[str | None] = mapped_column(ExactString(255), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(ExactString(255), unique=True)
+    smtp2go_message_id: Mapped[str | None] = mapped_column(ExactString(128), unique=True)
+    message_id_header: Mapped[str | None] = mapped_column(ExactString(255), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    api_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    smtp_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    fallback_reason: Mapped[str | None] = mapped_column(Text)
+    api_abandoned: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(191))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    inflight_transport: Mapped[Transport | None] = mapped_column(_enum(Transport, "inflight_transport"))
+    inflight_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ambiguous_since: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    #: Set while an operator problem (revoked key, missing encryption key, no transport) holds the message.
+    held_since: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    email_delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    email_bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    email_opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    email_clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    email_complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reconciled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    recipients: Mapped[list[Recipient]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="Recipient.id"
+    )
+    attachments: Mapped[list[Attachment]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="Attachment.id"
+    )
+    events: Mapped[list[TrackingEvent]] = relationship(
+        back_populates="message", order_by="TrackingEvent.occurred_at"
+    )
+
+    __table_args__ = (
+        Index("ix_messages_status_next_attempt", "status", "next_attempt_at"),
+        Index("ix_messages_queued_at", "queued_at"),
+        Index("ix_messages_status_sent_at", "status", "sent_at"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
+    )
+
+
+class Recipient(Base):
+    __tablename__ = "recipients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        ExactString(36), ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(String(320), index=True)
+    display_name: Mapped[str | None] = mapped_column(String(255))
+    kind: Mapped[RecipientKind] = mapped_column(_enum(RecipientKind, "recipient_kind"))
+    status: Mapped[RecipientStatus] = mapped_column(_enum(RecipientStatus, "recipient_status"))
+    error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    bounce_type: Mapped[str | None] = mapped_column(String(16))
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    open_count: Mapped[int] = mapped_column(Integer, default=0)
+    clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    click_count: Mapped[int] = mapped_column(Integer, default=0)
+    complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    rejected_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    message: Mapped[Message] = relationship(back_populates="recipients")
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "kind", "address", name="uq_recipients_message_kind_address"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
+    )
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        ExactString(36), ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    mimetype: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes | None] = mapped_column(LongBlob)
+
+    message: Mapped[Message] = relationship(back_populates="attachments")
+
+    __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},)
+
+
+class TrackingEvent(Base):
+    """One provider event, deduplicated on ``provider_event_id``; kept even before its message is known."""
+
+    __tablename__ = "tracking_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider_event_id: Mapped[str] = mapped_column(ExactString(191), unique=True)
+    message_id: Mapped[str | None] = mapped_column(
+        ExactString(36), ForeignKey("messages.id", ondelete="SET NULL"), index=True
+    )
+    smtp2go_message_id: Mapped[str | None] = mapped_column(ExactString(128), index=True)
+    tracking_ref: Mapped[str | None] = mapped_column(ExactString(64), index=True)
+    event_type: Mapped[EventType] = mapped_column(_enum(EventType, "event_type"), index=True)
+    raw_event: Mapped[str | None] = mapped_column(String(64))
+    recipient: Mapped[str | None] = mapped_column(String(320), index=True)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    bounce_type: Mapped[str | None] = mapped_column(String(16))
+    url: Mapped[str | None] = mapped_column(Text)
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    smtp2go_data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    message: Mapped[Message | None] = relationship(back_populates="events")
+
+    __table_args__ = (
+        Index("ix_tracking_events_orphans", "applied_at", "received_at"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
+    )
+
+
+class Suppression(Base):
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    source_message_id: Mapped[str | None] = mapped_column(ExactString(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},)
+
+
+class IntegrationModule(Base):
+    """An integration's switch and its settings, encrypted at rest (see ``worker.infrastructure.modules``)."""
+
+    __tablename__ = "integration_modules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    settings_encrypted: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},)

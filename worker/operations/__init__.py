@@ -1,0 +1,1 @@
+"""Operations: the sweeper, reconciliation against SMTP2Go, requeue and purge."""

@@ -1,0 +1,158 @@
+"""Operator repairs: requeue failed or stuck messages, and purge old content for retention.
+
+Both work in batches so they are safe on a table of millions of rows and never hold long locks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, delete, func, or_, select, update
+
+from worker.infrastructure.db import get_engine, session_scope
+from worker.infrastructure.models import (
+    Attachment,
+    Message,
+    MessageStatus,
+    TrackingEvent,
+    utcnow,
+)
+from worker.sending import lifecycle
+from worker.sending.publish import publish_send
+
+log = logging.getLogger(__name__)
+FINAL = [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.BOUNCED, MessageStatus.COMPLAINED,
+         MessageStatus.REJECTED, MessageStatus.FAILED, MessageStatus.SUPPRESSED]
+
+
+@dataclass
+class RequeueResult:
+    requeued: list[str] = field(default_factory=list)
+    parked: list[str] = field(default_factory=list)  # in flight when its worker died: reconciliation decides
+    skipped: dict[str, str] = field(default_factory=dict)  # id -> why
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {"requeued": self.requeued, "parked": self.parked, "skipped": self.skipped,
+                "dry_run": self.dry_run}
+
+
+def _stuck_filter(now: datetime, stuck_after: timedelta) -> ColumnElement[bool]:
+    """Sending with an expired lease, or queued/retrying and overdue by ``stuck_after`` (a lost publish)."""
+    due = func.coalesce(Message.next_attempt_at, Message.queued_at)
+    return or_(
+        (Message.status == MessageStatus.SENDING) & (Message.lease_expires_at < now),
+        Message.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING])
+        & Message.ambiguous_since.is_(None) & (due <= now - stuck_after),
+    )
+
+
+def requeue(ids: list[str] | None = None, *, failed: bool = False, stuck: bool = False, held: bool = False,
+            since: datetime | None = None, include_ambiguous: bool = False, dry_run: bool = False,
+            stuck_after: timedelta = timedelta(minutes=5), limit: int = 1000) -> RequeueResult:
+    """Send failed, stuck or held messages again, by explicit ids or by filter, through the lifecycle's
+    transitions: a message whose send may have landed is parked for reconciliation, never resent blindly
+    (``include_ambiguous`` is the operator's explicit decision to resend parked messages anyway)."""
+    result = RequeueResult(dry_run=dry_run)
+    now = utcnow()
+    stmt = select(Message.id).order_by(Message.queued_at).limit(limit)
+    if ids:
+        stmt = stmt.where(Message.id.in_(ids))
+    else:
+        conditions: list[ColumnElement[bool]] = []
+        if failed:
+            conditions.append(Message.status == MessageStatus.FAILED)
+        if stuck:
+            conditions.append(_stuck_filter(now, stuck_after))
+        if held:
+            conditions.append((Message.status == MessageStatus.RETRYING) & Message.held_since.is_not(None))
+        if include_ambiguous:
+            conditions.append((Message.status == MessageStatus.RETRYING) & Message.ambiguous_since.is_not(None))
+        if not conditions:
+            raise ValueError("give tracking ids, --failed, --stuck or --held")
+        stmt = stmt.where(or_(*conditions))
+        if since is not None:
+            stmt = stmt.where(Message.queued_at >= since)
+    note = f"requeued by operator at {now.isoformat(timespec='seconds')}"
+    with get_engine().connect() as conn:
+        found = list(conn.scalars(stmt))
+        for missing in sorted(set(ids or []) - set(found)):
+            result.skipped[missing] = "unknown id"
+        for tracking_id in found:
+            if dry_run:
+                result.requeued.append(tracking_id)
+                continue
+            if include_ambiguous and lifecycle.release_parked(conn, tracking_id, note=f"{note} (parked: resent "
+                                                             "by the operator's decision, may deliver twice)"):
+                what = "requeued"
+            else:
+                what = lifecycle.requeue(conn, tracking_id, note=note, stuck_after=timedelta(0) if ids or held
+                                         else stuck_after)
+            conn.commit()
+            if what == "requeued":
+                result.requeued.append(tracking_id)
+            elif what == "parked":
+                result.parked.append(tracking_id)
+            else:
+                result.skipped[tracking_id] = what
+    if not dry_run:
+        for tracking_id in result.requeued:
+            publish_send(tracking_id)
+        if result.requeued or result.parked:
+            log.info("requeue: %d requeued, %d parked for reconciliation", len(result.requeued), len(result.parked))
+    return result
+
+
+@dataclass
+class PurgeResult:
+    messages: int = 0
+    attachments: int = 0
+    events: int = 0
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def purge(older_than: timedelta, *, dry_run: bool = False, batch: int = 500) -> PurgeResult:
+    """Drop bodies, attachments and event payloads of finished messages queued before now - older_than.
+
+    Message rows, statuses and timestamps stay (stats and audits keep working); events older than the
+    cut-off are deleted.
+    """
+    cutoff = utcnow() - older_than
+    result = PurgeResult(dry_run=dry_run)
+    candidates = select(Message.id).where(Message.queued_at < cutoff, Message.purged_at.is_(None),
+                                          Message.status.in_(FINAL))
+    with session_scope() as session:
+        if dry_run:
+            result.messages = int(session.scalar(select(func.count()).select_from(candidates.subquery())) or 0)
+            result.attachments = int(session.scalar(
+                select(func.count()).select_from(Attachment).where(Attachment.message_id.in_(candidates))) or 0)
+            result.events = int(session.scalar(
+                select(func.count()).select_from(TrackingEvent).where(TrackingEvent.occurred_at < cutoff)) or 0)
+            return result
+    while True:
+        with session_scope() as session:
+            ids = list(session.scalars(candidates.limit(batch)))
+            if not ids:
+                break
+            result.attachments += session.execute(
+                delete(Attachment).where(Attachment.message_id.in_(ids))).rowcount or 0  # type: ignore[attr-defined]
+            session.execute(
+                update(Message).where(Message.id.in_(ids))
+                .values(text_body=None, html_body=None, template_data=None, headers=None, purged_at=utcnow())
+                .execution_options(synchronize_session=False))
+            result.messages += len(ids)
+    while True:
+        with session_scope() as session:
+            event_ids = list(session.scalars(
+                select(TrackingEvent.id).where(TrackingEvent.occurred_at < cutoff).limit(batch)))
+            if not event_ids:
+                break
+            session.execute(delete(TrackingEvent).where(TrackingEvent.id.in_(event_ids)))
+            result.events += len(event_ids)
+    log.info("purge older_than=%s %s", older_than, result.as_dict())
+    return result

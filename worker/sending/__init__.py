@@ -1,0 +1,1 @@
+"""Sending: the message state machine, the delivery service, shared protections, transports."""

@@ -1,0 +1,276 @@
+"""Protections shared by every worker process on every host, with their state in Redis.
+
+- **Circuit breaker** for SMTP2Go: ``SMTP2GO_BREAKER_THRESHOLD`` retryable failures (5xx, timeouts, refused
+  connections) within ``SMTP2GO_BREAKER_WINDOW`` seconds open it; while open, sends skip the API and go straight
+  to the SMTP relay (or wait, when there is none) for ``SMTP2GO_BREAKER_COOLDOWN`` seconds; then exactly one
+  worker wins a trial request (``SET NX``); its success closes the breaker, its failure re-opens it. An outage
+  costs seconds, not every message's full retry budget.
+- **Rate limit**: a global token bucket of ``SMTP2GO_RATE_LIMIT`` sends per second (the plan's limit), and a
+  429 pauses every worker until ``X-Ratelimit-Reset`` passes.
+
+Redis being unreachable never stops mail: the protections then fail open (allow) and log once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from worker.infrastructure.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+_BUCKET_SCRIPT = """
+local key, rate, burst, now = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local data = redis.call('HMGET', key, 'tokens', 'ts')
+local tokens = tonumber(data[1]) or burst
+local ts = tonumber(data[2]) or now
+tokens = math.min(burst, tokens + (now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', key, 'tokens', tokens, 'ts', now)
+redis.call('EXPIRE', key, 60)
+return tostring(wait)
+"""
+
+_PAUSE_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2])) end
+return 1
+"""
+
+_lock = threading.Lock()
+_clients: dict[str, Any] = {}
+_warned = False
+
+#: How long a process trusts an "all clear" read (no pause, breaker closed, no failures counted) before it
+#: reads Redis again. At hundreds of sends a second this turns one Redis round trip per send into a few per
+#: second; a pause or breaker set by *another* process is seen within this time (this process's own failures
+#: and 429s drop the cached verdict at once).
+CLEAR_SECONDS = 0.1
+#: (monotonic deadline, the settings it was read for) of the last all-clear read; None when not clear.
+_clear: tuple[float, Settings] | None = None
+
+
+def _forget_clear() -> None:
+    global _clear
+    _clear = None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What to do before an API send: ``ok``, ``paused`` (429 reset pending) or ``open`` (breaker)."""
+
+    verdict: str
+    wait: float = 0.0
+    #: Why the breaker is open, when an operator must fix it (a refused API key): held mail names it.
+    problem: str | None = None
+    trial: bool = False
+    #: Failures were counted recently; a success must clear them (otherwise it costs no Redis round trip).
+    failures: bool = True
+
+
+def _prefix() -> str:
+    """Keys live beside the send queue's name, so deployments sharing one Redis DB keep separate state."""
+    from worker.celery_app import app
+
+    return f"{app.conf.task_default_queue}:protect:"
+
+
+def _redis(settings: Settings) -> Any | None:
+    url = settings.broker_url
+    if not url.startswith(("redis://", "rediss://", "redis+socket://", "unix://")):
+        return None
+    with _lock:
+        client = _clients.get(url)
+        if client is None:
+            import redis
+
+            client = _clients[url] = redis.Redis.from_url(
+                url.replace("redis+socket://", "unix://"), socket_timeout=1.0, socket_connect_timeout=1.0,
+                decode_responses=True)
+        return client
+
+
+def _fail_open(err: Exception) -> None:
+    global _warned
+    if not _warned:
+        log.warning("protections unavailable (Redis %s); sending without breaker/rate limit", type(err).__name__)
+        _warned = True
+
+
+def before_api_send(settings: Settings | None = None) -> Gate:
+    """Ask the breaker and the rate limit whether this worker may call SMTP2Go now."""
+    global _clear
+    settings = settings or get_settings()
+    clear = _clear
+    if clear is not None and clear[1] is settings and time.monotonic() < clear[0]:
+        return Gate("ok", failures=False)
+    client = _redis(settings)
+    if client is None:
+        return Gate("ok")
+    now = time.time()
+    try:
+        # One round trip for the three keys: this runs before every API send. `failures` only tells
+        # record_success whether there is anything to clear (a count racing in after this read is left to
+        # expire with its window).
+        pause_until, opened_until, failures, problem = client.mget(
+            _prefix() + "pause_until", _prefix() + "open_until", _prefix() + "failures", _prefix() + "problem")
+        seen = failures is not None
+        if pause_until and float(pause_until) > now:
+            return Gate("paused", float(pause_until) - now)
+        trial = False
+        if opened_until:
+            remaining = float(opened_until) - now
+            if remaining > 0:
+                return Gate("open", remaining, problem=problem)
+            # Cool-down over: one trial request across all workers, the others keep avoiding the API.
+            if not client.set(_prefix() + "trial", "1", nx=True, ex=max(5, int(settings.smtp2go_timeout) + 5)):
+                return Gate("open", 1.0, problem=problem)
+            trial = True
+        if not pause_until and not opened_until and not seen and settings.smtp2go_rate_limit <= 0:
+            _clear = (time.monotonic() + CLEAR_SECONDS, settings)
+        if settings.smtp2go_rate_limit > 0:
+            wait = _take_token(client, settings, now)
+            if wait > 0:
+                return Gate("paused", wait, trial=trial, failures=seen)
+        return Gate("ok", trial=trial, failures=seen)
+    except Exception as err:  # noqa: BLE001 - any Redis trouble: fail open
+        _fail_open(err)
+        return Gate("ok")
+
+
+def _take_token(client: Any, settings: Settings, now: float) -> float:
+    """Take a token, sleeping briefly when the bucket refills soon; returns the wait still needed (0 = go)."""
+    rate = settings.smtp2go_rate_limit
+    burst = max(1.0, rate)
+    for _ in range(3):
+        wait = float(client.eval(_BUCKET_SCRIPT, 1, _prefix() + "bucket", rate, burst, now))
+        if wait <= 0:
+            return 0.0
+        if wait > 1.0:
+            return wait
+        time.sleep(wait)
+        now = time.time()
+    return 1.0 / rate
+
+
+def record_success(settings: Settings | None = None, gate: Gate | None = None) -> None:
+    settings = settings or get_settings()
+    client = _redis(settings)
+    if client is None:
+        return
+    if gate is not None and not gate.failures and not gate.trial:
+        return  # nothing to clear: the common case costs no round trip
+    try:
+        pipe = client.pipeline()
+        pipe.delete(_prefix() + "failures")
+        if gate is not None and gate.trial:
+            pipe.delete(_prefix() + "open_until", _prefix() + "trial", _prefix() + "problem")
+            log.info("circuit breaker closed: SMTP2Go trial request succeeded")
+        pipe.execute()
+    except Exception as err:  # noqa: BLE001
+        _fail_open(err)
+
+
+def record_failure(settings: Settings | None = None, gate: Gate | None = None) -> bool:
+    """Count a retryable API failure; returns True when this failure opened the breaker."""
+    _forget_clear()
+    settings = settings or get_settings()
+    client = _redis(settings)
+    if client is None:
+        return False
+    try:
+        now = time.time()
+        if gate is not None and gate.trial:
+            _open(client, settings, now, "trial request failed")
+            return True
+        pipe = client.pipeline()
+        pipe.incr(_prefix() + "failures")
+        pipe.expire(_prefix() + "failures", max(1, int(settings.smtp2go_breaker_window)), nx=True)
+        failures = int(pipe.execute()[0])
+        if failures >= settings.smtp2go_breaker_threshold and not client.get(_prefix() + "open_until"):
+            _open(client, settings, now, f"{failures} failures in {settings.smtp2go_breaker_window:g}s")
+            return True
+    except Exception as err:  # noqa: BLE001
+        _fail_open(err)
+    return False
+
+
+def open_for_problem(problem: str, settings: Settings | None = None) -> None:
+    """An operator problem (SMTP2Go refused the API key): open the breaker at once, remembering why, so every
+    worker holds (or relays) its mail and only one trial request per cool-down meets the bad key."""
+    _forget_clear()
+    settings = settings or get_settings()
+    client = _redis(settings)
+    if client is None:
+        return
+    try:
+        _open(client, settings, time.time(), problem, problem=problem)
+    except Exception as err:  # noqa: BLE001
+        _fail_open(err)
+
+
+def _open(client: Any, settings: Settings, now: float, why: str, *, problem: str | None = None) -> None:
+    cooldown = settings.smtp2go_breaker_cooldown
+    pipe = client.pipeline()
+    if problem:
+        pipe.set(_prefix() + "problem", problem, ex=int(cooldown * 10) + 60)
+    else:
+        pipe.delete(_prefix() + "problem")
+    # Stored at full float precision: rounding to milliseconds could round *up* and report a wait longer
+    # than the cool-down (CI caught 1.00006 s for a 1 s cool-down).
+    pipe.set(_prefix() + "open_until", repr(now + cooldown), ex=int(cooldown * 10) + 60)
+    pipe.delete(_prefix() + "failures", _prefix() + "trial")
+    pipe.execute()
+    log.warning("circuit breaker opened for %.0fs (%s): sends go to the SMTP relay", cooldown, why)
+
+
+def pause_for_rate_limit(seconds: float, settings: Settings | None = None) -> None:
+    """A 429: every worker waits until the reset (the longest pause wins)."""
+    _forget_clear()
+    settings = settings or get_settings()
+    client = _redis(settings)
+    if client is None:
+        return
+    until = time.time() + max(0.5, seconds)
+    try:
+        # One atomic script: the longest pause wins however concurrent 429s interleave across processes.
+        client.eval(_PAUSE_SCRIPT, 1, _prefix() + "pause_until", repr(until), int(seconds) + 5)
+        log.info("SMTP2Go rate limit: all workers pause %.1fs", seconds)
+    except Exception as err:  # noqa: BLE001
+        _fail_open(err)
+
+
+def state(settings: Settings | None = None) -> dict[str, Any]:
+    """For operators (``mailworker stats``/tests): breaker and pause state."""
+    settings = settings or get_settings()
+    client = _redis(settings)
+    if client is None:
+        return {"available": False}
+    now = time.time()
+    try:
+        opened = client.get(_prefix() + "open_until")
+        paused = client.get(_prefix() + "pause_until")
+        return {
+            "available": True,
+            "breaker": "open" if opened and float(opened) > now else ("half-open" if opened else "closed"),
+            "problem": client.get(_prefix() + "problem"),
+            "failures": int(client.get(_prefix() + "failures") or 0),
+            "paused_for": max(0.0, float(paused) - now) if paused else 0.0,
+        }
+    except Exception:  # noqa: BLE001
+        return {"available": False}
+
+
+def reset(settings: Settings | None = None) -> None:
+    """Forget every protection state (operators after an incident; tests)."""
+    _forget_clear()
+    settings = settings or get_settings()
+    client = _redis(settings)
+    if client is not None:
+        client.delete(_prefix() + "failures", _prefix() + "open_until", _prefix() + "trial", _prefix() + "pause_until",
+                      _prefix() + "bucket", _prefix() + "problem")

@@ -1,0 +1,1 @@
+"""Tracking: SMTP2Go events normalised and applied per recipient, suppressions, stats."""

@@ -1,0 +1,222 @@
+"""SMTP2Go webhook payloads -> :class:`NormalizedEvent` (pure: no I/O, never raises).
+
+SMTP2Go's real field names only: ``event``, ``time`` (else ``sendtime``), ``email_id``, ``id``, ``rcpt`` or
+``recipients``, ``bounce``, ``message``, ``reason``, ``context``, ``host``, ``user-agent``, ``url``, and echoed
+custom headers such as ``X-Mailworker-Id``. JSON bodies and flat form dicts (values possibly one-item lists)
+both arrive here. The dedup key is the event ``id``, else a sha256 of email_id + event + recipient + time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parseaddr, parsedate_to_datetime
+from typing import Any
+
+from worker.infrastructure.models import EventType, utcnow
+
+#: SMTP2Go event names (and the aliases some integrations send) -> stored type; anything else is UNKNOWN.
+EVENT_MAP: dict[str, EventType] = {
+    "processed": EventType.PROCESSED,
+    "delivered": EventType.DELIVERED,
+    "open": EventType.OPEN,
+    "opened": EventType.OPEN,
+    "click": EventType.CLICK,
+    "clicked": EventType.CLICK,
+    "bounce": EventType.BOUNCE,
+    "spam": EventType.SPAM,
+    "spam_complaint": EventType.SPAM,
+    "unsubscribe": EventType.UNSUBSCRIBE,
+    "unsubscribed": EventType.UNSUBSCRIBE,
+    "resubscribe": EventType.RESUBSCRIBE,
+    "reject": EventType.REJECT,
+}
+
+_TRACKING_HEADER = "x-mailworker-id"
+_MAX_TEXT = 8000  # url, user agent, detail: TEXT columns, and nobody needs more
+_SMTP_CODE_RE = re.compile(r"^\s*([245])(?:\d\d|\.\d)")
+_MIN_YEAR, _MAX_YEAR = 1971, 9998
+
+
+@dataclass(frozen=True)
+class NormalizedEvent:
+    """One SMTP2Go event in our terms; built by :func:`normalize_event` (pure, no I/O)."""
+
+    provider_event_id: str
+    event_type: EventType
+    raw_event: str
+    occurred_at: datetime
+    email_id: str | None = None
+    tracking_ref: str | None = None
+    recipient: str | None = None
+    recipients: tuple[str, ...] = ()
+    bounce_type: str | None = None
+    message: str | None = None
+    reason: str | None = None
+    context: str | None = None
+    host: str | None = None
+    user_agent: str | None = None
+    url: str | None = None
+    message_id_header: str | None = None
+    time_source: str = "time"  # time | sendtime | received
+
+    @property
+    def detail(self) -> str | None:
+        """The provider's explanation in one line: ``message; reason (context; host)``.
+
+        ``reason`` is the field SMTP2Go's activity records use for why a recipient was refused, and an event
+        may carry it too; it is kept next to ``message`` rather than instead of it, so neither text is lost
+        (a reject's suppression keeps this line as its detail).
+        """
+        text = "; ".join(dict.fromkeys(p for p in (self.message, self.reason) if p))
+        extra = "; ".join(p for p in (self.context, self.host) if p)
+        if text and extra:
+            return f"{text} ({extra})"
+        return text or extra or None
+
+
+# --------------------------------------------------------------------------------------------- normalising
+
+
+def _scalar(value: Any) -> str | None:
+    """Form bodies may arrive as ``{"k": ["v"]}`` and JSON may carry numbers; empty means absent."""
+    if isinstance(value, list | tuple):
+        value = next((v for v in value if v not in (None, "")), None)
+    if value is None or isinstance(value, bool | dict | list | tuple):
+        return None
+    return str(value).strip() or None
+
+
+def _recipient_list(value: Any) -> tuple[str, ...]:
+    """``recipients`` as a list, a comma-separated string, or a JSON list flattened into a form field."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    out: list[str] = []
+    for item in value if isinstance(value, list | tuple) else [value]:
+        for part in item.split(",") if isinstance(item, str) else ():
+            addr = (parseaddr(part)[1] if "<" in part else part).strip().lower()
+            if addr and addr not in out:
+                out.append(addr)
+    return tuple(out)
+
+
+def parse_time(value: Any) -> datetime | None:
+    """ISO-8601 (``Z`` or an offset; naive means UTC), unix seconds (int, float or digits), or RFC 2822."""
+    text = _scalar(value)
+    if text is None:
+        return None
+    try:
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+            dt = datetime.fromtimestamp(seconds / 1000 if seconds > 1e11 else seconds, UTC)  # ms too
+        else:
+            try:
+                dt = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
+            except ValueError:
+                dt = parsedate_to_datetime(text)
+    except (OverflowError, OSError, TypeError, ValueError, IndexError):
+        return None
+    dt = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone(UTC)
+    return dt if 1971 <= dt.year <= 9998 else None
+
+
+def _header_from(container: Any, name: str) -> str | None:
+    """Header ``name`` in ``custom_headers``/``headers``: a dict, JSON, ``{header, value}`` items, ``K: v``."""
+    if isinstance(container, str) and container.strip()[:1] in ("[", "{"):
+        try:
+            container = json.loads(container)
+        except ValueError:
+            return None
+    if isinstance(container, dict):
+        keyed = {str(k).lower(): v for k, v in container.items()}
+        if name in keyed:
+            return _scalar(keyed[name])
+        if str(keyed.get("header") or keyed.get("name") or "").lower() == name:
+            return _scalar(keyed.get("value"))
+        return None
+    for item in container if isinstance(container, list | tuple) else [container]:
+        if isinstance(item, str):
+            key, _, value = item.partition(":")
+            found = value.strip() if key.strip().lower() == name else None
+        else:
+            found = _header_from(item, name) if isinstance(item, dict) else None
+        if found:
+            return found
+    return None
+
+
+def _bounce_type(raw: str | None, message: str | None) -> str | None:
+    """SMTP2Go's ``bounce`` field; failing that the SMTP code (5xx hard, 4xx soft); else unknown."""
+    for kind in ("hard", "soft"):
+        if (raw or "").lower().startswith(kind):
+            return kind
+    match = _SMTP_CODE_RE.match(message or "")
+    return ("hard" if match.group(1) == "5" else "soft") if match else None
+
+
+def normalize_event(payload: dict[str, Any]) -> NormalizedEvent:
+    """Turn one webhook body (JSON object or flat form dict) into a :class:`NormalizedEvent`; never raises."""
+    fields = {str(k).lower(): v for k, v in payload.items()}
+
+    def get(name: str) -> str | None:
+        return _scalar(fields.get(name))
+
+    raw_event = (get("event") or "").lower()
+    event_type = EVENT_MAP.get(raw_event, EventType.UNKNOWN)
+    email_id = get("email_id")
+    tracking_ref = get(_TRACKING_HEADER)
+    for key in ("custom_headers", "headers"):
+        if tracking_ref is None and key in fields:
+            tracking_ref = _header_from(fields[key], _TRACKING_HEADER)
+    recipients = _recipient_list(fields.get("recipients"))
+    rcpt = _recipient_list(get("rcpt"))
+    recipient = None
+    if event_type != EventType.PROCESSED:  # processed is about the message: recipient NULL
+        recipient = rcpt[0] if rcpt else (recipients[0] if len(recipients) == 1 else None)
+
+    occurred_at, time_source = parse_time(get("time")), "time"
+    if occurred_at is None:
+        occurred_at, time_source = parse_time(get("sendtime")), "sendtime"
+    if occurred_at is None:
+        occurred_at, time_source = utcnow(), "received"
+
+    event_id = get("id")
+    if event_id and len(event_id) <= 191:
+        key = event_id
+    else:
+        raw_time = get("time") or get("sendtime") or ""
+        parts = [email_id or "", event_type.value if event_type != EventType.UNKNOWN else raw_event,
+                 recipient or ",".join(recipients), raw_time]
+        if event_id or not raw_time:  # an over-long id, or no time at all: the whole body is the identity
+            parts.append(event_id or json.dumps(payload, sort_keys=True, default=str))
+        key = "sha256:" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+    message = get("message")
+    return NormalizedEvent(
+        provider_event_id=key,
+        event_type=event_type,
+        raw_event=raw_event[:64] or "(none)",
+        occurred_at=occurred_at,
+        time_source=time_source,
+        email_id=email_id if email_id and len(email_id) <= 128 else None,
+        tracking_ref=tracking_ref if tracking_ref and len(tracking_ref) <= 64 else None,
+        recipient=recipient[:320] if recipient else None,
+        recipients=recipients,
+        bounce_type=_bounce_type(get("bounce"), message) if event_type == EventType.BOUNCE else None,
+        message=message,
+        reason=get("reason"),
+        context=get("context"),
+        host=get("host"),
+        user_agent=get("user-agent") or get("user_agent"),
+        url=get("url"),
+        message_id_header=(get("message-id") or get("message_id") or "")[:255] or None,
+    )
+
+
+# --------------------------------------------------------------------------------------------- applying
