@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -15,24 +17,141 @@ from worker.errors import MailworkerError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def friendly_errors(func: F) -> F:
-    """Turn expected errors into one line and exit code 1."""
+def one_line(text: object) -> str:
+    """Collapse a message to one line (a driver's multi-line text included)."""
+    return " ".join(str(text).split())
+
+
+def _database_url_for_errors() -> str:
+    raw = (os.environ.get("DATABASE_URL") or "").strip()
+    return repr(mask_url(raw)) if raw else "(unset: the embedded SQLite default)"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password masked (``***``); unchanged when it has none; host part only if unparsable."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses: show no credentials at all
+        return url.rpartition("@")[2]
+    return parsed.render_as_string(hide_password=True) if parsed.password else url
+
+
+#: Python modules SQLAlchemy imports for a URL's driver; a missing one is a DATABASE_URL problem.
+_DB_DRIVERS = {"MySQLdb": "mysql+pymysql://", "pymysql": "mysql+pymysql://", "psycopg2": "postgresql+psycopg://",
+               "psycopg": "postgresql+psycopg://", "asyncpg": None, "aiomysql": None, "mysql": "mysql+pymysql://",
+               "pysqlite2": None, "cx_Oracle": None, "oracledb": None, "pyodbc": None, "pymssql": None}
+
+
+def explain(err: BaseException) -> str | None:
+    """The one line a user reads for an expected error, or None when the error is a bug (keep its traceback)."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+
+    if isinstance(err, (MailworkerError, ValueError)):
+        return one_line(err) or type(err).__name__
+    if isinstance(err, NoSuchModuleError):
+        return (f"DATABASE_URL {_database_url_for_errors()} names a database this install cannot use "
+                f"({one_line(err)}); use sqlite:///path or mysql+pymysql://user:pw@host/db")
+    if isinstance(err, ArgumentError):
+        return (f"DATABASE_URL {_database_url_for_errors()} is not a database URL ({one_line(err)}); "
+                "use sqlite:///path or mysql+pymysql://user:pw@host/db")
+    if isinstance(err, ImportError) and (err.name or "").split(".")[0] in _DB_DRIVERS:
+        driver = (err.name or "").split(".")[0]
+        hint = _DB_DRIVERS[driver]
+        return (f"DATABASE_URL {_database_url_for_errors()} needs the Python driver {driver!r}, which is not "
+                "installed" + (f"; name an installed driver in the URL, e.g. {hint}..." if hint else ""))
+    if isinstance(err, DBAPIError):
+        detail = one_line(err.orig)[:200] if err.orig is not None else ""
+        return (f"database error ({type(err.orig).__name__}: {detail}) at DATABASE_URL "
+                f"{_database_url_for_errors()}: is DATABASE_URL right, the database up and "
+                "`mailworker db upgrade` done?")
+    return None
+
+
+def one_line_errors(func: F) -> F:
+    """Turn expected errors (configuration, bad input, an unusable or unreachable database) into one line on
+    stderr and exit code 1: never a traceback for a mistake the user can fix."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from sqlalchemy.exc import OperationalError, ProgrammingError
-
         try:
             return func(*args, **kwargs)
-        except (MailworkerError, ValueError) as err:
-            raise click.ClickException(str(err)) from err
-        except (OperationalError, ProgrammingError) as err:
-            raise click.ClickException(
-                f"database error ({type(err.orig).__name__}): is DATABASE_URL right and "
-                "`mailworker db upgrade` done?"
-            ) from err
+        except click.ClickException:
+            raise
+        except Exception as err:  # noqa: BLE001 - explain() decides; anything else re-raises unchanged
+            message = explain(err)
+            if message is None:
+                raise
+            raise click.ClickException(message) from err
 
     return wrapper  # type: ignore[return-value]
+
+
+def friendly_errors(func: F) -> F:
+    """For commands that use the database or broker: say which stack they talk to (one line on stderr when it
+    is not the obvious one), then run with :func:`one_line_errors`."""
+    inner = one_line_errors(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for note in stack_notes():
+            click.echo(f"note: {note}", err=True)
+        return inner(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def stack_notes(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Which stack a command talks to, said once on stderr when it is not what the user set explicitly.
+
+    - a running ``mailworker dev`` (``var/dev.env``) and no DATABASE_URL: its database and broker are used;
+    - DATABASE_URL set while a dev stack runs: the whole ``var/dev.env`` is ignored (say so, or the broker and
+      the API silently fall back to their defaults); another explicit setting overrides just its own value;
+    - nothing set and no dev stack: the defaults (the SQLite file and Redis DB 0 on 127.0.0.1).
+    ``MAILWORKER_QUIET=1`` silences these notes.
+    """
+    from worker.infrastructure.config import DEFAULT_BROKER_URL, default_database_url
+    from worker.infrastructure.devenv import dev_env_path, load_dev_env
+
+    env = os.environ if environ is None else environ
+    if env.get("MAILWORKER_QUIET", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return []
+    path = dev_env_path()
+    dev = load_dev_env(path)
+    shown = _shown_path(path)
+    user_db = (env.get("DATABASE_URL") or "").strip()
+    user_broker = (env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or "").strip()
+    if dev:
+        dev_db, dev_broker = dev.get("DATABASE_URL", ""), dev.get("CELERY_BROKER_URL", "")
+        if user_db and user_db != dev_db:
+            broker = user_broker or DEFAULT_BROKER_URL
+            return [f"DATABASE_URL is set in your environment: {shown}'s dev stack is ignored "
+                    f"(using database {mask_url(user_db)}, broker {mask_url(broker)}"
+                    f"{'' if user_broker else ' (the default)'}); unset DATABASE_URL to use the dev stack"]
+        notes = [f"using the dev stack from {shown} (broker {mask_url(user_broker or dev_broker)}, "
+                 f"database {mask_url(dev_db)})"]
+        for key, value in dev.items():
+            mine = (env.get(key) or "").strip()
+            if mine and mine != value:
+                notes.append(f"{key} is set in your environment: {shown}'s value is ignored")
+        return notes
+    if not user_db:
+        broker = user_broker or DEFAULT_BROKER_URL
+        return [f"no dev stack running ({shown} absent) and DATABASE_URL unset: using database "
+                f"{mask_url(default_database_url())}, broker {mask_url(broker)}"]
+    return []
+
+
+def _shown_path(path: Path) -> str:
+    from worker.infrastructure.paths import PROJECT_ROOT
+
+    for base in (Path.cwd(), PROJECT_ROOT):
+        try:
+            return str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
+from worker.cli.common import one_line_errors
 from worker.infrastructure.config import PROJECT_ROOT
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -35,6 +36,7 @@ def _port(name: str, default: int, what: str) -> Callable[[F], F]:
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--start-timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for every part to answer.")
+@one_line_errors
 def dev(host: str, web_port: int, flower_port: int, api_port: int, smtp_port: int, redis_port: int,
         var_dir: Path, no_flower: bool, start_timeout: float) -> None:
     """Run the whole system locally; Ctrl-C stops it.

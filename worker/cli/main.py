@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,9 @@ def send(to: tuple[str, ...], cc: tuple[str, ...], bcc: tuple[str, ...], sender:
     import mimetypes
 
     from worker.api.enqueue import enqueue_email
+    from worker.infrastructure.db import get_engine
+
+    get_engine()  # an unusable DATABASE_URL is the first thing to hear about, before any field check
 
     files = []
     for path in attachments:
@@ -96,20 +100,59 @@ def send(to: tuple[str, ...], cc: tuple[str, ...], bcc: tuple[str, ...], sender:
     emit({"id": tracking_id, "status": "queued"}, as_json, lambda d: d["id"])
 
 
+#: Each milestone and the ones it cannot precede. SMTP2Go reports event times to the second while ours carry
+#: microseconds (and clocks differ a little): shown as recorded, delivered_at could read before sent_at.
+_MILESTONES: dict[str, tuple[str, ...]] = {
+    "queued_at": (), "send_at": (), "sent_at": ("queued_at",), "delivered_at": ("queued_at", "sent_at"),
+    "bounced_at": ("queued_at", "sent_at"), "complained_at": ("queued_at", "sent_at"),
+    "opened_at": ("queued_at", "sent_at", "delivered_at"),
+    "clicked_at": ("queued_at", "sent_at", "delivered_at", "opened_at"), "failed_at": ("queued_at",),
+}
+
+
+def _parse(text: str) -> datetime:
+    value = datetime.fromisoformat(text).replace(microsecond=0)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _when(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _milestone_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Times to the second, in lifecycle order, never reading backwards: a provider time earlier than a
+    milestone it must follow is shown as that milestone's time, with what the provider reported beside it."""
+    shown: dict[str, datetime] = {}
+    rows = []
+    for key, after in _MILESTONES.items():
+        if not s.get(key):
+            continue
+        value = _parse(s[key])
+        floor = max((shown[k] for k in after if k in shown), default=None)
+        text = _when(value)
+        if floor is not None and value < floor:
+            text = f"{_when(floor)}  (reported as {value.astimezone(UTC):%H:%M:%S}: provider clock/precision)"
+            value = floor
+        shown[key] = value
+        rows.append((key, text))
+    return rows
+
+
 def _render_status(s: dict[str, Any]) -> str:
     ambiguous = "  (ambiguous: awaiting reconciliation)" if s.get("ambiguous") else ""
+    held = "  (held: an operator problem, see last error)" if s.get("held") else ""
     rows = [
         ("id", s["id"]),
-        ("status", f"{s['status']}{ambiguous}"),
+        ("status", f"{s['status']}{ambiguous}{held}"),
+        ("subject", s.get("subject") or "-"),
+        ("from", s.get("sender") or "-"),
         ("transport", s["transport"] or "-"),
         ("smtp2go id", s["smtp2go_message_id"] or "-"),
         ("message-id", s["message_id_header"] or "-"),
         ("reference", s["reference"] or "-"),
         ("attempts", f"{s['attempts']} (api {s.get('api_attempts', 0)}, smtp {s.get('smtp_attempts', 0)})"),
     ]
-    for key in ("queued_at", "sent_at", "delivered_at", "bounced_at", "opened_at", "clicked_at", "failed_at"):
-        if s.get(key):
-            rows.append((key, s[key]))
+    rows += _milestone_rows(s)
     if s.get("fallback_reason"):
         rows.append(("fallback", s["fallback_reason"]))
     if s.get("last_error"):
@@ -128,9 +171,10 @@ def _render_status(s: dict[str, Any]) -> str:
             extra.append(r["error"])
         lines.append(f"  {r['kind']:<3} {r['address']:<40} {r['status']:<10} {' '.join(extra)}".rstrip())
     if s["events"]:
-        lines.append("events:")
+        lines.append("events (times as the provider reported them):")
         for e in s["events"]:
-            lines.append(f"  {e['occurred_at']}  {e['type']:<11} {e['recipient'] or ''}".rstrip())
+            when = _when(_parse(e["occurred_at"])) if e["occurred_at"] else "-"
+            lines.append(f"  {when}  {e['type']:<11} {e['recipient'] or ''}".rstrip())
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ def module_show(name: str, as_json: bool) -> None:
     emit(data, as_json, lambda d: "\n".join(
         [f"{d['name']}: {'enabled' if d['enabled'] else 'disabled'} (from {d['source']})"
          + ("" if d["usable"] or not d["enabled"] else " -- no API key, SMTP relay will be used")]
-        + [f"  {k} = {v}" for k, v in d["settings"].items()]))
+        + [f"  {k} = {'(not set)' if v is None else v}" for k, v in d["settings"].items()]))
 
 
 @module.command("enable")
@@ -145,9 +145,12 @@ def module_rotate() -> None:
 
 
 def _render_stats(s: dict[str, Any]) -> str:
-    lines = [f"total           {s['total']}"]
-    lines.append("by status       " + ", ".join(f"{k}={v}" for k, v in s["by_status"].items() if v) or "-")
-    lines.append("by transport    " + ", ".join(f"{k}={v}" for k, v in s["by_transport"].items() if v))
+    since, until = s.get("since"), s.get("until")
+    window = (f"mail queued from {since or 'the first message'} until {until or 'now'}"
+              if since or until else "all mail ever queued (narrow with --since 7d / --until)")
+    lines = [f"window          {window}", f"total           {s['total']}"]
+    lines.append("by status       " + (", ".join(f"{k}={v}" for k, v in s["by_status"].items() if v) or "-"))
+    lines.append("by transport    " + (", ".join(f"{k}={v}" for k, v in s["by_transport"].items() if v) or "-"))
     lines.append(f"fallbacks       {s['fallback_count']}")
     for rate in ("delivery_rate", "open_rate", "click_rate", "bounce_rate", "spam_rate"):
         lines.append(f"{rate:<16}{s[rate] * 100:.1f}%")
@@ -163,7 +166,11 @@ def stats(since: str | None, until: str | None, as_json: bool) -> None:
     """Totals by status and transport, fallbacks, and delivery/open/click/bounce/spam rates."""
     from worker.tracking.stats import get_email_stats
 
-    emit(get_email_stats(since=parse_when(since), until=parse_when(until)), as_json, _render_stats)
+    start, end = parse_when(since), parse_when(until)
+    data = get_email_stats(since=start, until=end)
+    data = {"since": start.isoformat(timespec="seconds") if start else None,
+            "until": end.isoformat(timespec="seconds") if end else None, **data}
+    emit(data, as_json, _render_stats)
 
 
 # ------------------------------------------------------------------------------------- suppressions
