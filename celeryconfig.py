@@ -62,6 +62,11 @@ task_routes = {
 worker_send_task_events = os.environ.get("MAILWORKER_TASK_EVENTS", "0").strip().lower() in {"1", "true", "yes", "on"}
 task_send_sent_event = False
 task_track_started = True
+# The maintenance tasks (a sweep every SWEEP_INTERVAL, a reconcile every minute: ~7,000 a day) send no task
+# events even while Flower has them on, so Flower's task list and its memory hold mail, not housekeeping.
+# (`Task.send_events`, set through annotations: the worker checks it before every task-* event.)
+task_annotations = {name: {"send_events": False}
+                    for name in ("mailworker.sweep", "mailworker.reconcile", "mailworker.purge")}
 
 beat_schedule = {
     "sweep": {"task": "mailworker.sweep", "schedule": float(os.environ.get("SWEEP_INTERVAL", "15"))},

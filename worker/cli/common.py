@@ -108,10 +108,10 @@ def stack_notes(environ: Mapping[str, str] | None = None) -> list[str]:
     - a running ``mailworker dev`` (``var/dev.env``) and no DATABASE_URL: its database and broker are used;
     - DATABASE_URL set while a dev stack runs: the whole ``var/dev.env`` is ignored (say so, or the broker and
       the API silently fall back to their defaults); another explicit setting overrides just its own value;
-    - nothing set and no dev stack: the defaults (the SQLite file and Redis DB 0 on 127.0.0.1).
+    - no dev stack and no DATABASE_URL: say that no dev stack runs (settings then ask for DATABASE_URL).
     ``MAILWORKER_QUIET=1`` silences these notes.
     """
-    from worker.infrastructure.config import DEFAULT_BROKER_URL, default_database_url
+    from worker.infrastructure.config import DEFAULT_BROKER_URL
     from worker.infrastructure.devenv import dev_env_path, load_dev_env
 
     env = os.environ if environ is None else environ
@@ -136,10 +136,8 @@ def stack_notes(environ: Mapping[str, str] | None = None) -> list[str]:
             if mine and mine != value:
                 notes.append(f"{key} is set in your environment: {shown}'s value is ignored")
         return notes
-    if not user_db:
-        broker = user_broker or DEFAULT_BROKER_URL
-        return [f"no dev stack running ({shown} absent) and DATABASE_URL unset: using database "
-                f"{mask_url(default_database_url())}, broker {mask_url(broker)}"]
+    if not user_db:  # settings loading then says that DATABASE_URL is needed; say why it is not there
+        return [f"no dev stack is running ({shown} is absent or stale), so nothing sets DATABASE_URL"]
     return []
 
 

