@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,9 +42,12 @@ EVENTS_QUEUE = os.environ["MAILWORKER_EVENTS_QUEUE"] = f"{QUEUE_PREFIX}.events"
 MAINTENANCE_QUEUE = os.environ["MAILWORKER_MAINTENANCE_QUEUE"] = f"{QUEUE_PREFIX}.maintenance"
 os.environ.pop("REDIS_URL", None)
 os.environ["MAILWORKER_DEV_ENV_FILE"] = "/nonexistent/mailworker-dev.env"  # a running `mailworker dev` must not leak in
-for _name in ("SMTP2GO_API_KEY", "SMTP_HOST", "SMTP2GO_WEBHOOK_SECRET", "DATABASE_URL",
-              "SETTINGS_ENCRYPTION_KEY", "MAIL_DEFAULT_SENDER"):
+for _name in ("SMTP2GO_API_KEY", "SMTP_HOST", "SMTP2GO_WEBHOOK_SECRET", "SETTINGS_ENCRYPTION_KEY",
+              "MAIL_DEFAULT_SENDER"):
     os.environ.pop(_name, None)
+# There is no implicit database (a process without DATABASE_URL refuses to start): tests that need none of the
+# database fixtures still get an explicit one, a never-migrated SQLite file of this session's own (never var/).
+os.environ["DATABASE_URL"] = f"sqlite:///{Path(tempfile.gettempdir()) / f'mwtest_{os.getpid()}_unused.db'}"
 
 from sqlalchemy import create_engine, text  # noqa: E402
 

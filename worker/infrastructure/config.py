@@ -3,12 +3,21 @@
 Every other module asks :func:`get_settings` instead of reading ``os.environ`` so that defaults, parsing and
 the error for a missing secret live together. Settings are cached; tests (and the CLI, after it changes the
 environment) call :func:`reset_settings`.
+
+Loading validates: a missing ``DATABASE_URL``, a URL of the wrong shape or for a driver that is not installed,
+a broker URL no transport understands -- each is one :class:`~worker.errors.ConfigurationError` line naming the
+variable, raised when the process starts rather than on the first email. There is no silent database default:
+the embedded SQLite file (:func:`embedded_database_url`) is used only when ``DATABASE_URL`` names it, which
+``mailworker dev`` (and so ``make run``) does for its children and publishes in ``var/dev.env``.
+
+Secrets never appear in ``repr(settings)``: secret fields print as ``'***'`` and passwords inside URLs as
+``user:***@host`` (:func:`mask_url`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 from worker.errors import ConfigurationError
@@ -17,6 +26,105 @@ from worker.infrastructure.paths import PROJECT_ROOT
 DEFAULT_SQLITE_PATH = PROJECT_ROOT / "var" / "mailworker.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_SMTP2GO_API_URL = "https://api.smtp2go.com/v3"
+#: What a MySQL/MariaDB URL looks like (the driver that ships with mailworker, and the charset emoji need).
+MYSQL_URL_EXAMPLE = "mysql+pymysql://USER:PASSWORD@HOST/mailworker?charset=utf8mb4"
+_SUPPORTED_BACKENDS = ("mysql", "mariadb", "sqlite")
+MASK = "***"
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:***@host/...``: the URL with its password (if it has one) masked; anything else as is.
+
+    Also safe on strings that are not valid URLs (error messages quote them): a password with an unencoded
+    ``/``, ``?`` or ``#`` is hidden up to the last ``@``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end) if "@" in rest[:end] else rest.rfind("@")
+    user, colon, password = rest[:at].partition(":")
+    if not colon or not password:
+        return url
+    return f"{scheme}://{user}:{MASK}{rest[at:]}"
+
+
+def embedded_database_url() -> str:
+    """The embedded SQLite file under ``var/``: only ever used when DATABASE_URL names it explicitly."""
+    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+
+
+def _missing_database_url() -> ConfigurationError:
+    return ConfigurationError(
+        f"DATABASE_URL is not set: point it at your database ({MYSQL_URL_EXAMPLE}), or set "
+        f"DATABASE_URL={embedded_database_url()} for the embedded SQLite file "
+        "(`mailworker dev` and `make run` do that for you)")
+
+
+def check_database_url(value: str, name: str = "DATABASE_URL") -> str:
+    """``value`` when it is a SQLAlchemy URL mailworker can use with an installed driver; else one line naming
+    ``name`` and the problem (the password never appears in it)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    shown = mask_url(value)
+    examples = f"{MYSQL_URL_EXAMPLE} or sqlite:////absolute/path/mailworker.db"
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError) as err:
+        raise ConfigurationError(f"{name}={shown!r} is not a database URL: expected {examples}") from err
+    backend = url.get_backend_name()
+    if backend not in _SUPPORTED_BACKENDS:
+        raise ConfigurationError(f"{name}={shown!r}: {backend} is not supported; mailworker runs on "
+                                 f"MySQL/MariaDB or SQLite: {examples}")
+    try:
+        dialect = url.get_dialect()
+        dialect.import_dbapi()
+    except (NoSuchModuleError, ImportError) as err:
+        if backend == "sqlite":
+            raise ConfigurationError(f"{name}={shown!r}: unknown SQLite driver {url.drivername!r}; "
+                                     "use sqlite:////absolute/path/mailworker.db") from err
+        query = dict(url.query)
+        query.setdefault("charset", "utf8mb4")
+        suggestion = url.set(drivername="mysql+pymysql", query=query).render_as_string(hide_password=True)
+        driver = url.drivername.partition("+")[2] or "default MySQLdb (mysqlclient)"
+        raise ConfigurationError(f"{name}={shown!r}: the {driver} driver is not installed; use PyMySQL, which "
+                                 f"mailworker ships with: {suggestion}") from err
+    if backend in ("mysql", "mariadb") and not url.database:
+        raise ConfigurationError(f"{name}={shown!r} names no database: expected {MYSQL_URL_EXAMPLE}")
+    if backend == "sqlite" and url.database in (None, "", ":memory:"):
+        raise ConfigurationError(f"{name}={shown!r} is an in-memory database, which no other process sees: "
+                                 "use a file, sqlite:////absolute/path/mailworker.db")
+    return value
+
+
+def check_broker_url(value: str, name: str = "CELERY_BROKER_URL") -> str:
+    """``value`` when every URL in it (Celery allows a ``;``-separated failover list) has a transport kombu
+    knows and, for Redis, a numeric port and database; else one line naming ``name``."""
+    from kombu.transport import TRANSPORT_ALIASES
+
+    shown = mask_url(value)
+    example = "redis://HOST:6379/0"
+    for part in (p.strip() for p in value.split(";")):
+        scheme, sep, rest = part.partition("://")
+        transport = scheme.partition("+")[0].lower()
+        if not sep or not transport:
+            raise ConfigurationError(f"{name}={shown!r} is not a broker URL: expected {example}")
+        if transport not in TRANSPORT_ALIASES:
+            raise ConfigurationError(f"{name}={shown!r}: unknown broker transport {scheme!r}; expected {example}")
+        if transport in ("redis", "rediss"):
+            from urllib.parse import urlsplit
+
+            try:
+                split = urlsplit(part)
+                split.port  # noqa: B018 - raises ValueError on a port that is not a number
+            except ValueError as err:
+                raise ConfigurationError(f"{name}={shown!r}: the port is not a number; expected {example}") from err
+            db = split.path.strip("/")
+            if db and not db.isdigit():
+                raise ConfigurationError(f"{name}={shown!r}: the Redis database {db!r} is not a number; "
+                                         f"expected {example}")
+    return value
 
 
 def _int(name: str, default: int) -> int:
@@ -60,9 +168,15 @@ def _opt(name: str) -> str | None:
     return raw or None
 
 
-@dataclass(frozen=True)
+#: Fields whose values are secrets: ``repr`` shows only whether they are set.
+SECRET_FIELDS = frozenset({"smtp2go_api_key", "smtp2go_webhook_secrets", "smtp_password", "settings_encryption_keys"})
+#: URL fields: ``repr`` masks the password inside them.
+URL_FIELDS = frozenset({"database_url", "broker_url"})
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """Everything mailworker reads from its environment. Secrets are excluded from ``repr``."""
+    """Everything mailworker reads from its environment. ``repr`` masks secrets and passwords in URLs."""
 
     database_url: str
     broker_url: str
@@ -101,6 +215,21 @@ class Settings:
     sweep_republish_after: float
     retention_days: int
 
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                shown = repr(MASK) if value else repr(value)
+            elif f.name in URL_FIELDS:
+                shown = repr(mask_url(value))
+            else:
+                shown = repr(value)
+            parts.append(f"{f.name}={shown}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__
+
     def worst_case_attempt_seconds(self) -> float:
         """The longest one transport call can take: the API's connect + read timeouts, or an SMTP exchange
         (connect, EHLO/STARTTLS/AUTH, envelope, DATA: each socket operation bounded by ``SMTP_TIMEOUT``; four
@@ -132,10 +261,6 @@ class Settings:
         return self.settings_encryption_keys
 
 
-def default_database_url() -> str:
-    return f"sqlite:///{DEFAULT_SQLITE_PATH}"
-
-
 def apply_dev_env() -> None:
     """Let ``mailworker`` in another shell use a running ``mailworker dev`` (it writes ``var/dev.env``).
 
@@ -153,12 +278,20 @@ def apply_dev_env() -> None:
 def load_settings() -> Settings:
     """Read the environment now (uncached) and validate it."""
     apply_dev_env()
+    database_url = _opt("DATABASE_URL")
+    if database_url is None:
+        raise _missing_database_url()
+    check_database_url(database_url)
+    broker_name = "CELERY_BROKER_URL" if _opt("CELERY_BROKER_URL") else "REDIS_URL" if _opt("REDIS_URL") else ""
+    broker_url = _opt(broker_name) if broker_name else DEFAULT_BROKER_URL
+    if broker_name and broker_url:
+        check_broker_url(broker_url, broker_name)
     security = (os.environ.get("SMTP_SECURITY") or "starttls").strip().lower()
     if security not in {"starttls", "ssl", "none"}:
         raise ConfigurationError(f"SMTP_SECURITY must be starttls, ssl or none, got {security!r}")
     settings = Settings(
-        database_url=_opt("DATABASE_URL") or default_database_url(),
-        broker_url=_opt("CELERY_BROKER_URL") or _opt("REDIS_URL") or DEFAULT_BROKER_URL,
+        database_url=database_url,
+        broker_url=broker_url or DEFAULT_BROKER_URL,
         smtp2go_api_key=_opt("SMTP2GO_API_KEY"),
         smtp2go_api_url=(_opt("SMTP2GO_API_URL") or DEFAULT_SMTP2GO_API_URL).rstrip("/"),
         smtp2go_webhook_secrets=_list("SMTP2GO_WEBHOOK_SECRET"),
