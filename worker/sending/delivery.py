@@ -1,17 +1,22 @@
 """The send service: one delivery attempt, deciding what each transport outcome means for the message.
 
-The Celery task (``worker.tasks.send_email``) is a thin wrapper around :func:`deliver`. Transports answer
-*accepted* (with their id), *not sent* (retryable or permanent, per recipient where the protocol says so) or
-*unknown* (the request may have been acted on); operator problems arrive as :class:`ConfigurationError`.
-This module decides, and records the decision through one transition of :mod:`worker.sending.lifecycle`:
+The Celery task (``worker.tasks.send_email``) is a thin wrapper around :func:`deliver`. One attempt is: choose
+the transport, send through it (the transport marks the attempt in flight just before the message can leave,
+through ``departing``), then one transition of :mod:`worker.sending.lifecycle` per outcome
+(:mod:`worker.sending.transports.base`):
 
-- accepted -> ``record_accepted`` (a relay's per-recipient 4xx stay queued and are retried alone);
-- not sent, retryable -> ``retry_later`` with backoff until the transport's budget is used up, then the next
-  transport (SMTP2Go -> relay) or ``fail``; permanent -> the next transport or ``fail``;
-- unknown -> ``park_unknown``: never resent blindly, reconciliation settles it;
-- an operator problem (revoked key, missing encryption key, no usable transport) -> ``hold``: the message
-  waits, never fails, and is sent once the problem is fixed. A refused SMTP2Go key opens the shared breaker,
-  so one trial request per cool-down (not every message) meets the bad key.
+- :class:`Accepted` -> ``record_accepted`` (a relay's per-recipient 4xx stay queued and are retried alone);
+- :class:`NotSent`, retryable -> ``retry_later`` with backoff until the transport's budget is used up, then the
+  next transport (SMTP2Go -> relay) or ``fail``; permanent -> the next transport or ``fail``. A transport that
+  declined before anything left (SMTP2Go's breaker open, a rate-limit pause) spent no attempt: the relay sends
+  this attempt when the outcome allows it (``relay_this_attempt``; the message keeps SMTP2Go), else the message
+  waits as long as the transport said (``retry_later``, or ``hold`` when an operator problem opened the breaker);
+- :class:`Unknown` -> ``park_unknown``: never resent blindly, reconciliation settles it;
+- an operator problem (revoked key, missing encryption key, no usable transport) raises
+  :class:`ConfigurationError` -> ``hold``: the message waits, never fails, and is sent once the problem is
+  fixed; the attempt that met it is refunded. A refused SMTP2Go key lets the relay send this attempt when there
+  is one. SMTP2Go sends go through :class:`~worker.sending.protection.ProtectedTransport`, so a refused key also
+  opens the shared breaker and one trial request per cool-down (not every message) meets the bad key.
 """
 
 from __future__ import annotations
@@ -29,25 +34,18 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from worker.errors import (
-    AmbiguousDeliveryError,
-    ConfigurationError,
-    CredentialsRejected,
-    DeliveryError,
-    PermanentDeliveryError,
-    RecipientsRefused,
-    RetryableDeliveryError,
-)
+from worker.errors import ConfigurationError
 from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import get_engine
 from worker.infrastructure.models import Transport, utcnow
 from worker.infrastructure.modules import Smtp2GoConfig, smtp2go_config
-from worker.sending import lifecycle, protection
+from worker.sending import lifecycle
 from worker.sending.jobs import SendJob, load_job
 from worker.sending.lifecycle import ClaimKind, Lease, LeaseLost
-from worker.sending.transports import OutgoingEmail, choose_transport
-from worker.sending.transports import smtp as smtp_provider
-from worker.sending.transports import smtp2go as smtp2go_provider
+from worker.sending.protection import ProtectedTransport
+from worker.sending.transports import Accepted, MailTransport, NotSent, OutgoingEmail, Unknown, choose_transport
+from worker.sending.transports.smtp import SmtpTransport
+from worker.sending.transports.smtp2go import Smtp2GoTransport
 
 log = logging.getLogger(__name__)
 
@@ -141,119 +139,110 @@ def _deliver(conn: Connection, tracking_id: str, owner: str, settings: Settings)
         return Outcome(OutcomeKind.SUPPRESSED)
     try:
         config = current_smtp2go_config(conn, settings)
-        transport = choose_transport(job, config, settings)
+        kind = choose_transport(job, config, settings)
+        transport = transport_for(kind, config, settings)
     except ConfigurationError as err:
         return _hold(conn, lease, str(err), settings)
-    email = OutgoingEmail.from_message(job)
-    if transport == Transport.SMTP2GO:
-        return _send_api(conn, lease, job, email, config, settings)
-    return _send_smtp(conn, lease, job, email, settings)
+    return _attempt(conn, lease, job, OutgoingEmail.from_message(job), transport, config, settings)
 
 
-# ------------------------------------------------------------------------------------------------ SMTP2Go
+def transport_for(kind: Transport, config: Smtp2GoConfig, settings: Settings) -> MailTransport:
+    """The transport of ``kind``, built with its credentials; SMTP2Go behind the breaker and rate limit."""
+    if kind == Transport.SMTP2GO:
+        return ProtectedTransport(Smtp2GoTransport.from_config(config, settings), settings)
+    return SmtpTransport.from_settings(settings)
 
 
-def _send_api(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail, config: Smtp2GoConfig,
+# ------------------------------------------------------------------------------------------- one attempt
+
+
+def _attempt(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail, transport: MailTransport,
+             config: Smtp2GoConfig, settings: Settings) -> Outcome:
+    """Send through ``transport`` and record the outcome with one transition (or hand over to the relay)."""
+    departed = False
+
+    def departing() -> None:
+        nonlocal departed
+        _mark_in_flight(conn, lease, job, transport.kind, settings)
+        departed = True
+
+    def relay(reason: str, transition: Callable[[Connection, Lease, str], None]) -> Outcome:
+        transition(conn, lease, reason)
+        return _attempt(conn, lease, job, email, transport_for(Transport.SMTP, config, settings), config, settings)
+
+    relay_available = transport.kind != Transport.SMTP and settings.smtp_configured
+    try:
+        outcome = transport.send(email=email, departing=departing)
+    except ConfigurationError as err:  # an operator problem: the relay sends this attempt, or the message waits
+        if relay_available:
+            return relay(str(err), lifecycle.relay_this_attempt)
+        return _hold(conn, lease, str(err), settings, refund=transport.kind if departed else None)
+
+    if isinstance(outcome, Accepted):
+        return _accepted(conn, lease, job, transport.kind, outcome, settings)
+    if isinstance(outcome, Unknown):
+        return Outcome(OutcomeKind.PARKED, lifecycle.park_unknown(conn, lease, outcome.reason),
+                       transport=transport.kind)
+    if not departed:  # declined before anything left (breaker open, rate limit): no attempt was spent
+        if outcome.relay_may_take and relay_available:
+            return relay(outcome.reason, lifecycle.relay_this_attempt)
+        wait = outcome.retry_after if outcome.retry_after is not None else 1.0
+        if outcome.problem:
+            return _hold(conn, lease, outcome.problem, settings, delay=wait)
+        return _retry(conn, lease, outcome.reason, wait)
+    return _not_sent(conn, lease, job, transport.kind, outcome, settings, relay)
+
+
+def _attempts(job: SendJob, kind: Transport) -> int:
+    return job.api_attempts if kind == Transport.SMTP2GO else job.smtp_attempts
+
+
+def _retries_left(job: SendJob, kind: Transport, settings: Settings) -> bool:
+    budget = settings.send_max_retries if kind == Transport.SMTP2GO else settings.smtp_max_retries
+    return _attempts(job, kind) <= budget
+
+
+def _accepted(conn: Connection, lease: Lease, job: SendJob, kind: Transport, outcome: Accepted,
               settings: Settings) -> Outcome:
-    assert config.api_key  # choose_transport picks SMTP2Go only when it has a key
-    gate = protection.before_api_send(settings)
-    if gate.verdict == "open":
-        if settings.smtp_configured:  # this attempt only: the message keeps SMTP2Go as its transport
-            lifecycle.relay_this_attempt(conn, lease, f"SMTP2Go circuit breaker open: {gate.problem or 'failures'}")
-            return _send_smtp(conn, lease, job, email, settings)
-        if gate.problem:
-            return _hold(conn, lease, gate.problem, settings, delay=gate.wait)
-        return _retry(conn, lease, f"SMTP2Go circuit breaker open for {gate.wait:.0f}s", gate.wait)
-    if gate.verdict == "paused":
-        return _retry(conn, lease, f"SMTP2Go rate limit: waiting {gate.wait:.1f}s", gate.wait)
-    _mark_in_flight(conn, lease, job, Transport.SMTP2GO, settings)
-    try:
-        email_id = smtp2go_provider.send(
-            email=email, api_key=config.api_key, api_url=config.api_url,
-            timeout=settings.smtp2go_timeout, connect_timeout=settings.smtp2go_connect_timeout,
-            verify=settings.smtp2go_ca_file or True, options=config.options,
-        )
-    except CredentialsRejected as err:
-        protection.open_for_problem(str(err), settings)
-        if settings.smtp_configured:
-            lifecycle.relay_this_attempt(conn, lease, str(err))
-            return _send_smtp(conn, lease, job, email, settings)
-        return _hold(conn, lease, str(err), settings, refund=Transport.SMTP2GO)
-    except AmbiguousDeliveryError as err:
-        protection.record_failure(settings, gate)
-        return _park(conn, lease, err, Transport.SMTP2GO)
-    except RetryableDeliveryError as err:
-        if err.status_code == 429:
-            protection.pause_for_rate_limit(err.retry_after or 1.0, settings)
-        else:
-            protection.record_failure(settings, gate)
-        if job.api_attempts <= settings.send_max_retries:
-            return _retry(conn, lease, err.describe(), backoff_delay(job.api_attempts, settings, err.retry_after))
-        return _fall_back(conn, lease, job, email, f"API retries used up: {err.describe()}", settings)
-    except PermanentDeliveryError as err:
-        protection.record_success(settings, gate)  # the service answered; it is up
-        return _fall_back(conn, lease, job, email, f"API permanent error: {err.describe()}", settings)
-    protection.record_success(settings, gate)
-    lifecycle.record_accepted(conn, lease, Transport.SMTP2GO, email_id)
-    return Outcome(OutcomeKind.SENT, email_id, transport=Transport.SMTP2GO)
-
-
-def _fall_back(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail, reason: str,
-               settings: Settings) -> Outcome:
-    """SMTP2Go will not take this message: the relay sends it, or, with no relay, it fails."""
-    if not settings.smtp_configured:
-        reason = f"{reason}; no SMTP relay configured (SMTP_HOST) to fall back to"
-        lifecycle.fail(conn, lease, reason)
-        return Outcome(OutcomeKind.FAILED, reason, transport=Transport.SMTP2GO)
-    lifecycle.abandon_api(conn, lease, reason)
-    return _send_smtp(conn, lease, job, email, settings)
-
-
-# ---------------------------------------------------------------------------------------------- SMTP relay
-
-
-def _send_smtp(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail, settings: Settings) -> Outcome:
-    assert settings.smtp_host
-    _mark_in_flight(conn, lease, job, Transport.SMTP, settings)
-    retries_left = job.smtp_attempts <= settings.smtp_max_retries
-    try:
-        result = smtp_provider.send(
-            email=email, host=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
-            password=settings.smtp_password, security=settings.smtp_security, timeout=settings.smtp_timeout,
-            ca_file=settings.smtp_ca_file,
-        )
-    except ConfigurationError as err:  # refused relay credentials, an untrusted certificate
-        return _hold(conn, lease, str(err), settings, refund=Transport.SMTP)
-    except AmbiguousDeliveryError as err:
-        return _park(conn, lease, err, Transport.SMTP)
-    except RecipientsRefused as err:
-        if err.deferred and retries_left:
-            delay = backoff_delay(job.smtp_attempts, settings)
-            detail = f"{err.describe()}; deferred: " + "; ".join(f"{a}: {w}" for a, w in err.deferred.items())
-            lifecycle.retry_later(conn, lease, detail, _at(delay), refused=err.refused)
-            return Outcome(OutcomeKind.RETRY, detail, delay=delay, transport=Transport.SMTP)
-        lifecycle.fail(conn, lease, err.describe(), refused={**err.refused, **err.deferred})
-        return Outcome(OutcomeKind.FAILED, err.describe(), transport=Transport.SMTP)
-    except RetryableDeliveryError as err:
-        if retries_left:
-            return _retry(conn, lease, err.describe(), backoff_delay(job.smtp_attempts, settings, err.retry_after))
-        reason = f"SMTP retries used up: {err.describe()}"
-        lifecycle.fail(conn, lease, reason)
-        return Outcome(OutcomeKind.FAILED, reason, transport=Transport.SMTP)
-    except PermanentDeliveryError as err:
-        lifecycle.fail(conn, lease, err.describe())
-        return Outcome(OutcomeKind.FAILED, err.describe(), transport=Transport.SMTP)
-    deferred, refused = result.deferred, dict(result.refused)
-    if deferred and not retries_left:  # their retries are used up: they are refused for good
-        refused.update({a: f"{why} (SMTP retries used up)" for a, why in deferred.items()})
+    """``record_accepted``; deferred recipients are retried alone, or refused once the retries are used up."""
+    deferred, refused = outcome.deferred, dict(outcome.refused)
+    if deferred and not _retries_left(job, kind, settings):  # their retries are used up: refused for good
+        refused.update({a: f"{why} ({kind.value.upper()} retries used up)" for a, why in deferred.items()})
         deferred = {}
-    pause = backoff_delay(job.smtp_attempts, settings)
-    lifecycle.record_accepted(conn, lease, Transport.SMTP, result.message_id, refused=refused, deferred=deferred,
+    pause = backoff_delay(_attempts(job, kind), settings)
+    lifecycle.record_accepted(conn, lease, kind, outcome.provider_id, refused=refused, deferred=deferred,
                               retry_at=_at(pause) if deferred else None)
     if deferred:
-        return Outcome(OutcomeKind.RETRY, f"{len(deferred)} recipient(s) deferred", delay=pause,
-                       transport=Transport.SMTP)
-    return Outcome(OutcomeKind.SENT, result.message_id, transport=Transport.SMTP)
+        return Outcome(OutcomeKind.RETRY, f"{len(deferred)} recipient(s) deferred", delay=pause, transport=kind)
+    return Outcome(OutcomeKind.SENT, outcome.provider_id, transport=kind)
+
+
+def _not_sent(conn: Connection, lease: Lease, job: SendJob, kind: Transport, outcome: NotSent, settings: Settings,
+              relay: Callable[[str, Callable[[Connection, Lease, str], None]], Outcome]) -> Outcome:
+    """Nothing was sent: retry this transport while its budget lasts, else the next transport, else fail."""
+    label = "API" if kind == Transport.SMTP2GO else "SMTP"
+    retries_left = _retries_left(job, kind, settings)
+    if outcome.refused or outcome.deferred:  # every recipient refused: retry only if some were deferred
+        if outcome.retryable and retries_left:
+            delay = backoff_delay(_attempts(job, kind), settings)
+            detail = f"{outcome.reason}; deferred: " + "; ".join(f"{a}: {w}" for a, w in outcome.deferred.items())
+            lifecycle.retry_later(conn, lease, detail, _at(delay), refused=outcome.refused)
+            return Outcome(OutcomeKind.RETRY, detail, delay=delay, transport=kind)
+        lifecycle.fail(conn, lease, outcome.reason, refused={**outcome.refused, **outcome.deferred})
+        return Outcome(OutcomeKind.FAILED, outcome.reason, transport=kind)
+    if outcome.retryable and retries_left:
+        return _retry(conn, lease, outcome.reason, backoff_delay(_attempts(job, kind), settings, outcome.retry_after))
+    if kind == Transport.SMTP:  # the last transport
+        reason = f"SMTP retries used up: {outcome.reason}" if outcome.retryable else outcome.reason
+        lifecycle.fail(conn, lease, reason)
+        return Outcome(OutcomeKind.FAILED, reason, transport=kind)
+    reason = f"{label} retries used up: {outcome.reason}" if outcome.retryable else \
+        f"{label} permanent error: {outcome.reason}"
+    if not settings.smtp_configured:  # SMTP2Go will not take it and there is no relay: it fails
+        reason = f"{reason}; no SMTP relay configured (SMTP_HOST) to fall back to"
+        lifecycle.fail(conn, lease, reason)
+        return Outcome(OutcomeKind.FAILED, reason, transport=kind)
+    return relay(reason, lifecycle.abandon_api)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -271,10 +260,6 @@ def _mark_in_flight(conn: Connection, lease: Lease, job: SendJob, transport: Tra
         step = "api_attempt" if transport == Transport.SMTP2GO else "smtp_attempt"
         attempt = job.api_attempts if transport == Transport.SMTP2GO else job.smtp_attempts
         hook(step, {"attempt": attempt, "fallback": job.api_abandoned})
-
-
-def _park(conn: Connection, lease: Lease, err: DeliveryError, transport: Transport) -> Outcome:
-    return Outcome(OutcomeKind.PARKED, lifecycle.park_unknown(conn, lease, err.describe()), transport=transport)
 
 
 def _retry(conn: Connection, lease: Lease, reason: str, delay: float) -> Outcome:

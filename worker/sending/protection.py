@@ -9,6 +9,11 @@
   429 pauses every worker until ``X-Ratelimit-Reset`` passes.
 
 Redis being unreachable never stops mail: the protections then fail open (allow) and log once.
+
+:class:`ProtectedTransport` puts both in front of a transport: the delivery core sends through it like through
+any transport and reads the protections' answers as outcomes (an open breaker is :class:`NotSent` with
+``relay_may_take``; a rate-limit pause is :class:`NotSent` before anything left). The wrapper also feeds the
+breaker: successes, failures, 429 pauses and refused credentials (which open it at once and are re-raised).
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from worker.errors import CredentialsRejected
 from worker.infrastructure.config import Settings, get_settings
+from worker.infrastructure.models import Transport
+from worker.sending.transports.base import Accepted, MailTransport, NotSent, Outcome, OutgoingEmail, Unknown
 
 log = logging.getLogger(__name__)
 
@@ -274,3 +283,47 @@ def reset(settings: Settings | None = None) -> None:
     if client is not None:
         client.delete(_prefix() + "failures", _prefix() + "open_until", _prefix() + "trial", _prefix() + "pause_until",
                       _prefix() + "bucket", _prefix() + "problem")
+
+
+# ------------------------------------------------------------------------------------------ as a transport
+
+
+@dataclass(frozen=True)
+class ProtectedTransport:
+    """``inner`` behind the shared circuit breaker and rate limit (see the module docstring).
+
+    Answers without calling ``inner`` while the breaker is open (:class:`NotSent`, ``relay_may_take``, with the
+    operator ``problem`` when a refused key opened it) or while a rate-limit pause runs (:class:`NotSent`,
+    retryable after the pause). Otherwise sends, then records what the answer says about the service:
+    accepted or refused for good (it is up), unknown or retryable (a failure; a 429 pauses every worker instead).
+    """
+
+    inner: MailTransport
+    settings: Settings
+    label: str = "SMTP2Go"
+
+    @property
+    def kind(self) -> Transport:
+        return self.inner.kind
+
+    def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
+        gate = before_api_send(self.settings)
+        if gate.verdict == "open":
+            detail = gate.problem or "failures"
+            return NotSent(retryable=True, reason=f"{self.label} circuit breaker open for {gate.wait:.0f}s: {detail}",
+                           retry_after=gate.wait, relay_may_take=True, problem=gate.problem)
+        if gate.verdict == "paused":
+            return NotSent(retryable=True, reason=f"{self.label} rate limit: waiting {gate.wait:.1f}s",
+                           retry_after=gate.wait)
+        try:
+            outcome = self.inner.send(email=email, departing=departing)
+        except CredentialsRejected as err:
+            open_for_problem(str(err), self.settings)
+            raise
+        if isinstance(outcome, Accepted) or (isinstance(outcome, NotSent) and not outcome.retryable):
+            record_success(self.settings, gate)  # the service answered: it is up
+        elif isinstance(outcome, NotSent) and outcome.rate_limited:
+            pause_for_rate_limit(outcome.retry_after or 1.0, self.settings)
+        elif isinstance(outcome, NotSent | Unknown):
+            record_failure(self.settings, gate)
+        return outcome

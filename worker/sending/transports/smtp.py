@@ -22,22 +22,27 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
 from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from io import BytesIO
+from typing import ClassVar
 
 from worker.errors import (
     AmbiguousDeliveryError,
     ConfigurationError,
     CredentialsRejected,
+    DeliveryError,
     PermanentDeliveryError,
     RecipientsRefused,
     RetryableDeliveryError,
 )
-from worker.sending.transports import TRACKING_HEADER, OutgoingEmail
+from worker.infrastructure.config import Settings
+from worker.infrastructure.models import Transport
+from worker.sending.transports.base import TRACKING_HEADER, Accepted, Outcome, OutgoingEmail, outcome_of
 
 PROVIDER = "smtp"
 
@@ -294,3 +299,38 @@ def send(
             except (smtplib.SMTPException, OSError):
                 client.close()
     return SmtpSent(message_id=str(mime["Message-ID"] or ""), refused=refused, deferred=deferred)
+
+
+@dataclass(frozen=True)
+class SmtpTransport:
+    """The SMTP relay as a transport: :func:`send` with the relay's address and credentials, its answer (or
+    classified error) as an outcome. Operator problems (refused credentials, an untrusted certificate, missing
+    STARTTLS/AUTH) raise :class:`ConfigurationError`."""
+
+    kind: ClassVar[Transport] = Transport.SMTP
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    security: str = "starttls"
+    timeout: float = 30.0
+    ca_file: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SmtpTransport:
+        if not settings.smtp_host:
+            raise ConfigurationError("no SMTP relay configured (SMTP_HOST)")
+        return cls(host=settings.smtp_host, port=settings.smtp_port, username=settings.smtp_username,
+                   password=settings.smtp_password, security=settings.smtp_security, timeout=settings.smtp_timeout,
+                   ca_file=settings.smtp_ca_file)
+
+    def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
+        if departing is not None:
+            departing()
+        try:
+            sent = send(email=email, host=self.host, port=self.port, username=self.username,
+                        password=self.password, security=self.security, timeout=self.timeout, ca_file=self.ca_file)
+        except DeliveryError as err:
+            return outcome_of(err)
+        return Accepted(sent.message_id, refused=dict(sent.refused), deferred=dict(sent.deferred))

@@ -29,10 +29,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
 import urllib3.exceptions as u3
@@ -40,13 +40,24 @@ from requests.adapters import HTTPAdapter
 
 from worker.errors import (
     AmbiguousDeliveryError,
+    ConfigurationError,
     CredentialsRejected,
     DeliveryError,
     MailworkerError,
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from worker.sending.transports import TRACKING_HEADER, OutgoingEmail
+from worker.infrastructure.config import Settings
+from worker.infrastructure.models import Transport
+from worker.infrastructure.modules import Smtp2GoConfig
+from worker.sending.transports.base import (
+    TRACKING_HEADER,
+    Accepted,
+    NotSent,
+    Outcome,
+    OutgoingEmail,
+    outcome_of,
+)
 
 PROVIDER = "smtp2go"
 #: The documented maximum ``limit`` of one ``/activity/search`` page.
@@ -330,10 +341,58 @@ def send(
     verify: bool | str = True,
     options: dict[str, Any] | None = None,
 ) -> str:
-    """Send one message through ``POST {api_url}/email/send``; returns SMTP2Go's ``email_id``."""
+    """Send one message through ``POST {api_url}/email/send``; returns SMTP2Go's ``email_id`` or raises the
+    classified error (the function behind :class:`Smtp2GoTransport`, for callers that want exceptions)."""
     answer = _post("/email/send", build_payload(email, options=options), api_key=api_key, api_url=api_url,
                    timeout=timeout, connect_timeout=connect_timeout, verify=verify)
     return interpret_response(answer.status, answer.body, retry_after=answer.retry_after)
+
+
+def send_outcome(status: int, body: Any, *, retry_after: float | None = None) -> Outcome:
+    """An ``/email/send`` answer as a transport outcome: :func:`interpret_response` without exceptions, except
+    :class:`~worker.errors.CredentialsRejected` (an operator problem, never an outcome)."""
+    try:
+        return Accepted(interpret_response(status, body, retry_after=retry_after))
+    except DeliveryError as err:
+        outcome = outcome_of(err)
+        if err.status_code == 429 and isinstance(outcome, NotSent):
+            return replace(outcome, rate_limited=True)
+        return outcome
+
+
+@dataclass(frozen=True)
+class Smtp2GoTransport:
+    """The SMTP2Go transport: ``POST /email/send`` with this account's key (the classification is in the module
+    docstring). Built from the module configuration; holds no connection (sessions are per thread)."""
+
+    kind: ClassVar[Transport] = Transport.SMTP2GO
+
+    api_key: str = field(repr=False)
+    api_url: str
+    timeout: float = 30.0
+    connect_timeout: float = 5.0
+    verify: bool | str = True
+    options: dict[str, Any] | None = None
+
+    @classmethod
+    def from_config(cls, config: Smtp2GoConfig, settings: Settings) -> Smtp2GoTransport:
+        if not config.api_key:
+            raise ConfigurationError("no SMTP2Go API key (SMTP2GO_API_KEY, or `mailworker module set smtp2go "
+                                     "api_key=...`)")
+        return cls(api_key=config.api_key, api_url=config.api_url, timeout=settings.smtp2go_timeout,
+                   connect_timeout=settings.smtp2go_connect_timeout, verify=settings.smtp2go_ca_file or True,
+                   options=config.options)
+
+    def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
+        payload = build_payload(email, options=self.options)
+        if departing is not None:
+            departing()
+        try:
+            answer = _post("/email/send", payload, api_key=self.api_key, api_url=self.api_url,
+                           timeout=self.timeout, connect_timeout=self.connect_timeout, verify=self.verify)
+        except DeliveryError as err:
+            return outcome_of(err)
+        return send_outcome(answer.status, answer.body, retry_after=answer.retry_after)
 
 
 # --------------------------------------------------------------------------------------------- /activity/search
