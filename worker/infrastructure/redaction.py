@@ -2,9 +2,12 @@
 
 A logging filter on every handler replaces (a) the exact secret values mailworker knows (API key, SMTP
 password, webhook secrets, encryption keys, passwords inside broker/database URLs) and (b) anything that looks
-like a credential (``Authorization: Bearer ...``, ``X-Smtp2go-Api-Key: ...``, ``api-XXXXXXXX`` keys,
-``user:password@`` in URLs) with ``[REDACTED]``. It is installed by the Celery worker, the webhook app and
-the CLI, so every process mailworker starts redacts the same way.
+like a credential (``Authorization: Bearer ...``, a token after ``Bearer``, ``X-Smtp2go-Api-Key: ...``,
+``api-XXXXXXXX`` keys, ``password=``/``api_key=``/``secret=`` assignments, ``user:password@`` in URLs) with
+``[REDACTED]``. It must not eat ordinary words: ``auth=bearer type=text/xml`` (the receiver's own log line for
+a 415) keeps its content type, because a ``name=value`` pair or a plain word after "bearer" is not a token.
+It is installed by the Celery worker, the webhook app and the CLI, so every process mailworker starts redacts
+the same way.
 """
 
 from __future__ import annotations
@@ -17,18 +20,27 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 REDACTED = "[REDACTED]"
+#: Not a credential: ``name=value`` where value goes on (``type=application/xml``). Base64 padding (``abc==``)
+#: ends a token, so a real token is never mistaken for one.
+_NOT_KEY_VALUE = r"(?![A-Za-z_][\w.-]*=[^=\s'\",}])"
 _PATTERNS = [
-    (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?(?:bearer|basic)\s+)[^\s'\",}]+"), r"\1" + REDACTED),
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1" + REDACTED),
+    # An Authorization header's credentials, whatever they look like.
+    (re.compile(r"(?i)(\bauthorization['\"]?\s*[:=]\s*['\"]?(?:bearer|basic)\s+)" + _NOT_KEY_VALUE
+                + r"[^\s'\",}]+"), r"\1" + REDACTED),
+    # A bearer token anywhere else: something token-shaped -- with a digit, or 20+ characters -- and not an
+    # ordinary word or the next key=value of a log line (``auth=bearer type=text/xml`` keeps its type).
+    (re.compile(r"(?i)(\bbearer\s+)" + _NOT_KEY_VALUE + r"(?=[A-Za-z._~+/-]*\d|[A-Za-z0-9._~+/-]{20})"
+                r"[A-Za-z0-9._~+/-]{8,}=*(?![\w=./+~-])"), r"\1" + REDACTED),
     (re.compile(r"(?i)(x-smtp2go-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\1" + REDACTED),
-    (re.compile(r"(?i)(['\"]?(?:api_key|password|secret|webhook_secret)['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"),
-     r"\1" + REDACTED),
+    # Assignments of secrets: password=..., "api_key": "...", SMTP_PASSWORD=..., client_secret=...
+    (re.compile(r"(?i)((?<![A-Za-z0-9])['\"]?(?:api[_-]?key|password|passwd|secret)['\"]?\s*[:=]\s*['\"]?)"
+                r"[^\s'\",}]+"), r"\1" + REDACTED),
     (re.compile(r"\bapi-[A-Za-z0-9]{16,}\b"), "api-" + REDACTED),
     (re.compile(r"(\w+://[^:/@\s]*:)[^@\s/]+@"), r"\1" + REDACTED + "@"),
 ]
 #: Text each pattern above needs (case-insensitively) to match at all: a log line with none of them -- nearly
-#: every line -- skips the six substitutions (the filter runs on every record; it showed in the profile).
-_TRIGGER = re.compile(r"(?i)authorization|bearer|x-smtp2go-api-key|api_key|password|secret|api-|://")
+#: every line -- skips the substitutions (the filter runs on every record; it showed in the profile).
+_TRIGGER = re.compile(r"(?i)authorization|bearer|x-smtp2go-api-key|api_key|api-key|apikey|passw|secret|api-|://")
 
 
 def _current_secrets() -> frozenset[str]:
