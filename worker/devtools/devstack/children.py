@@ -27,8 +27,13 @@ class Output:
     def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stdout
         self._lock = threading.Lock()
+        #: (old, new) replacements applied to children's lines, e.g. kombu's ``redis://:**@host`` for a broker
+        #: URL that has no password at all (kombu masks one whether or not it exists).
+        self.rewrites: list[tuple[str, str]] = []
 
     def say(self, text: str = "", name: str | None = None) -> None:
+        for old, new in self.rewrites if name else ():
+            text = text.replace(old, new)
         with self._lock:
             self.stream.write((f"{name:>9} | " if name else "") + text + "\n")
             self.stream.flush()

@@ -69,6 +69,7 @@ class DevStack:
         self.node = f"mailworker-dev-{os.getpid()}@{socket.gethostname()}"
         self._stop = threading.Event()
         self._plan()
+        self._unmask_passwordless_broker()
 
     def _plan(self) -> None:
         """Decide every URL, secret and port before anything starts, honouring what the user exported."""
@@ -99,9 +100,19 @@ class DevStack:
             "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER") or DEFAULT_SENDER,
             "SWEEP_INTERVAL": env.get("SWEEP_INTERVAL") or "5", "FLOWER_BASIC_AUTH": self.flower_auth,
             **self.queues,
+            # Task events on from the start while Flower runs: the first email shows up even if it is sent
+            # before Flower's first enable_events broadcast (maintenance tasks never send them: celeryconfig).
+            "MAILWORKER_TASK_EVENTS": env.get("MAILWORKER_TASK_EVENTS") or ("1" if o.flower else "0"),
         }
         if self.sink:
             self.child_env.update(SMTP_HOST=h, SMTP_PORT=str(o.smtp_port), SMTP_SECURITY="none")
+
+    def _unmask_passwordless_broker(self) -> None:
+        """Celery, beat and Flower print the broker as ``redis://:**@host`` even when it has no password; in
+        our output that mask reads as if a password were set. Show the URL as it is when there is none."""
+        scheme, sep, rest = self.broker_url.partition("://")
+        if sep and "@" not in rest.partition("/")[0]:
+            self.out.rewrites.append((f"{scheme}://:**@", f"{scheme}://"))
 
     def shared_settings(self) -> dict[str, str]:
         """What another shell needs to use this stack, minus anything the user supplied as a secret."""
