@@ -89,26 +89,49 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def gunicorn_server(env: dict[str, str], log_path: Path, *, graceful: bool = True) -> Iterator[str]:
-    """``gunicorn webhook_app.wsgi:app`` (two sync workers) on a free port, ready when /healthz answers 200.
+def procfile_web_command(env: dict[str, str]) -> list[str]:
+    """The Procfile's ``web`` line as argv: ``${VAR:-default}`` and ``$VAR`` expanded from ``env``, and
+    ``gunicorn`` taken from this virtualenv."""
+    import re
+    import shlex
+    import sys
 
-    Yields the base URL. ``graceful`` stops it with SIGTERM (logs are flushed, for tests that read them);
-    otherwise its whole process group is killed.
+    project = Path(__file__).resolve().parent.parent
+    line = next(text.split(":", 1)[1] for text in (project / "Procfile").read_text().splitlines()
+                if text.startswith("web:"))
+
+    def expand(match: re.Match[str]) -> str:
+        name, default = match.group(1) or match.group(3), match.group(2)
+        return env.get(name) or (default or "")
+
+    argv = shlex.split(re.sub(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)", expand, line))
+    if argv[0] == "gunicorn":
+        argv[0] = str(Path(sys.executable).with_name("gunicorn"))
+    return argv
+
+
+@contextmanager
+def gunicorn_server(env: dict[str, str], log_path: Path, *, graceful: bool = True,
+                    argv: list[str] | None = None) -> Iterator[str]:
+    """The ``web`` process exactly as the Procfile starts it, on a free loopback port; ready when /healthz
+    answers 200. ``argv``: another gunicorn command line instead (``WEB_BIND`` holds the address to bind).
+
+    ``WEB_BIND`` is set to 127.0.0.1 and a free port; ``WEB_CONCURRENCY`` (2) and ``WEB_GRACEFUL_TIMEOUT`` (5)
+    unless ``env`` sets them. Yields the base URL. ``graceful`` stops it with SIGTERM (logs are flushed, for
+    tests that read them); otherwise its whole process group is killed.
     """
     import signal
     import subprocess
-    import sys
 
     import requests
 
     project = Path(__file__).resolve().parent.parent
     port = free_port()
-    gunicorn = Path(sys.executable).with_name("gunicorn")
+    env = {"WEB_CONCURRENCY": "2", "WEB_GRACEFUL_TIMEOUT": "5", **env, "WEB_BIND": f"127.0.0.1:{port}",
+           "PYTHONPATH": str(project)}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([str(gunicorn), "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "5",
-                                 "webhook_app.wsgi:app"], cwd=project, env={**env, "PYTHONPATH": str(project)},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv or procfile_web_command(env), cwd=project, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 30

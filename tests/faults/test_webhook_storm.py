@@ -1,7 +1,7 @@
 """A webhook storm: 10,000 events (30% duplicates, shuffled) through the real receiver and real event workers.
 
 Two copies of the same ~1,000 sent messages are stored (copy A and copy B: same recipients' local parts, other
-ids and domains). Copy A gets the storm: every event POSTed to gunicorn serving ``webhook_app.wsgi:app`` (Bearer
+ids and domains). Copy A gets the storm: every event POSTed to the ``web`` process as the Procfile starts it (Bearer
 secret), by several client threads at once, in shuffled order with 30% re-deliveries, processed by two real
 worker processes. Copy B gets the same events in event-time order, each once, applied directly with
 ``worker.tracking.events.process_event`` (one message at a time; per message strictly in order). The final state of the
@@ -217,7 +217,8 @@ def differences(a: dict[int, dict[str, Any]], b: dict[int, dict[str, Any]]) -> l
 
 @pytest.fixture
 def receiver(db: str, tmp_path: Path) -> Iterator[str]:
-    """The receiver as deployed: gunicorn, two sync workers, secret from the environment, publishing to Redis."""
+    """The receiver as deployed (the Procfile's ``web`` line, two workers), secret from the environment, publishing
+    to Redis."""
     env = {**os.environ, "SMTP2GO_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING"}
     with gunicorn_server(env, tmp_path / "gunicorn.log", graceful=False) as base:
         yield f"{base}/api/webhooks/smtp2go/events"

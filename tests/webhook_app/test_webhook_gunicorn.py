@@ -1,4 +1,5 @@
-"""The receiver as deployed: ``gunicorn -w 2 webhook_app.wsgi:app`` over real HTTP, publishing to real Redis."""
+"""The receiver as deployed (the Procfile's ``web`` line: gunicorn, gevent workers) over real HTTP, publishing to
+real Redis."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ MAX_BODY = 64 * 1024
 
 @pytest.fixture
 def server(redis_url: str, tmp_path: Path, sqlite_db: str) -> Iterator[str]:
-    """A gunicorn with two sync workers; the secrets come from the environment (rotation: two of them)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP2GO_", "MAILWORKER_ALLOW"))}
+    """The ``web`` process with two workers; the secrets come from the environment (rotation: two of them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP2GO_", "MAILWORKER_ALLOW", "WEB_"))}
     env.update({
         "SMTP2GO_WEBHOOK_SECRET": f"{OLD_SECRET},{NEW_SECRET}",
         "CELERY_BROKER_URL": redis_url,
@@ -35,6 +36,24 @@ def server(redis_url: str, tmp_path: Path, sqlite_db: str) -> Iterator[str]:
     text = (tmp_path / "gunicorn.log").read_text()
     for secret in (OLD_SECRET, NEW_SECRET):
         assert secret not in text, "a webhook secret reached the log"
+
+
+def test_plain_gunicorn_still_serves_the_app(redis_url: str, tmp_path: Path, sqlite_db: str,
+                                            events_queue: Any) -> None:
+    """``webhook_app.wsgi:app`` under plain gunicorn (sync workers), for operators behind their own proxy."""
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP2GO_", "MAILWORKER_ALLOW", "WEB_"))}
+    env.update({"SMTP2GO_WEBHOOK_SECRET": NEW_SECRET, "CELERY_BROKER_URL": redis_url, "DATABASE_URL": sqlite_db})
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    argv = ["sh", "-c", f'exec {gunicorn} -w 1 -b "$WEB_BIND" webhook_app.wsgi:app']
+    with gunicorn_server(env, tmp_path / "plain.log", argv=argv) as base:
+        response = requests.post(f"{base}/api/webhooks/smtp2go/events", timeout=10,
+                                 data=(FIXTURES / "webhook_bounce_hard.json").read_bytes(),
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {NEW_SECRET}"})
+    assert (response.status_code, response.json()) == (200, {"received": 1, "queued": 1, "ignored": 0})
+    assert [name for name, _, _ in events_queue()] == ["mailworker.process_event"]
+    assert "Using worker: sync" in (tmp_path / "plain.log").read_text()
 
 
 def _basic(user: str, secret: str) -> str:
