@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -92,17 +93,35 @@ def _toggle(name: str, enabled: bool) -> None:
 def module_set(name: str, pairs: tuple[str, ...]) -> None:
     """Store settings: KEY=VALUE ... (api_key, api_url, webhook_secret, track_opens, track_clicks, fastaccept).
 
-    An empty value (KEY=) removes the key. Values are encrypted with SETTINGS_ENCRYPTION_KEY.
+    Secrets stay out of the command line (where `ps` and shell history see them): KEY=- reads the value from
+    stdin (`printf %s "$KEY" | mailworker module set smtp2go api_key=-`), and a bare KEY asks for it with
+    hidden input. An empty value (KEY=) removes the key. Values are encrypted with SETTINGS_ENCRYPTION_KEY.
     """
     from worker.infrastructure.db import session_scope
-    from worker.infrastructure.modules import update_module_settings
+    from worker.infrastructure.modules import SECRET_KEYS, SMTP2GO_KEYS, update_module_settings
 
     _check_name(name)
+    unknown = sorted({pair.partition("=")[0] for pair in pairs} - SMTP2GO_KEYS)
+    if unknown:  # before any prompt or stdin read
+        raise click.BadParameter(f"unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(SMTP2GO_KEYS))})",
+                                 param_hint="PAIRS")
     values: dict[str, Any] = {}
+    from_stdin = [pair[:-2] for pair in pairs if pair.endswith("=-")]
+    if len(from_stdin) > 1:
+        raise click.BadParameter(f"only one KEY=- can read stdin (got {', '.join(from_stdin)})", param_hint="PAIRS")
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="PAIRS")
+        if not sep:  # a bare KEY: ask (hidden for secrets)
+            value = str(click.prompt(key, hide_input=key in SECRET_KEYS, err=True)).strip()
+            if not value:
+                raise click.BadParameter(f"no value given for {key}", param_hint="PAIRS")
+        elif value == "-":
+            value = sys.stdin.read().strip()
+            if not value:
+                raise click.BadParameter(f"{key}=-: nothing to read on stdin", param_hint="PAIRS")
+        elif value and key in SECRET_KEYS:
+            click.echo(f"warning: {key} given on the command line, where other users (ps) and shell history "
+                       f"can read it; use {key}=- (stdin) or a bare {key} (prompt) instead", err=True)
         if value.lower() in {"true", "false"}:
             values[key] = value.lower() == "true"
         else:

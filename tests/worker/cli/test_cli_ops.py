@@ -78,3 +78,71 @@ def test_database_errors_are_one_line(base_env: pytest.MonkeyPatch, tmp_path: An
     result = CliRunner().invoke(main, ["stats"])
     assert result.exit_code == 1
     assert "mailworker db upgrade" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------ module set: secrets without argv
+
+API_SECRET = "api-FROM0STDIN0123456789"
+
+
+@pytest.fixture
+def module_db(sqlite_db: str, base_env: pytest.MonkeyPatch) -> str:
+    from worker.infrastructure.config import reset_settings
+    from worker.infrastructure.crypto import generate_key
+
+    base_env.setenv("SETTINGS_ENCRYPTION_KEY", generate_key())
+    reset_settings()
+    return sqlite_db
+
+
+def _stored() -> Any:
+    from worker.infrastructure.config import get_settings
+    from worker.infrastructure.db import session_scope
+    from worker.infrastructure.modules import smtp2go_config
+
+    with session_scope() as session:
+        return smtp2go_config(session, get_settings())
+
+
+def test_module_set_reads_a_secret_from_stdin(module_db: str) -> None:
+    result = CliRunner().invoke(main, ["module", "set", "smtp2go", "api_key=-", "track_opens=true"],
+                                input=API_SECRET + "\n")
+    assert result.exit_code == 0, result.output
+    assert "updated api_key, track_opens" in result.stdout and result.stderr == ""
+    assert API_SECRET not in result.output
+    cfg = _stored()
+    assert cfg.api_key == API_SECRET and cfg.options["track_opens"] is True
+
+
+def test_module_set_prompts_with_hidden_input_for_a_bare_key(module_db: str) -> None:
+    result = CliRunner().invoke(main, ["module", "set", "smtp2go", "webhook_secret", "api_url=http://x/v3"],
+                                input="hook-secret-42\n")
+    assert result.exit_code == 0, result.output
+    assert "webhook_secret" in result.stderr  # the prompt
+    assert "hook-secret-42" not in result.output  # not echoed
+    cfg = _stored()
+    assert cfg.webhook_secrets == ("hook-secret-42",) and cfg.api_url == "http://x/v3"
+
+
+def test_module_set_warns_when_a_secret_is_in_argv(module_db: str) -> None:
+    result = CliRunner().invoke(main, ["module", "set", "smtp2go", f"api_key={API_SECRET}", "fastaccept=true"])
+    assert result.exit_code == 0, result.output
+    warning = result.stderr.strip().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: api_key given on the command line")
+    assert "api_key=-" in warning[0] and API_SECRET not in result.stderr
+    assert _stored().api_key == API_SECRET
+    quiet = CliRunner().invoke(main, ["module", "set", "smtp2go", "api_url=http://y/v3", "api_key="])
+    assert quiet.exit_code == 0 and quiet.stderr == ""  # non-secrets, and removing a key, say nothing
+    assert _stored().api_key is None
+
+
+@pytest.mark.parametrize(("args", "stdin", "expected"), [
+    (["api_key=-"], "", "api_key=-: nothing to read on stdin"),
+    (["api_key=-", "webhook_secret=-"], "x", "only one KEY=- can read stdin"),
+    (["apikey"], "never-read", "unknown setting(s) apikey"),
+    (["=x"], "", "unknown setting(s)"),
+])
+def test_module_set_mistakes_are_one_line(module_db: str, args: list[str], stdin: str, expected: str) -> None:
+    result = CliRunner().invoke(main, ["module", "set", "smtp2go", *args], input=stdin)
+    assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+    assert "never-read" not in result.output
