@@ -1,7 +1,9 @@
 """Webhook authentication: Bearer, Basic or an HMAC signature, against every configured secret.
 
 SMTP2Go itself only sends an ``Authorization`` header (Bearer, or Basic when the webhook URL carries
-``user:pass@``); the signature form exists for our own tools and proxies that can sign. Every comparison is
+``user:pass@``); the signature form (``X-Mailworker-Signature: t=<unix>,v1=<hex>``) exists for our own tools
+and proxies that can sign. It used to be called ``X-Smtp2go-Signature``, a name that suggested SMTP2Go sends it
+(it never does); the old name is still accepted for one release, with a deprecation warning. Every comparison is
 constant time and runs over *every* candidate secret, so the timing says neither whether a secret matched nor
 which one (rotation keeps several valid at once).
 
@@ -20,12 +22,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Smtp2go-Signature"
+SIGNATURE_HEADER = "X-Mailworker-Signature"
+#: The signature header's former name: accepted until the next release, logged as deprecated (once per process).
+LEGACY_SIGNATURE_HEADER = "X-Smtp2go-Signature"
 #: How far a signature timestamp may be from now, either way (stale replays and far-future stamps fail).
 SIGNATURE_TOLERANCE = 300
 _MAX_TIMESTAMP_DIGITS = 12
@@ -194,12 +198,51 @@ def check_signature(header: str, body: bytes, secrets: tuple[_Secret, ...], now:
     return matched
 
 
+_legacy_warned = threading.Event()
+
+
+def _warn_legacy_header() -> None:
+    if not _legacy_warned.is_set():
+        _legacy_warned.set()
+        log.warning("a webhook was signed with the deprecated %s header; send %s instead (same t=<unix>,v1=<hex> "
+                    "format): the old name stops being accepted in the next release",
+                    LEGACY_SIGNATURE_HEADER, SIGNATURE_HEADER)
+
+
+def signature_header(headers: Mapping[str, str]) -> str | None:
+    """The signature header's value: ``X-Mailworker-Signature``, else the deprecated ``X-Smtp2go-Signature``
+    (which logs a deprecation warning, once per process)."""
+    value = headers.get(SIGNATURE_HEADER)
+    if value is None:
+        value = headers.get(LEGACY_SIGNATURE_HEADER)
+        if value is not None:
+            _warn_legacy_header()
+    return value
+
+
+def _legacy_signature_from_request() -> str | None:
+    """The deprecated header of the Flask request being served, if any (for callers that pass only the
+    ``X-Mailworker-Signature`` value)."""
+    try:
+        from flask import has_request_context, request
+    except ImportError:  # pragma: no cover - flask is a dependency of the receiver
+        return None
+    if not has_request_context():
+        return None
+    value = request.headers.get(LEGACY_SIGNATURE_HEADER)
+    if value is not None:
+        _warn_legacy_header()
+    return value
+
+
 def authenticate(authorization: str | None, signature: str | None, body: bytes,
                  secrets: tuple[_Secret, ...], now: float | None = None) -> str | None:
     """The method that proved a valid secret (``bearer``, ``basic``, ``signature``), or None.
 
-    ``authorization`` and ``signature`` are the raw header values. Any one valid method is enough; with no
-    secret configured nothing is ever valid (fail closed).
+    ``authorization`` and ``signature`` are the raw header values (``signature``: ``X-Mailworker-Signature``,
+    see :func:`signature_header`). Without one, inside a Flask request the deprecated ``X-Smtp2go-Signature``
+    is looked at too. Any one valid method is enough; with no secret configured nothing is ever valid (fail
+    closed).
     """
     if not secrets:
         return None
@@ -207,6 +250,8 @@ def authenticate(authorization: str | None, signature: str | None, body: bytes,
         method = check_authorization(authorization, secrets)
         if method:
             return method
+    if signature is None:
+        signature = _legacy_signature_from_request()
     if signature and check_signature(signature, body, secrets, time.time() if now is None else now):
         return "signature"
     return None

@@ -44,7 +44,7 @@ def basic(user: str, secret: str) -> dict[str, str]:
 def signature(secret: str, body: bytes, t: int | None = None) -> dict[str, str]:
     stamp = int(time.time()) if t is None else t
     digest = hmac.new(secret.encode(), f"{stamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return {"X-Smtp2go-Signature": f"t={stamp},v1={digest}"}
+    return {"X-Mailworker-Signature": f"t={stamp},v1={digest}"}
 
 
 def credentials(method: str, secret: str, body: bytes) -> dict[str, str]:

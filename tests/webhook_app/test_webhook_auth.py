@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from webhook_app import auth as auth_module
-from webhook_app.auth import SecretStore, authenticate
+from webhook_app.auth import LEGACY_SIGNATURE_HEADER, SIGNATURE_HEADER, SecretStore, authenticate, signature_header
 
 # Same values as conftest.py (test modules do not import the conftest; the ``creds`` fixture carries them).
 EVENTS_PATH = "/api/webhooks/smtp2go/events"
@@ -122,14 +122,14 @@ def test_signatures_within_five_minutes_are_accepted(client: FlaskClient, creds:
     "t=" + "9" * 40 + ",v1=ab",
 ])
 def test_malformed_signature_headers_are_refused(client: FlaskClient, header: str) -> None:
-    assert post(client, {"X-Smtp2go-Signature": header}).status_code == 401
+    assert post(client, {"X-Mailworker-Signature": header}).status_code == 401
 
 
 def test_signature_may_list_several_v1_values(client: FlaskClient, creds: SimpleNamespace) -> None:
-    good = creds.signature(SECRET, BODY)["X-Smtp2go-Signature"]
+    good = creds.signature(SECRET, BODY)["X-Mailworker-Signature"]
     t_part, v1_part = good.split(",")
     header = f"{t_part}, v1={'0' * 64}, {v1_part.upper().replace('V1=', 'v1=')}"
-    assert post(client, {"X-Smtp2go-Signature": header}).status_code == 200
+    assert post(client, {"X-Mailworker-Signature": header}).status_code == 200
 
 
 def test_one_valid_method_is_enough(client: FlaskClient, creds: SimpleNamespace) -> None:
@@ -156,8 +156,50 @@ def test_every_secret_is_compared(monkeypatch: pytest.MonkeyPatch, creds: Simple
         authenticate(header, None, b"", secrets)
         assert len(calls) == 3
     calls.clear()
-    authenticate(None, creds.signature("one-secret", b"{}")["X-Smtp2go-Signature"], b"{}", secrets)
+    authenticate(None, creds.signature("one-secret", b"{}")["X-Mailworker-Signature"], b"{}", secrets)
     assert len(calls) == 3
+
+
+# ------------------------------------------------------------------ the header's name: X-Mailworker-Signature
+
+
+def test_the_signature_header_is_named_after_mailworker() -> None:
+    assert SIGNATURE_HEADER == "X-Mailworker-Signature" and LEGACY_SIGNATURE_HEADER == "X-Smtp2go-Signature"
+
+
+def test_the_deprecated_header_is_accepted_and_warned_about_once(client: FlaskClient, creds: SimpleNamespace,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(auth_module, "_legacy_warned", auth_module.threading.Event())
+    value = creds.signature(SECRET, BODY)[SIGNATURE_HEADER]
+    with caplog.at_level(logging.WARNING, logger="webhook_app.auth"):
+        assert post(client, {LEGACY_SIGNATURE_HEADER: value}).status_code == 200
+        assert post(client, {LEGACY_SIGNATURE_HEADER: value}).status_code == 200
+        assert post(client, {LEGACY_SIGNATURE_HEADER: value.replace("v1=", "v1=0")}).status_code == 401
+    warnings = [r for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    assert "X-Smtp2go-Signature" in warnings[0].getMessage() and "X-Mailworker-Signature" in warnings[0].getMessage()
+
+
+def test_the_new_header_logs_no_deprecation(client: FlaskClient, creds: SimpleNamespace,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(auth_module, "_legacy_warned", auth_module.threading.Event())
+    with caplog.at_level(logging.WARNING, logger="webhook_app.auth"):
+        assert post(client, creds.signature(SECRET, BODY)).status_code == 200
+        assert post(client, creds.bearer(SECRET)).status_code == 200
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+
+
+def test_signature_header_prefers_the_new_name(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(auth_module, "_legacy_warned", auth_module.threading.Event())
+    with caplog.at_level(logging.WARNING, logger="webhook_app.auth"):
+        assert signature_header({SIGNATURE_HEADER: "new", LEGACY_SIGNATURE_HEADER: "old"}) == "new"
+        assert signature_header({}) is None
+        assert not caplog.records
+        assert signature_header({LEGACY_SIGNATURE_HEADER: "old"}) == "old"
+    assert len(caplog.records) == 1
 
 
 # ------------------------------------------------------------------ no secret / unauthenticated mode

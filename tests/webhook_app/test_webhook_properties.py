@@ -109,7 +109,7 @@ def _headers(content_type: str | None, authorization: str | None, signature: str
     if authorization is not None:
         headers["Authorization"] = authorization
     if signature is not None:
-        headers["X-Smtp2go-Signature"] = signature
+        headers["X-Mailworker-Signature"] = signature
     return headers
 
 
@@ -144,7 +144,7 @@ def test_with_valid_credentials_never_a_server_error(make_app: Callable[..., Fla
         recorder.events.clear()
         headers = creds.credentials(method, secret, body)
         if garbage is not None:  # a junk value in the *other* auth header must not spoil a valid one
-            other = "Authorization" if method == "signature" else "X-Smtp2go-Signature"
+            other = "Authorization" if method == "signature" else "X-Mailworker-Signature"
             headers[other] = garbage
         if content_type is not None:
             headers["Content-Type"] = content_type
