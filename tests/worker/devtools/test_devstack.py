@@ -305,3 +305,79 @@ def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
     assert not [p for p in ports.values() if _port_open(p)]
     alive = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"left running: {alive}"
+
+
+# ------------------------------------------------------------------------------ secrets never in argv
+
+
+def test_no_child_gets_a_secret_in_its_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process's arguments are readable by every local user (ps, /proc/<pid>/cmdline): keys and passwords
+    travel in the children's environment only."""
+    for name in _SCRUB:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
+    monkeypatch.setenv("FLOWER_BASIC_AUTH", "ops:flower-pass-77")
+    stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env"))
+    children = {c.name: c for c in stack._children()}
+    secrets_ = [stack.api_key, stack.webhook_secret, "flower-pass-77"]
+    for child in children.values():
+        argv = " ".join(child.argv)
+        assert not [s for s in secrets_ if s in argv], (child.name, argv)
+        assert "--api-key" not in argv and "--webhook-bearer" not in argv and "--basic-auth" not in argv
+        assert child.env is not None and child.env["FLOWER_BASIC_AUTH"] == "ops:flower-pass-77"
+        assert child.env["SMTP2GO_API_KEY"] == stack.api_key
+        assert child.env["SMTP2GO_WEBHOOK_SECRET"] == stack.webhook_secret
+    assert "worker.devtools.devstack.simulator" in children["smtp2go"].argv
+
+
+def test_simulator_takes_its_secrets_from_the_environment() -> None:
+    from worker.devtools.devstack.simulator import secret_flags
+
+    assert secret_flags({"SMTP2GO_API_KEY": "api-k", "SMTP2GO_WEBHOOK_SECRET": "new, old"}) == [
+        "--api-key", "api-k", "--webhook-bearer", "new"]
+    assert secret_flags({}) == []
+
+
+def test_simulator_child_accepts_the_key_from_its_environment(tmp_path: Path) -> None:
+    """The real child: the key is in its environment, not its cmdline, and the API accepts it."""
+    port = free_port()
+    key = "api-dev-from-env-0123456789"
+    env = _clean_env(SMTP2GO_API_KEY=key, SMTP2GO_WEBHOOK_SECRET="hook-from-env")
+    child = Child("smtp2go", [sys.executable, "-m", "worker.devtools.devstack.simulator", "--port", str(port)],
+                  env=env, cwd=Path(__file__).resolve().parents[3])
+    child.start(devstack.Output(io.StringIO()))
+    try:
+        wait_until(lambda: _port_open(port), timeout=20, message="simulator listening")
+        assert child.proc is not None
+        cmdline = Path(f"/proc/{child.proc.pid}/cmdline").read_bytes().decode()
+        assert key not in cmdline and "hook-from-env" not in cmdline
+
+        def send(api_key: str) -> int:
+            body = json.dumps({"sender": "a@example.com", "to": ["b@example.com"], "subject": "s",
+                               "text_body": "t"}).encode()
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/v3/email/send", data=body, headers={
+                "Content-Type": "application/json", "X-Smtp2go-Api-Key": api_key})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - http://127.0.0.1
+                    return int(response.status)
+            except urllib.error.HTTPError as err:
+                return err.code
+
+        assert send(key) == 200
+        assert send("api-wrong") != 200
+    finally:
+        stop_children([child])
+
+
+def test_procfile_gives_flower_its_password_through_the_environment() -> None:
+    procfile = (Path(__file__).resolve().parents[3] / "Procfile").read_text()
+    flower = next(line for line in procfile.splitlines() if line.startswith("flower:"))
+    command = flower.split("&&", 1)[1]
+    assert "FLOWER_BASIC_AUTH" not in command and "basic-auth" not in command and "celery -A worker flower" in command
+    env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
+    refused = subprocess.run(["bash", "-c", flower.split(":", 1)[1].replace("exec celery", "exec true")], env=env,
+                             capture_output=True, text=True, timeout=10)
+    assert refused.returncode != 0 and "set FLOWER_BASIC_AUTH=user:password" in refused.stderr
+    allowed = subprocess.run(["bash", "-c", flower.split(":", 1)[1].replace("exec celery", "exec true")],
+                             env={**env, "FLOWER_BASIC_AUTH": "u:p"}, capture_output=True, text=True, timeout=10)
+    assert allowed.returncode == 0

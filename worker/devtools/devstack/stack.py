@@ -133,16 +133,16 @@ class DevStack:
             Child("web", [py, "-m", "gunicorn", "webhook_app.wsgi:app", "--bind", f"{o.host}:{o.web_port}",
                           "--workers", "2", "--graceful-timeout", "5", "--access-logfile", "-"]),
         ]
-        if o.flower:
+        if o.flower:  # its password: FLOWER_BASIC_AUTH in the child environment (flower reads FLOWER_<OPTION>)
             plan.append(Child("flower", [*celery, "flower", f"--port={o.flower_port}", f"--address={o.host}"]))
         if self.sink:
             plan.append(Child("smtp", [py, "-m", "aiosmtpd", "-n", "-u", "-s", "60000000", "-l",
                                        f"{o.host}:{o.smtp_port}", "-c", "worker.devtools.devstack.SinkHandler"]))
-        if not self.real_api_key:
+        if not self.real_api_key:  # its API key and webhook bearer: SMTP2GO_API_KEY / _WEBHOOK_SECRET, never argv
             plan.append(Child("smtp2go", [
-                py, "-m", "worker.devtools.fake_smtp2go", "--host", o.host, "--port", str(o.api_port),
-                "--api-key", self.api_key, "--webhook-url", self.web_url + WEBHOOK_PATH,
-                "--webhook-bearer", self.webhook_secret, "--events", "processed,delivered"]))
+                py, "-m", "worker.devtools.devstack.simulator", "--host", o.host, "--port", str(o.api_port),
+                "--webhook-url", self.web_url + WEBHOOK_PATH, "--events", "processed,delivered"]))
+        # Secrets travel in the environment only: a process's arguments are readable by every local user.
         for child in plan:  # cwd = project root: imports resolve from the source tree even if installed oddly
             child.env, child.cwd = self.child_env, PROJECT_ROOT
         return plan
