@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from console_app.cli import console as console_command
 from worker.cli import dev, ops
 from worker.cli.common import emit, friendly_errors
 from worker.infrastructure.config import reset_settings
@@ -79,7 +80,8 @@ def send(to: tuple[str, ...], cc: tuple[str, ...], bcc: tuple[str, ...], sender:
     from worker.api.enqueue import enqueue_email
     from worker.infrastructure.db import get_engine
 
-    get_engine()  # an unusable DATABASE_URL is the first thing to hear about, before any field check
+    with get_engine().connect():  # a wrong DATABASE_URL is the first thing to hear about, before any field
+        pass                      # check (the connection goes back to the pool and enqueue reuses it)
 
     files = []
     for path in attachments:
@@ -194,6 +196,7 @@ def status(tracking_id: str, as_json: bool) -> None:
 
 ops.register(main)
 dev.register(main)
+main.add_command(console_command)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m worker.cli`
