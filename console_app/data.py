@@ -1,0 +1,296 @@
+"""What the console's pages show, read from the database (and the protections' state in Redis)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, defer, selectinload
+
+from worker.infrastructure.db import session_scope
+from worker.infrastructure.models import (
+    AuditEntry,
+    Message,
+    MessageStatus,
+    Suppression,
+    utcnow,
+)
+from worker.infrastructure.redaction import redact
+from worker.tracking.stats import get_email_stats
+
+#: Overview tiles, in order: (key, label). ``parked`` and ``held`` are retrying mail in a special state;
+#: ``retrying`` counts the rest.
+TILES = (
+    ("queued", "Queued"), ("sending", "Sending"), ("retrying", "Retrying"),
+    ("parked", "Waiting for reconciliation"), ("held", "Held (operator problem)"),
+    ("sent", "Sent"), ("delivered", "Delivered"), ("bounced", "Bounced"), ("complained", "Complained"),
+    ("rejected", "Rejected"), ("failed", "Failed"), ("suppressed", "Suppressed"),
+)
+
+#: The hourly chart's outcome groups: (key, label, statuses).
+OUTCOMES = (
+    ("delivered", "delivered", (MessageStatus.DELIVERED,)),
+    ("sent", "sent (no event yet)", (MessageStatus.SENT,)),
+    ("pending", "queued / retrying", (MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.RETRYING)),
+    ("bounced", "bounced / complained / rejected",
+     (MessageStatus.BOUNCED, MessageStatus.COMPLAINED, MessageStatus.REJECTED)),
+    ("failed", "failed / suppressed", (MessageStatus.FAILED, MessageStatus.SUPPRESSED)),
+)
+_OUTCOME_OF = {status: key for key, _label, statuses in OUTCOMES for status in statuses}
+
+
+def _special_counts(session: Session, since: datetime) -> dict[str, int]:
+    parked = session.scalar(select(func.count()).select_from(Message).where(
+        Message.status == MessageStatus.RETRYING, Message.ambiguous_since.is_not(None), Message.queued_at >= since))
+    held = session.scalar(select(func.count()).select_from(Message).where(
+        Message.status == MessageStatus.RETRYING, Message.held_since.is_not(None),
+        Message.ambiguous_since.is_(None), Message.queued_at >= since))
+    return {"parked": int(parked or 0), "held": int(held or 0)}
+
+
+@dataclass
+class Window:
+    label: str
+    term: str  # the search term for the same window (after:24h)
+    stats: dict[str, Any]
+    tiles: list[tuple[str, str, int]]
+    warnings: dict[str, bool]
+
+
+def window(label: str, term: str, since: datetime, thresholds: Any) -> Window:
+    """One window's tiles and rates. Opens its own sessions, one after the other: on SQLite every transaction
+    is a writer (BEGIN IMMEDIATE), so a session nested in another would wait for it."""
+    stats = get_email_stats(since=since)
+    with session_scope() as session:
+        special = _special_counts(session, since)
+    counts = dict(stats["by_status"])
+    counts.update(special)
+    counts["retrying"] = max(0, counts.get("retrying", 0) - special["parked"] - special["held"])
+    sent = stats["sent_total"]
+    warnings = {
+        "delivery": sent > 0 and stats["delivery_rate"] < thresholds.warn_delivery_below,
+        "bounce": sent > 0 and stats["bounce_rate"] > thresholds.warn_bounce_above,
+        "spam": sent > 0 and stats["spam_rate"] > thresholds.warn_spam_above,
+    }
+    return Window(label, term, stats, [(key, name, counts.get(key, 0)) for key, name in TILES], warnings)
+
+
+def _hour_expr(session: Session) -> Any:
+    if session.get_bind().dialect.name in {"mysql", "mariadb"}:
+        return func.date_format(Message.queued_at, "%Y-%m-%d %H")
+    return func.strftime("%Y-%m-%d %H", Message.queued_at)
+
+
+@dataclass
+class Chart:
+    """A stacked bar chart of the last 24 hours, laid out for a server-rendered SVG."""
+
+    width: int
+    height: int
+    bars: list[dict[str, Any]]
+    legend: list[tuple[str, str]]
+    maximum: int
+    gridlines: list[tuple[float, int]] = field(default_factory=list)
+
+
+def hourly_chart(session: Session, now: datetime | None = None, hours: int = 24) -> Chart:
+    now = now or utcnow()
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    hour = _hour_expr(session)
+    rows = session.execute(select(hour, Message.status, func.count()).where(Message.queued_at >= start)
+                           .group_by(hour, Message.status)).all()
+    buckets: dict[str, dict[str, int]] = {}
+    for bucket, status, count in rows:
+        outcome = _OUTCOME_OF.get(MessageStatus(status), "pending")
+        slot = buckets.setdefault(str(bucket), {})
+        slot[outcome] = slot.get(outcome, 0) + int(count)
+    labels = [(start + timedelta(hours=i)) for i in range(hours)]
+    totals = [sum(buckets.get(h.strftime("%Y-%m-%d %H"), {}).values()) for h in labels]
+    maximum = max(totals + [1])
+    width, height, left, bottom, top = 720, 200, 40, 24, 8
+    plot = height - bottom - top
+    step = (width - left) / hours
+    bars = []
+    for i, h in enumerate(labels):
+        counts = buckets.get(h.strftime("%Y-%m-%d %H"), {})
+        y = float(height - bottom)
+        segments = []
+        for key, label, _statuses in OUTCOMES:
+            n = counts.get(key, 0)
+            if not n:
+                continue
+            size = plot * n / maximum
+            y -= size
+            segments.append({"key": key, "label": label, "count": n, "y": round(y, 1), "h": round(size, 1)})
+        bars.append({"x": round(left + i * step + 1, 1), "w": round(step - 2, 1), "segments": segments,
+                     "total": totals[i], "hour": h.strftime("%H:00"), "show_label": i % 3 == 0,
+                     "title": f"{h.strftime('%Y-%m-%d %H:00')} UTC: {totals[i]}"})
+    grid = [(round(height - bottom - plot * f, 1), round(maximum * f)) for f in (0.5, 1.0)]
+    return Chart(width, height, bars, [(k, label) for k, label, _s in OUTCOMES], maximum, grid)
+
+
+@dataclass
+class Oldest:
+    id: str
+    status: str
+    queued_at: datetime
+    age_seconds: float
+
+
+def oldest_waiting(session: Session, now: datetime | None = None) -> Oldest | None:
+    """The oldest email not yet handed to a transport (queued, or retrying and not parked), one index probe each."""
+    now = now or utcnow()
+    found: list[Any] = []
+    for status in (MessageStatus.QUEUED, MessageStatus.RETRYING):
+        row = session.execute(select(Message.id, Message.status, Message.queued_at)
+                              .where(Message.status == status, Message.ambiguous_since.is_(None))
+                              .order_by(Message.queued_at.asc()).limit(1)).first()
+        if row is not None:
+            found.append(row)
+    if not found:
+        return None
+    row = min(found, key=lambda r: r.queued_at)
+    return Oldest(row.id, row.status.value, row.queued_at, max(0.0, (now - row.queued_at).total_seconds()))
+
+
+def protection_state(hook: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    if hook is not None:
+        return hook()
+    from worker.sending.protection import state
+
+    return state()
+
+
+# ------------------------------------------------------------------------------------------ one message
+
+
+@dataclass
+class TimelineEntry:
+    at: datetime
+    kind: str  # css class: enqueued, attempt, accepted, problem, event, audit, final
+    title: str
+    detail: str | None = None
+    recipient: str | None = None
+    raw: str | None = None
+
+
+def _redacted_json(value: Any) -> str:
+    return redact(json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False))
+
+
+def load_message(session: Session, tracking_id: str) -> Message | None:
+    return session.scalar(
+        select(Message).where(Message.id == tracking_id)
+        .options(selectinload(Message.recipients), selectinload(Message.events),
+                 selectinload(Message.attachments).options(defer(_attachment_content())))
+    )
+
+
+def _attachment_content() -> Any:
+    from worker.infrastructure.models import Attachment
+
+    return Attachment.content
+
+
+def timeline(message: Message, audit: list[AuditEntry]) -> list[TimelineEntry]:
+    m = message
+    entries: list[TimelineEntry] = []
+    bits = [f"{len(m.recipients)} recipient(s)", f"{m.size_bytes:,} bytes"]
+    if m.reference:
+        bits.append(f"reference {m.reference}")
+    if m.idempotency_key:
+        bits.append(f"idempotency key {m.idempotency_key}")
+    if m.template_id:
+        bits.append(f"template {m.template_id}")
+    entries.append(TimelineEntry(m.queued_at, "enqueued", "Enqueued", "; ".join(bits)))
+    if m.send_at:
+        entries.append(TimelineEntry(m.send_at, "enqueued", "Scheduled send time"))
+    if m.held_since:
+        entries.append(TimelineEntry(m.held_since, "problem", "Held by an operator problem",
+                                     redact(m.last_error or "") or None))
+    if m.ambiguous_since:
+        where = m.inflight_transport.value if m.inflight_transport else "a transport"
+        entries.append(TimelineEntry(m.ambiguous_since, "problem", "Parked: the send's outcome is unknown",
+                                     f"{where} may have accepted the last attempt; reconciliation settles it "
+                                     "before any second send"))
+    if m.sent_at:
+        transport = m.transport.value if m.transport else "a transport"
+        provider = m.smtp2go_message_id or m.message_id_header or "-"
+        latency = (m.sent_at - m.queued_at).total_seconds()
+        detail = (f"provider id {provider}; {m.attempts} attempt(s) (SMTP2Go API {m.api_attempts}, relay "
+                  f"{m.smtp_attempts}); {latency:.1f}s after it was enqueued")
+        if m.fallback_reason:
+            detail += f"; fell back to the relay because: {redact(m.fallback_reason)}"
+        entries.append(TimelineEntry(m.sent_at, "accepted", f"Accepted by {transport}", detail))
+    if m.reconciled_at:
+        entries.append(TimelineEntry(m.reconciled_at, "attempt", "Checked against SMTP2Go's activity"))
+    if m.failed_at:
+        detail = (f"{m.attempts} attempt(s) (SMTP2Go API {m.api_attempts}, relay {m.smtp_attempts}): "
+                  f"{redact(m.last_error or '')}")
+        if m.fallback_reason:
+            detail += f"; fell back to the relay because: {redact(m.fallback_reason)}"
+        entries.append(TimelineEntry(m.failed_at, "final", "Failed: gave up", detail))
+    for rcpt in m.recipients:
+        if rcpt.rejected_at and not any(e.recipient == rcpt.address for e in m.events):
+            entries.append(TimelineEntry(rcpt.rejected_at, "final", "Refused by the transport",
+                                         redact(rcpt.error or ""), rcpt.address))
+    for event in m.events:
+        bits = []
+        if event.bounce_type:
+            bits.append(f"{event.bounce_type} bounce")
+        if event.detail:
+            bits.append(redact(event.detail))
+        if event.url:
+            bits.append(event.url)
+        late = (event.received_at - event.occurred_at).total_seconds() if event.received_at else 0
+        if late > 60:
+            bits.append(f"received {late / 60:.0f} min later")
+        if event.applied_at is None:
+            bits.append("not applied yet")
+        raw = _redacted_json(event.smtp2go_data) if event.smtp2go_data is not None else None
+        entries.append(TimelineEntry(event.occurred_at, "event", f"{event.event_type.value}"
+                                     + (f" ({event.raw_event})" if event.raw_event and
+                                        event.raw_event != event.event_type.value else ""),
+                                     "; ".join(bits) or None, event.recipient, raw))
+    for entry in audit:
+        entries.append(TimelineEntry(entry.created_at, "audit", f"Operator {entry.actor}: {entry.action}",
+                                     f"{entry.outcome}. Reason: {entry.reason}"))
+    entries.sort(key=lambda e: e.at)
+    return entries
+
+
+def audit_for(session: Session, tracking_id: str) -> list[AuditEntry]:
+    return list(session.scalars(select(AuditEntry).where(AuditEntry.message_id == tracking_id)
+                                .order_by(AuditEntry.created_at.asc(), AuditEntry.id.asc())))
+
+
+def suppressions_for(session: Session, message: Message) -> dict[str, Any]:
+    """Suppressions on the list now for this message's recipients, and those this message caused."""
+    addresses = sorted({r.address.lower() for r in message.recipients})
+    current = list(session.scalars(select(Suppression).where(
+        or_(Suppression.address.in_(addresses), Suppression.source_message_id == message.id))
+        .order_by(Suppression.created_at)))
+    return {"current": current, "by_address": {s.address: s for s in current}}
+
+
+def headers_for(message: Message) -> list[tuple[str, str]]:
+    """The headers the message was sent with (as far as stored), secrets redacted."""
+    rows: list[tuple[str, str]] = [("From", message.sender)]
+    for kind in ("to", "cc", "bcc"):
+        names = [f"{r.display_name} <{r.address}>" if r.display_name else r.address
+                 for r in message.recipients if r.kind.value == kind]
+        if names:
+            rows.append((kind.capitalize(), ", ".join(names)))
+    if message.reply_to:
+        rows.append(("Reply-To", message.reply_to))
+    rows.append(("Subject", message.subject or ""))
+    if message.message_id_header:
+        rows.append(("Message-ID", message.message_id_header))
+    rows.append(("X-Mailworker-Id", message.id))
+    for name, value in (message.headers or {}).items():
+        rows.append((name, redact(str(value))))
+    return rows
