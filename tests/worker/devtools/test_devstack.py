@@ -39,7 +39,19 @@ _SCRIPT = Path(sys.executable).parent / "mailworker"
 # "Another shell" types `mailworker ...`: the console script when installed, else the same entry point.
 MAILWORKER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", LAUNCH]
 _SCRUB = ("DATABASE_URL", "REDIS_URL", "SMTP2GO_API_KEY", "SMTP2GO_API_URL", "SMTP2GO_WEBHOOK_SECRET",
-          "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "MAIL_DEFAULT_SENDER", "FLOWER_BASIC_AUTH")
+          "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "MAIL_DEFAULT_SENDER", "FLOWER_BASIC_AUTH",
+          "MAILWORKER_SEND_QUEUE", "MAILWORKER_EVENTS_QUEUE", "MAILWORKER_MAINTENANCE_QUEUE",
+          "MAILWORKER_TASK_EVENTS")
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+def readme_snippets() -> tuple[str, str]:
+    """The README's Python snippet ("Using it from Python") and the second-shell commands, as written."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    python = re.search(r"## Using it from Python\s+```python\n(.*?)```", readme, re.S)
+    shell = re.search(r"In a second shell:\s+```sh\n(.*?)```", readme, re.S)
+    assert python and shell, "README sections moved"
+    return python[1], shell[1]
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -290,6 +302,41 @@ def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
         req = urllib.request.Request(flower, headers={"Authorization": f"Basic {auth}"})
         with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
             assert resp.status == 200
+
+        # Flower's task list shows that email, not the sweeps (every 5 s here) nor reconciliation.
+        wait_until(lambda: "mailworker.sweep[" in out.text(), 15, interval=0.3, message="a sweep ran")
+
+        def flower_tasks() -> dict | None:
+            api = urllib.request.Request(flower + "api/tasks", headers={"Authorization": f"Basic {auth}"})  # noqa: S310
+            with urllib.request.urlopen(api, timeout=5) as resp:  # noqa: S310
+                tasks = json.loads(resp.read())
+            return tasks if tracking_id in tasks else None
+
+        tasks = wait_until(flower_tasks, 15, interval=0.5, message="the email in Flower")
+        assert tasks[tracking_id]["name"] == "mailworker.send_email"
+        assert not {t.get("name") for t in tasks.values()} & {"mailworker.sweep", "mailworker.reconcile"}
+
+        # The README, as pasted, against this stack: the second-shell commands from the project root, and the
+        # Python snippet, each finding the stack through the dev.env file only (no exports).
+        python_snippet, shell_snippet = readme_snippets()
+        readme_shell = _clean_env(MAILWORKER_DEV_ENV_FILE=str(env_file))
+        readme_shell.pop("CELERY_BROKER_URL", None)
+        send_line, status_line = [line.split("#")[0].strip() for line in shell_snippet.strip().splitlines()]
+        sent = subprocess.run(["bash", "-c", send_line], env=readme_shell, cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=30, check=False)
+        assert sent.returncode == 0, sent.stderr
+        assert "note: using the dev stack from" in sent.stderr
+        readme_id = sent.stdout.strip()
+        wait_until(lambda: "delivered" in subprocess.run(
+            ["bash", "-c", status_line.replace("<tracking id>", readme_id)], env=readme_shell, cwd=PROJECT_ROOT,
+            capture_output=True, text=True, timeout=30, check=True).stdout, 30, interval=0.3,
+            message="the README's email delivered")
+        ran = subprocess.run([sys.executable, "-c", python_snippet], env=readme_shell, cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert ran.returncode == 0, ran.stderr
+        printed = ran.stdout.strip().splitlines()
+        assert printed[0].startswith("{'id': ") and "'status': '" in printed[0]
+        assert printed[1] == "None" and int(printed[2]) >= 3
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGINT)
