@@ -123,5 +123,7 @@ def test_production_imports_never_load_the_development_tools() -> None:
             "print(loaded); sys.exit(1 if loaded else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
-                                 "SMTP2GO_WEBHOOK_SECRET": "architecture-test-secret"})
+                                 "SMTP2GO_WEBHOOK_SECRET": "architecture-test-secret",
+                                 # a production process refuses to start without one (there is no default)
+                                 "DATABASE_URL": f"sqlite:///{ROOT / 'var' / 'architecture-test.db'}"})
     assert result.returncode == 0, result.stdout + result.stderr

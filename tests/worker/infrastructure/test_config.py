@@ -3,6 +3,7 @@ variable (no service needed: the unit layer)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -28,6 +29,8 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", SQLITE)
     monkeypatch.setenv("MAILWORKER_DEV_ENV_FILE", "/nonexistent/dev.env")
+    # As on a fresh install: no MySQLdb (mysqlclient), whatever this process imported or aliased before.
+    monkeypatch.setitem(sys.modules, "MySQLdb", None)
     reset_settings()
     yield monkeypatch
     reset_settings()
