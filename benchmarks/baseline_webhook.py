@@ -1,7 +1,8 @@
 """The webhook baseline: a bare Flask handler that pushes the raw body to Redis with one LPUSH.
 
-Served by the same gunicorn command line as ``webhook_app.wsgi:app``, so the ratio between the two is what
-the real receiver adds per request: authentication, body size checks, parsing, a Celery publish with its task
+Served by the same gunicorn command line and worker class as ``webhook_app.wsgi:app`` (the Procfile's gevent
+configuration by default, header and body deadlines included), so the ratio between the two is what the real
+receiver adds per request: authentication, body size checks, parsing, a Celery publish with its task
 envelope (instead of a bare LPUSH), the JSON answer and its one log line.
 """
 

@@ -1,7 +1,10 @@
 """Benchmark 2, webhook ingest and event application.
 
-Ingest: authenticated single-event JSON POSTs per second through gunicorn (``-w 2 --threads 4``, the same for
-both) into ``webhook_app.wsgi:app`` versus ``benchmarks.baseline_webhook:app`` (one LPUSH of the raw body).
+Ingest: authenticated single-event JSON POSTs per second into ``webhook_app.wsgi:app`` versus
+``benchmarks.baseline_webhook:app`` (one LPUSH of the raw body), both under the same server: by default the
+Procfile's ``web`` configuration (``webhook_app.gunicorn_conf``: 2 gevent workers with the header and body
+deadlines of ``webhook_app.gunicorn_worker``); ``MWBENCH_WEB_SERVER=gthread`` gives the previous
+``-w 2 --threads 4`` sync/threads line, for comparison with older reports.
 The load generator is ``wrk`` when installed (C, so it leaves the CPU to the servers on a 2-core box), else a
 Python keep-alive client in two processes. Baseline and product alternate for ``rounds`` rounds and the
 means are compared, so drifting background load hits both.
@@ -13,6 +16,7 @@ worker is started, and the rate comes from the database: N / (last ``applied_at`
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -39,7 +43,12 @@ from benchmarks.procs import LOG_DIR, Service, celery_worker, tree_cpu
 from benchmarks.profiling import Recorder, summarize
 
 PATH = "/api/webhooks/smtp2go/events"
-GUNICORN = ["-w", "2", "--threads", "4", "--timeout", "30", "--graceful-timeout", "5"]
+SERVERS = {
+    "procfile": ["--config", "python:webhook_app.gunicorn_conf", "-w", "2", "--graceful-timeout", "5"],
+    "gthread": ["-w", "2", "--threads", "4", "--timeout", "30", "--graceful-timeout", "5"],
+}
+SERVER = os.environ.get("MWBENCH_WEB_SERVER", "procfile")
+GUNICORN = SERVERS[SERVER]
 BODY = json.dumps({"event": "delivered", "id": "c2f1d8e3ab5f4f7e9d4c3b2a1f0e9d8c", "email_id": "1t9QkX-4Rb2Wm8YzK-Q7aP",
                    "time": "2026-11-20T09:14:05Z", "sendtime": "2026-11-20T09:14:02.118204+00:00",
                    "rcpt": "alice@example.com", "sender": "support@example.org",
@@ -55,8 +64,6 @@ def _free_port() -> int:
 
 
 def _gunicorn(name: str, app: str) -> tuple[Service, str]:
-    import os
-
     port = _free_port()
     env = dict(os.environ, MWBENCH_WEBHOOK_KEY=f"{PREFIX}.webhook-baseline", LOG_LEVEL="INFO")
     svc = Service(name, [PYTHON, "-m", "gunicorn", *GUNICORN, "-b", f"127.0.0.1:{port}", app], env)
@@ -140,7 +147,8 @@ def ingest(seconds: float, rounds: int) -> dict[str, Any]:
              str(sum(int(x["errors"]) for x in runs[kind]))] for kind, _ in apps]
     md = table(["receiver", "POSTs/s", "vs base (>=0.7)", "p50 ms", "p99 ms", "server CPU ms/req", "non-2xx"],
                rows)
-    return {"runs": runs, "ratio": ratio, "ratios": ratios, "table": md, "tool": load.__name__.strip("_")}
+    return {"runs": runs, "ratio": ratio, "ratios": ratios, "table": md, "tool": load.__name__.strip("_"),
+            "server": SERVER, "gunicorn": GUNICORN}
 
 
 def profile_receiver(seconds: float) -> str:
@@ -207,7 +215,8 @@ def apply_events(n: int, pool: str, concurrency: int, profile_to: Path | None = 
 
 
 def run(quick: bool = False, profile: bool = True) -> dict[str, Any]:
-    say(f"ingest: gunicorn {' '.join(GUNICORN)}; load: {'wrk -t2 -c16' if shutil.which('wrk') else 'python'}")
+    tool = "wrk -t2 -c16" if shutil.which("wrk") else "python"
+    say(f"ingest ({SERVER}): gunicorn {' '.join(GUNICORN)}; load: {tool}")
     result = ingest(seconds=5 if quick else 10, rounds=1 if quick else 2)
     n = 400 if quick else 1500
     applied = []
