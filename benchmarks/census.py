@@ -142,7 +142,9 @@ def run(n: int = 200) -> dict[str, Any]:
     fake = FakeProcess(0.0, api_key=API_KEY)
     try:
         out = subprocess.run([PYTHON, "-m", "benchmarks.census", str(n)], cwd=ROOT,
-                             env={**os.environ, "SMTP2GO_API_URL": fake.url},
+                             env={**os.environ, "SMTP2GO_API_URL": fake.url,  # counted on PyMySQL
+                                  "DATABASE_URL": os.environ["DATABASE_URL"].replace("+mysqldb://", "+pymysql://"),
+                                  "MWBENCH_DRIVER": "pymysql"},
                              capture_output=True, text=True, timeout=600, check=True).stdout
     finally:
         fake.stop()

@@ -24,7 +24,11 @@ BROKER_URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
 MYSQL_HOST = os.environ.get("MWBENCH_MYSQL_HOST", "127.0.0.1")
 DB_NAME = os.environ.get("MWBENCH_DB", "mwbench")
 ADMIN_URL = f"mysql+pymysql://root@{MYSQL_HOST}:3306/?charset=utf8mb4"
-DATABASE_URL = f"mysql+pymysql://root@{MYSQL_HOST}:3306/{DB_NAME}?charset=utf8mb4"
+#: The product's MariaDB driver in the workers and the caller: ``pymysql`` (pure Python, the default install) or
+#: ``mysqldb`` (mysqlclient, C; ``pip install mysqlclient`` with libmariadb-dev). The census always uses PyMySQL:
+#: it counts round trips by patching it.
+DRIVER = os.environ.get("MWBENCH_DRIVER", "pymysql")
+DATABASE_URL = f"mysql+{DRIVER}://root@{MYSQL_HOST}:3306/{DB_NAME}?charset=utf8mb4"
 #: Fake credentials for the local simulator and receiver; nothing real ever sees them.
 API_KEY = "api-bench-key-0123456789"
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"  # noqa: S105 - benchmark-only
