@@ -45,6 +45,22 @@ def task_event_dispatcher() -> Any | None:
 
 
 @worker_init.connect
+def _check_settings(sender: Any = None, **_kwargs: Any) -> None:
+    """Validate the settings when a worker starts: a missing DATABASE_URL or a lease shorter than the worst-case
+    attempt stops the worker with one line, instead of failing its first task."""
+    from worker.errors import ConfigurationError
+    from worker.infrastructure.config import get_settings
+
+    try:
+        get_settings()
+    except ConfigurationError as err:
+        import sys
+
+        print(f"mailworker: cannot start: {err}", file=sys.stderr)  # noqa: T201 - before logging is set up
+        raise SystemExit(1) from err
+
+
+@worker_init.connect
 def _size_db_pool(sender: Any = None, **_kwargs: Any) -> None:
     """A thread-pool worker runs ``--concurrency`` sends at once, each on its own database connection."""
     pool = getattr(sender, "pool_cls", "")
