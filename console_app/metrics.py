@@ -115,7 +115,7 @@ class _Collector:
                     buckets[i] += 1
         hist = HistogramMetricFamily("mailworker_send_latency_seconds",
                                      "Enqueue to accepted, for emails accepted in the last hour.")
-        hist.add_metric([], [(str(b), float(n)) for b, n in zip(LATENCY_BUCKETS, buckets, strict=True)]
+        hist.add_metric([], [(str(float(b)), float(n)) for b, n in zip(LATENCY_BUCKETS, buckets, strict=True)]
                         + [("+Inf", float(len(latencies)))], total)
         yield hist
 

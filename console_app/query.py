@@ -115,11 +115,15 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _recipient_is(address: str) -> ColumnElement[bool]:
-    # Addresses are stored as given; the common spellings hit ix_recipients_address on both backends
-    # (MariaDB's collation is case-insensitive anyway, SQLite compares BINARY).
-    spellings = sorted({address, address.lower()})
-    return Message.id.in_(select(Recipient.message_id).where(Recipient.address.in_(spellings)))
+def _recipient_is(address: str, dialect: str) -> ColumnElement[bool]:
+    """Addresses match case-insensitively. MariaDB's collation already does (ix_recipients_address serves it);
+    SQLite compares BINARY, so there the match is on lower(address) (a scan of recipients: the embedded
+    database is the small one)."""
+    if dialect == "sqlite":
+        match = func.lower(Recipient.address) == address.lower()
+    else:
+        match = Recipient.address == address
+    return Message.id.in_(select(Recipient.message_id).where(match))
 
 
 def _status_condition(statuses: list[str]) -> ColumnElement[bool]:
@@ -134,10 +138,10 @@ def _status_condition(statuses: list[str]) -> ColumnElement[bool]:
     return or_(*parts)
 
 
-def conditions(query: Query) -> list[ColumnElement[bool]]:
+def conditions(query: Query, dialect: str = "mysql") -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     for address in query.to:
-        where.append(_recipient_is(address))
+        where.append(_recipient_is(address, dialect))
     if query.statuses:
         where.append(_status_condition(query.statuses))
     if query.reference is not None:
@@ -154,7 +158,7 @@ def conditions(query: Query) -> list[ColumnElement[bool]]:
         where.append(Message.queued_at >= query.after)
     for word in query.free:
         if "@" in word:
-            where.append(_recipient_is(word))
+            where.append(_recipient_is(word, dialect))
         elif _UUID.match(word):
             where.append(Message.id == word.lower())
         else:
@@ -191,11 +195,11 @@ class Page:
 
 
 def search_statement(query: Query, *, limit: int, older_than: tuple[datetime, str] | None = None,
-                     newer_than: tuple[datetime, str] | None = None) -> Select[Any]:
+                     newer_than: tuple[datetime, str] | None = None, dialect: str = "mysql") -> Select[Any]:
     """Newest first (``older_than``: the page after a cursor); ``newer_than`` reads oldest first (reversed later)."""
     columns = (Message.id, Message.status, Message.subject, Message.reference, Message.transport,
                Message.queued_at, Message.sent_at, Message.ambiguous_since, Message.held_since, Message.last_error)
-    stmt = select(*columns).where(*conditions(query))
+    stmt = select(*columns).where(*conditions(query, dialect))
     if older_than is not None:
         when, tid = older_than
         stmt = stmt.where(Message.queued_at <= when, or_(Message.queued_at < when, Message.id < tid))
@@ -211,7 +215,8 @@ def search(session: Session, query: Query, *, page_size: int, cursor: str | None
     anchor = decode_cursor(cursor) if cursor else None
     backwards = anchor is not None and direction == "newer"
     stmt = search_statement(query, limit=page_size + 1, older_than=anchor if not backwards else None,
-                            newer_than=anchor if backwards else None)
+                            newer_than=anchor if backwards else None,
+                            dialect=session.get_bind().dialect.name)
     rows = list(session.execute(stmt).all())
     more = len(rows) > page_size
     rows = rows[:page_size]
@@ -235,6 +240,6 @@ def search(session: Session, query: Query, *, page_size: int, cursor: str | None
 
 def count_estimate(session: Session, query: Query, cap: int = 10_000) -> tuple[int, bool]:
     """How many match, counted up to ``cap`` (a LIMITed subquery: never a full count of a million rows)."""
-    inner = select(Message.id).where(*conditions(query)).limit(cap + 1).subquery()
+    inner = select(Message.id).where(*conditions(query, session.get_bind().dialect.name)).limit(cap + 1).subquery()
     found = int(session.scalar(select(func.count()).select_from(inner)) or 0)
     return min(found, cap), found > cap

@@ -16,6 +16,7 @@ from console_app.security import BODY_CSP
 from console_app.settings import ConsoleSettings
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import utcnow
+from worker.infrastructure.redaction import redact
 from worker.tracking import suppressions as suppression_store
 
 bp = Blueprint("console", __name__, template_folder="templates", static_folder="static",
@@ -66,6 +67,7 @@ def register_filters(app: Flask) -> None:
     app.jinja_env.filters["age"] = _age
     app.jinja_env.filters["pct"] = _pct
     app.jinja_env.filters["srcdoc"] = _srcdoc
+    app.jinja_env.filters["redact"] = lambda v: redact(str(v)) if v is not None else ""
     app.jinja_env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
 
     @app.errorhandler(HTTPException)
