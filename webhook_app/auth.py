@@ -209,7 +209,7 @@ def _warn_legacy_header() -> None:
                     LEGACY_SIGNATURE_HEADER, SIGNATURE_HEADER)
 
 
-def signature_header(headers: Mapping[str, str]) -> str | None:
+def signature_header(headers: Mapping[str, str] | Headers) -> str | None:
     """The signature header's value: ``X-Mailworker-Signature``, else the deprecated ``X-Smtp2go-Signature``
     (which logs a deprecation warning, once per process)."""
     value = headers.get(SIGNATURE_HEADER)
@@ -220,29 +220,13 @@ def signature_header(headers: Mapping[str, str]) -> str | None:
     return value
 
 
-def _legacy_signature_from_request() -> str | None:
-    """The deprecated header of the Flask request being served, if any (for callers that pass only the
-    ``X-Mailworker-Signature`` value)."""
-    try:
-        from flask import has_request_context, request
-    except ImportError:  # pragma: no cover - flask is a dependency of the receiver
-        return None
-    if not has_request_context():
-        return None
-    value = request.headers.get(LEGACY_SIGNATURE_HEADER)
-    if value is not None:
-        _warn_legacy_header()
-    return value
-
-
 def authenticate(authorization: str | None, signature: str | None, body: bytes,
                  secrets: tuple[_Secret, ...], now: float | None = None) -> str | None:
     """The method that proved a valid secret (``bearer``, ``basic``, ``signature``), or None.
 
-    ``authorization`` and ``signature`` are the raw header values (``signature``: ``X-Mailworker-Signature``,
-    see :func:`signature_header`). Without one, inside a Flask request the deprecated ``X-Smtp2go-Signature``
-    is looked at too. Any one valid method is enough; with no secret configured nothing is ever valid (fail
-    closed).
+    ``authorization`` and ``signature`` are the raw header values (``signature`` from :func:`signature_header`,
+    which also reads the deprecated ``X-Smtp2go-Signature``). Any one valid method is enough; with no secret
+    configured nothing is ever valid (fail closed).
     """
     if not secrets:
         return None
@@ -250,8 +234,8 @@ def authenticate(authorization: str | None, signature: str | None, body: bytes,
         method = check_authorization(authorization, secrets)
         if method:
             return method
-    if signature is None:
-        signature = _legacy_signature_from_request()
     if signature and check_signature(signature, body, secrets, time.time() if now is None else now):
         return "signature"
     return None
+from werkzeug.datastructures import Headers
+

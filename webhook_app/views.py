@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webhook_app.auth import SIGNATURE_HEADER, SecretStore, authenticate
+from webhook_app.auth import SecretStore, authenticate, signature_header
 from webhook_app.parsing import (
     BodyTooLarge,
     MalformedBody,
@@ -138,7 +138,7 @@ def receive_events() -> Response:
     except _TooLarge:
         return _answer(413, {"error": "payload too large"})
 
-    method = authenticate(request.headers.get("Authorization"), request.headers.get(SIGNATURE_HEADER), body,
+    method = authenticate(request.headers.get("Authorization"), signature_header(request.headers), body,
                           state.secrets.current())
     if method is None:
         if not state.open_door:
