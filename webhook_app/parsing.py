@@ -9,6 +9,9 @@ as ``multipart/form-data``. Answering those with 415 would lose the events for g
 closes, so a body under any other content type is accepted when it is a JSON event or list (and only then:
 anything else stays a 415), and multipart forms are read like urlencoded ones. Only a declared JSON, form or
 multipart type makes a body that fails to parse a 400: without a declaration we cannot call it malformed.
+
+This module is HTTP only (content types, charsets, form and multipart encodings). What SMTP2Go's fields mean --
+which are lists by nature, what makes an item an event -- is :mod:`worker.tracking.smtp2go`'s.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
+from worker.tracking.smtp2go import FORM_LIST_FIELDS, is_event
+
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 MULTIPART_TYPE = "multipart/form-data"
@@ -32,8 +37,6 @@ MULTIPART_TYPE = "multipart/form-data"
 MAX_FORM_PARTS = 1000
 _MULTIPART_CHUNK = 64 * 1024
 _UTF8_CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii"}
-#: Form fields that are lists by nature: one recipient must still arrive as a one-element list.
-_LIST_FIELDS = {"recipients"}
 
 
 class UnsupportedContentType(Exception):
@@ -103,7 +106,7 @@ def _collect(pairs: list[tuple[str, str]]) -> list[Any]:
         values.setdefault(key, []).append(value)
     event: dict[str, Any] = {}
     for key, items in values.items():
-        if len(items) > 1 or key in forced_lists or key in _LIST_FIELDS:
+        if len(items) > 1 or key in forced_lists or key in FORM_LIST_FIELDS:
             event[key] = items
         else:
             event[key] = items[0]
@@ -216,8 +219,8 @@ def parse_body(mimetype: str, params: Mapping[str, str], body: bytes, *, max_byt
 def split_events(items: list[Any]) -> tuple[list[dict[str, Any]], int]:
     """Keep the items that look like events; count the rest as ignored.
 
-    An item is an event when it is an object carrying ``event`` or ``email_id``; anything else cannot be
-    linked or classified, so it is acknowledged (SMTP2Go must not retry it forever) but not processed.
+    An item is an event when :func:`worker.tracking.smtp2go.is_event` says so; anything else cannot be linked or
+    classified, so it is acknowledged (SMTP2Go must not retry it forever) but not processed.
     """
-    events = [item for item in items if isinstance(item, dict) and ("event" in item or "email_id" in item)]
+    events = [item for item in items if is_event(item)]
     return events, len(items) - len(events)

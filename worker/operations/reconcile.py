@@ -19,10 +19,10 @@ Two jobs, both run by the ``mailworker.reconcile`` beat task:
      ``SMTP_UNKNOWN_RESEND_AFTER`` the message is released: delivery is at least once, and the log says so.
 
 2. **Missing webhooks.** ``sent`` SMTP2Go mail older than ``fill_after`` with no delivery news is looked up by
-   ``search_email_id`` (a single id, as documented); ``delivered``, ``hard-bounced``/``soft-bounced``,
-   ``rejected``, ``spam`` and ``unsubscribed`` become webhook-shaped events through the normal, idempotent
-   :func:`worker.tracking.events.process_event` (deterministic ids, ``source: activity_search``). Opens and clicks are
-   left to webhooks (they would double count).
+   ``search_email_id`` (a single id, as documented); deliveries, bounces, rejects, spam complaints and
+   unsubscribes (:data:`FILL_TYPES`) are normalised by :func:`worker.tracking.smtp2go.normalise_activity` and
+   recorded through the normal, idempotent :func:`worker.tracking.events.record_event` (deterministic ids,
+   ``source: activity_search``). Opens and clicks are left to webhooks (they would double count).
 
 The API allows 60 requests a minute per key; every page is a request. A run makes at most ``max_requests``
 (capped at 60) and stops at the first 429, 5xx or credentials error: the report names which, and the next
@@ -43,11 +43,20 @@ from sqlalchemy.orm import Session, selectinload
 from worker.errors import ConfigurationError, CredentialsRejected
 from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import session_scope
-from worker.infrastructure.models import Message, MessageStatus, RecipientStatus, TrackingEvent, Transport, utcnow
+from worker.infrastructure.models import (
+    EventType,
+    Message,
+    MessageStatus,
+    RecipientStatus,
+    TrackingEvent,
+    Transport,
+    utcnow,
+)
 from worker.infrastructure.modules import smtp2go_config
 from worker.sending.lifecycle import release_parked, settle_accepted
 from worker.sending.transports import TRACKING_HEADER
-from worker.sending.transports.smtp2go import ACTIVITY_PAGE_MAX, ActivitySearchError, custom_header, search_activity
+from worker.sending.transports.smtp2go import ACTIVITY_PAGE_MAX, ActivitySearchError, search_activity
+from worker.tracking.smtp2go import activity_event_names, normalise_activity
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +66,9 @@ ACTIVITY_REQUESTS_PER_MINUTE = 60
 SEARCH_LEAD = timedelta(minutes=10)
 #: Activity kept on the smallest plans: older events cannot be asked for.
 ACTIVITY_RETENTION = timedelta(days=5)
-#: Activity event -> (our webhook event name, bounce type) for the fill-in of missing webhooks.
-FILL_EVENTS: dict[str, tuple[str, str | None]] = {
-    "delivered": ("delivered", None),
-    "hard-bounced": ("bounce", "hard"),
-    "soft-bounced": ("bounce", "soft"),
-    "rejected": ("reject", None),
-    "spam": ("spam", None),
-    "unsubscribed": ("unsubscribe", None),
-}
+#: What the fill-in of missing webhooks records (opens and clicks are left to webhooks: they would double count).
+FILL_TYPES = frozenset({EventType.DELIVERED, EventType.BOUNCE, EventType.REJECT, EventType.SPAM,
+                        EventType.UNSUBSCRIBE})
 
 
 @dataclass
@@ -275,13 +278,14 @@ def _find_in_activity(message: _Parked, activity: _Activity, now: datetime) -> s
     if message.sent_to:
         query["search_recipient"] = message.sent_to[0]
     for event in activity.events(query):
-        if custom_header(event, TRACKING_HEADER) == message.id and event.get("email_id"):
-            return str(event["email_id"])
+        ev = normalise_activity(event)
+        if ev.tracking_ref == message.id and ev.email_id:
+            return ev.email_id
     return None
 
 
 def _fill_missing(activity: _Activity, now: datetime, fill_after: float, report: ReconcileReport) -> None:
-    from worker.tracking.events import process_event
+    from worker.tracking.events import record_event
 
     oldest = now - ACTIVITY_RETENTION
     stale = now - timedelta(seconds=fill_after)
@@ -295,29 +299,13 @@ def _fill_missing(activity: _Activity, now: datetime, fill_after: float, report:
             .limit(max(0, activity.max_requests - report.requests))
         ).all()
     for tracking_id, email_id, sent_at in rows:
-        query = {"search_email_id": email_id, "event_types": sorted(FILL_EVENTS),
+        query = {"search_email_id": email_id, "event_types": activity_event_names(FILL_TYPES),
                  "start_date": _iso(max(oldest, sent_at - timedelta(minutes=1))),
                  "end_date": _iso(now + timedelta(minutes=1)), "custom_headers": [TRACKING_HEADER]}
         for event in activity.events(query):  # _Stop ends the fill-in; this message is looked at next run
-            payload = _webhook_payload(event)
-            if payload is not None and process_event(payload).get("status") != "duplicate":
+            ev = normalise_activity(event)
+            if ev.event_type in FILL_TYPES and ev.email_id and record_event(ev).get("status") != "duplicate":
                 report.filled_events += 1
         with session_scope() as session:  # a completed search: not asked again until fill_after has passed
             session.execute(update(Message).where(Message.id == tracking_id).values(reconciled_at=now))
 
-
-def _webhook_payload(event: dict[str, Any]) -> dict[str, Any] | None:
-    """An activity event as the webhook event :func:`~worker.tracking.events.process_event` takes, or None."""
-    name = str(event.get("event", "")).lower()
-    if name not in FILL_EVENTS or not event.get("email_id"):
-        return None
-    webhook_name, bounce = FILL_EVENTS[name]
-    recipient = event.get("recipient")
-    payload: dict[str, Any] = {
-        "event": webhook_name, "bounce": bounce, "email_id": event["email_id"], "rcpt": recipient,
-        "time": event.get("date"), "id": f"activity:{event['email_id']}:{name}:{recipient}",
-        "message": event.get("smtp_response") or event.get("reason"), "reason": event.get("reason"),
-        "host": event.get("host"), TRACKING_HEADER: custom_header(event, TRACKING_HEADER),
-        "source": "activity_search",
-    }
-    return {k: v for k, v in payload.items() if v not in (None, "")}

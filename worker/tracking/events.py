@@ -1,4 +1,8 @@
-"""SMTP2Go event processing: normalise, deduplicate, store, link to the message, apply.
+"""Event processing: deduplicate, store, link to the message, apply -- in normalised terms only.
+
+Events arrive as :class:`~worker.tracking.smtp2go.NormalizedEvent` (:func:`record_event`); the provider's wire
+format (field and event names) is :mod:`worker.tracking.smtp2go`'s business, and :func:`process_event` is the
+webhook task's entry that normalises an SMTP2Go webhook body first.
 
 SMTP2Go retries a webhook for 48 hours and opens/clicks repeat, so processing is idempotent: every event is one
 ``tracking_events`` row keyed by SMTP2Go's event ``id`` (else a sha256 of email_id + event + recipient + time);
@@ -69,13 +73,13 @@ from worker.infrastructure.models import (
     utcnow,
 )
 from worker.sending.jobs import pending_event_ids
-from worker.tracking.smtp2go import _MAX_TEXT, EVENT_MAP, NormalizedEvent, normalize_event, parse_time
+from worker.tracking.smtp2go import _MAX_TEXT, NormalizedEvent, normalise_stored, normalise_webhook
 from worker.tracking.suppressions import suppress_for_event
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENT_MAP", "NormalizedEvent", "link_orphan_events", "link_pending_events", "normalize_event",
-           "parse_time", "process_event", "roll_up"]
+__all__ = ["NormalizedEvent", "link_orphan_events", "link_pending_events", "process_event", "record_event",
+           "roll_up"]
 
 
 #: How far back the sweeper looks for orphans. The race it repairs lasts seconds; older orphans (mail sent by
@@ -118,7 +122,7 @@ def _apply(message: Message, row: TrackingEvent) -> None:
     """Apply one stored event to its (locked) message and matching recipients; no suppression side effects."""
     kind, when, soft = row.event_type, row.occurred_at, row.bounce_type != "hard"
     if kind == EventType.PROCESSED and not message.message_id_header and row.smtp2go_data:
-        message.message_id_header = normalize_event(row.smtp2go_data).message_id_header
+        message.message_id_header = normalise_stored(row.smtp2go_data).message_id_header
     if kind not in _EFFECTS:
         return  # processed, resubscribe (its effect is on the suppression list) and unknown: recorded only
     at, counter, status, message_at = _EFFECTS[kind]
@@ -176,7 +180,7 @@ def _suppression_effects(session: Session, ev: NormalizedEvent, message_id: str 
         return suppress_for_event(
             session, ev.recipient, ev.event_type, ev.occurred_at, bounce_type=ev.bounce_type,
             source_message_id=message_id,
-            detail=f"smtp2go {ev.raw_event} {ev.email_id or '-'}" + (f": {ev.detail}" if ev.detail else ""))
+            detail=f"{ev.provider} {ev.raw_event} {ev.email_id or '-'}" + (f": {ev.detail}" if ev.detail else ""))
     except InvalidEmail:
         # We could never have sent to an address our validator refuses: there is nothing to suppress.
         log.warning("event %s names an invalid address; suppression list unchanged", ev.provider_event_id)
@@ -249,14 +253,18 @@ def _event_exists(session: Session, key: str) -> bool:
 
 
 def process_event(event: dict[str, Any]) -> dict[str, Any]:
-    """Store and apply one SMTP2Go event (idempotent). Returns ``{"status": ...}``:
+    """Store and apply one SMTP2Go webhook event (idempotent); see :func:`record_event`."""
+    if not isinstance(event, dict):
+        raise TypeError(f"an SMTP2Go event is a JSON object, got {type(event).__name__}")
+    return record_event(normalise_webhook(event))
+
+
+def record_event(ev: NormalizedEvent) -> dict[str, Any]:
+    """Store and apply one normalised event (idempotent). Returns ``{"status": ...}``:
 
     ``applied`` (linked and applied), ``deferred`` (linked; its message is still being sent), ``orphan``
     (message not known yet; kept for later) or ``duplicate`` (seen before; nothing changed).
     """
-    if not isinstance(event, dict):
-        raise TypeError(f"an SMTP2Go event is a JSON object, got {type(event).__name__}")
-    ev = normalize_event(event)
     duplicate = {"status": "duplicate", "event_id": ev.provider_event_id, "type": ev.event_type.value}
     try:
         with session_scope() as session:
@@ -281,7 +289,7 @@ def process_event(event: dict[str, Any]) -> dict[str, Any]:
                 url=(ev.url or "")[:_MAX_TEXT] or None,
                 user_agent=(ev.user_agent or "")[:_MAX_TEXT] or None,
                 detail=(ev.detail or "")[:_MAX_TEXT] or None,
-                smtp2go_data=event,
+                smtp2go_data=dict(ev.raw),
             )
             session.add(row)
             session.flush()  # a duplicate event id fails here, before anything else changed

@@ -1,9 +1,20 @@
-"""SMTP2Go webhook payloads -> :class:`NormalizedEvent` (pure: no I/O, never raises).
+"""SMTP2Go's event wire format -> :class:`NormalizedEvent`: the one module that knows SMTP2Go's event names and
+fields on the receiving side (pure: no I/O, never raises). Everything after it speaks :class:`EventType`.
 
-SMTP2Go's real field names only: ``event``, ``time`` (else ``sendtime``), ``email_id``, ``id``, ``rcpt`` or
-``recipients``, ``bounce``, ``message``, ``reason``, ``context``, ``host``, ``user-agent``, ``url``, and echoed
-custom headers such as ``X-Mailworker-Id``. JSON bodies and flat form dicts (values possibly one-item lists)
-both arrive here. The dedup key is the event ``id``, else a sha256 of email_id + event + recipient + time.
+Two sources, one map of event names (:data:`EVENT_MAP`):
+
+- **webhooks** (:func:`normalise_webhook`): ``event``, ``time`` (else ``sendtime``), ``email_id``, ``id``,
+  ``rcpt`` or ``recipients``, ``bounce``, ``message``, ``reason``, ``context``, ``host``, ``user-agent``,
+  ``url``, and echoed custom headers such as ``X-Mailworker-Id``. JSON bodies and flat form dicts (values
+  possibly one-item lists) both arrive here. The dedup key is the event ``id``, else a sha256 of
+  email_id + event + recipient + time.
+- **``/activity/search`` events** (:func:`normalise_activity`): ``event`` (``hard-bounced``, ``rejected``, ...:
+  other names than the webhooks'), ``date``, ``email_id``, ``recipient``, ``smtp_response``, ``reason``,
+  ``host`` and ``custom_headers`` as an object keyed by header name. The dedup key is deterministic
+  (``activity:<email_id>:<event>:<recipient>``), so a search made twice records nothing twice.
+
+Also here: which body fields are lists by nature (:data:`FORM_LIST_FIELDS`) and what makes a body item an
+event at all (:func:`is_event`), for the webhook receiver's HTTP decoding.
 """
 
 from __future__ import annotations
@@ -11,14 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import Any
 
 from worker.infrastructure.models import EventType, utcnow
 
-#: SMTP2Go event names (and the aliases some integrations send) -> stored type; anything else is UNKNOWN.
+PROVIDER = "smtp2go"
+
+#: SMTP2Go event names -> our type, for webhooks (and the aliases some integrations send) and for
+#: ``/activity/search`` (``ACTIVITY_EVENT_NAMES``); anything else is UNKNOWN.
 EVENT_MAP: dict[str, EventType] = {
     "processed": EventType.PROCESSED,
     "delivered": EventType.DELIVERED,
@@ -33,7 +48,19 @@ EVENT_MAP: dict[str, EventType] = {
     "unsubscribed": EventType.UNSUBSCRIBE,
     "resubscribe": EventType.RESUBSCRIBE,
     "reject": EventType.REJECT,
+    # /activity/search names (``processed``, ``delivered`` and ``spam`` are the same as the webhooks')
+    "hard-bounced": EventType.BOUNCE,
+    "soft-bounced": EventType.BOUNCE,
+    "rejected": EventType.REJECT,
+    "resubscribed": EventType.RESUBSCRIBE,
 }
+#: The event names ``/activity/search`` documents (its ``event_types`` filter takes only these).
+ACTIVITY_EVENT_NAMES = ("processed", "delivered", "soft-bounced", "hard-bounced", "rejected", "spam", "unsubscribed",
+                        "resubscribed", "opened", "clicked")
+#: Activity names that carry the bounce type in the name.
+_BOUNCE_IN_NAME = {"hard-bounced": "hard", "soft-bounced": "soft"}
+#: Webhook form fields that are lists by nature: one recipient must still arrive as a one-element list.
+FORM_LIST_FIELDS = frozenset({"recipients"})
 
 _TRACKING_HEADER = "x-mailworker-id"
 _MAX_TEXT = 8000  # url, user agent, detail: TEXT columns, and nobody needs more
@@ -43,7 +70,11 @@ _MIN_YEAR, _MAX_YEAR = 1971, 9998
 
 @dataclass(frozen=True)
 class NormalizedEvent:
-    """One SMTP2Go event in our terms; built by :func:`normalize_event` (pure, no I/O)."""
+    """One provider event in our terms; built by :func:`normalise_webhook` or :func:`normalise_activity`.
+
+    ``raw`` is the provider's body as it is stored with the event (an activity event marked
+    ``source: activity_search``); it takes no part in comparisons.
+    """
 
     provider_event_id: str
     event_type: EventType
@@ -62,6 +93,8 @@ class NormalizedEvent:
     url: str | None = None
     message_id_header: str | None = None
     time_source: str = "time"  # time | sendtime | received
+    provider: str = PROVIDER
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def detail(self) -> str | None:
@@ -160,7 +193,44 @@ def _bounce_type(raw: str | None, message: str | None) -> str | None:
     return ("hard" if match.group(1) == "5" else "soft") if match else None
 
 
-def normalize_event(payload: dict[str, Any]) -> NormalizedEvent:
+def is_event(item: Any) -> bool:
+    """Whether a decoded body item is an SMTP2Go event: an object carrying ``event`` or ``email_id`` (anything
+    else cannot be linked or classified)."""
+    return isinstance(item, dict) and ("event" in item or "email_id" in item)
+
+
+def activity_event_names(types: Iterable[EventType]) -> list[str]:
+    """The ``/activity/search`` ``event_types`` that stand for ``types`` (sorted)."""
+    wanted = set(types)
+    return sorted(name for name in ACTIVITY_EVENT_NAMES if EVENT_MAP[name] in wanted)
+
+
+def normalise_activity(event: Mapping[str, Any]) -> NormalizedEvent:
+    """Turn one ``/activity/search`` event into a :class:`NormalizedEvent`; never raises.
+
+    Read as the webhook it stands for would be (the same time, recipient and detail rules); its key is
+    ``activity:<email_id>:<event>:<recipient>``, the same on every search.
+    """
+    name = (_scalar(event.get("event")) or "").lower()
+    recipient = event.get("recipient")
+    as_webhook = {
+        "event": name, "email_id": event.get("email_id"), "rcpt": recipient,
+        "time": event.get("date"), "id": f"activity:{event.get('email_id')}:{name}:{recipient}",
+        "message": event.get("smtp_response") or event.get("reason"), "reason": event.get("reason"),
+        "host": event.get("host"), _TRACKING_HEADER: _header_from(event.get("custom_headers"), _TRACKING_HEADER),
+    }
+    ev = normalise_webhook({k: v for k, v in as_webhook.items() if v not in (None, "")})
+    return replace(ev, raw={**event, "source": "activity_search"})
+
+
+def normalise_stored(raw: Mapping[str, Any]) -> NormalizedEvent:
+    """A stored event body (``NormalizedEvent.raw``) normalised again."""
+    if raw.get("source") == "activity_search" and "date" in raw:
+        return normalise_activity(raw)
+    return normalise_webhook(raw)
+
+
+def normalise_webhook(payload: Mapping[str, Any]) -> NormalizedEvent:
     """Turn one webhook body (JSON object or flat form dict) into a :class:`NormalizedEvent`; never raises."""
     fields = {str(k).lower(): v for k, v in payload.items()}
 
@@ -208,7 +278,8 @@ def normalize_event(payload: dict[str, Any]) -> NormalizedEvent:
         tracking_ref=tracking_ref if tracking_ref and len(tracking_ref) <= 64 else None,
         recipient=recipient[:320] if recipient else None,
         recipients=recipients,
-        bounce_type=_bounce_type(get("bounce"), message) if event_type == EventType.BOUNCE else None,
+        bounce_type=(_bounce_type(get("bounce") or _BOUNCE_IN_NAME.get(raw_event), message)
+                     if event_type == EventType.BOUNCE else None),
         message=message,
         reason=get("reason"),
         context=get("context"),
@@ -216,7 +287,12 @@ def normalize_event(payload: dict[str, Any]) -> NormalizedEvent:
         user_agent=get("user-agent") or get("user_agent"),
         url=get("url"),
         message_id_header=(get("message-id") or get("message_id") or "")[:255] or None,
+        raw=payload,
     )
+
+
+#: The name this module had before it read activity events too.
+normalize_event = normalise_webhook
 
 
 # --------------------------------------------------------------------------------------------- applying
