@@ -47,3 +47,8 @@ if ! mysql -h 127.0.0.1 -uroot -e "SELECT 1" >/dev/null 2>&1; then
 fi
 mysql -h 127.0.0.1 -uroot -e "SELECT 1" >/dev/null
 log "mariadb up"
+
+# --- Chromium and its driver (tests/console/test_browser.py drives Debian's chromium; never a downloaded browser)
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then apt_install chromium chromium-driver; fi
+command -v chromium >/dev/null && command -v chromedriver >/dev/null || { log "chromium did not install"; exit 1; }
+log "chromium up ($(chromium --version 2>/dev/null | head -n1))"
