@@ -56,10 +56,10 @@ from worker.infrastructure.config import reset_settings  # noqa: E402
 from worker.infrastructure.db import dispose_engines, get_engine  # noqa: E402
 from worker.infrastructure.models import Base  # noqa: E402
 
-
 #: Fixtures that reach a service (MariaDB, Redis, a Celery worker) or a database file. A test using none of them is
 #: in the unit layer (`make test-unit`, marker ``unit``), marked here so the layer cannot drift from the truth.
-SERVICE_FIXTURES = frozenset({"base_env", "db", "sqlite_db", "mariadb_url", "redis_client", "celery_worker", "database",
+SERVICE_FIXTURES = frozenset({"base_env", "db", "sqlite_db", "mariadb_url", "redis_client", "celery_worker",
+                              "database",
                               "workers", "private_redis", "app_client", "receiver", "gunicorn", "live_receiver"})
 
 

@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from werkzeug.datastructures import Headers
+
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Mailworker-Signature"
@@ -237,5 +239,3 @@ def authenticate(authorization: str | None, signature: str | None, body: bytes,
     if signature and check_signature(signature, body, secrets, time.time() if now is None else now):
         return "signature"
     return None
-from werkzeug.datastructures import Headers
-
