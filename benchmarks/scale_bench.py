@@ -151,7 +151,8 @@ def explain(sample: list[tuple[str, str, str]]) -> tuple[str, list[dict[str, Any
     from worker.infrastructure.db import get_engine
     from worker.infrastructure.models import Transport
     from worker.operations.sweeper import sweep
-    from worker.sending import jobs, lifecycle
+    from worker.sending import jobs as send_store
+    from worker.sending import lifecycle
     from worker.tracking.events import link_orphan_events, process_event
 
     cap = _Capture()
@@ -160,7 +161,7 @@ def explain(sample: list[tuple[str, str, str]]) -> tuple[str, list[dict[str, Any
         sweep()
     with cap.labelled("deliver: claim + load"), get_engine().connect() as conn:
         lease = lifecycle.claim(conn, delivered[0], owner="bench:explain", lease_seconds=60)
-        jobs.load_job(conn, delivered[0])
+        send_store.load_job(conn, delivered[0])
         conn.rollback()
     with cap.labelled("event: lookup by smtp2go_message_id + apply"):
         process_event(event("open", delivered[1], delivered[2], datetime.now(UTC)))

@@ -93,10 +93,6 @@ class SendJob:
     attachments: list[JobAttachment] = field(default_factory=list)
 
 
-#: ``Connection.info`` key: (tracking id, timestamp) of a claim's uncommitted premark (see
-#: :func:`worker.sending.lifecycle.claim`); :func:`load_job` then reports the message as it was before it.
-PREMARK = "mailworker.premark"
-
 _JOB_COLUMNS = (M.c.id, M.c.crashes, M.c.attempts, M.c.api_attempts, M.c.smtp_attempts, M.c.api_abandoned,
                 M.c.inflight_since, M.c.inflight_transport, M.c.sender, M.c.reply_to, M.c.subject, M.c.text_body,
                 M.c.html_body, M.c.headers, M.c.template_id, M.c.template_data, M.c.message_id_header)
@@ -140,12 +136,6 @@ def load_job(conn: Connection, tracking_id: str) -> SendJob:
         raise LookupError(f"tracking_id={tracking_id}: no such message")
     head = rows[0]
     job = SendJob(**{name: getattr(head, name) for name in _JOB_FIELDS})
-    premark = conn.info.get(PREMARK)
-    if premark is not None and premark[0] == tracking_id and job.inflight_since == premark[1]:
-        # The claim's premark (not committed; confirmed or taken back later): the attempt is not counted yet.
-        job.attempts -= 1
-        job.api_attempts -= 1
-        job.inflight_since = job.inflight_transport = None
     job.recipients = [JobRecipient(id=r.r_id, address=r.r_address, display_name=r.r_display_name, kind=r.r_kind,
                                    suppressed=bool(r.r_suppressed)) for r in rows[1:]]
     if head.has_attachments:

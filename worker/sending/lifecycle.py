@@ -99,9 +99,6 @@ def _claim_statement(*, takeover: bool) -> Update:
     values: dict[str, Any] = {"status": MessageStatus.SENDING, "lease_owner": _p("owner", "lease_owner"),
                               "lease_expires_at": _p("expires", "lease_expires_at"),
                               "updated_at": _p("now", "updated_at")}
-    if not takeover:  # the premark (see claim)
-        values.update(inflight_transport=Transport.SMTP2GO, inflight_since=_p("now", "inflight_since"),
-                      attempts=messages.c.attempts + 1, api_attempts=messages.c.api_attempts + 1)
     where: tuple[Any, ...]
     if takeover:  # its last worker's lease expired while it was sending
         where = (messages.c.status == MessageStatus.SENDING,
@@ -167,18 +164,13 @@ class ClaimKind(enum.StrEnum):
     TAKEOVER = "takeover"  # its last worker's lease expired while it was sending
 
 
-@dataclass
+@dataclass(frozen=True)
 class Lease:
-    """The fence of one attempt: writes apply only while ``owner`` still holds the message.
-
-    ``premarked``: the claim also wrote the SMTP2Go in-flight mark and counted the attempt, not yet committed
-    (see :func:`claim`); the next transition confirms it (:func:`mark_in_flight` for SMTP2Go) or takes it back.
-    """
+    """The fence of one attempt: writes apply only while ``owner`` still holds the message."""
 
     tracking_id: str
     owner: str
     kind: ClaimKind
-    premarked: datetime | None = None
 
 
 def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: float) -> Lease | None:
@@ -186,24 +178,12 @@ def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: floa
 
     Not committed: the caller commits with the in-flight mark (:func:`mark_in_flight`) or with the attempt's
     end, so a database outage in between leaves the message simply due.
-
-    **The premark.** Nearly every attempt goes on to call SMTP2Go, so a fresh claim writes that in-flight mark and
-    counts the attempt in the same UPDATE (one round trip less per email, docs/benchmarks.md). It is
-    uncommitted and our row lock holds the message, so it means nothing until :func:`mark_in_flight` commits
-    it just before the API call -- the same guarantee as a separate UPDATE there. Any other transition of this
-    attempt (relay, suppressed, held, breaker open or paused) takes the mark and the count back in its own
-    UPDATE. :func:`~worker.sending.jobs.load_job` reports the counters as they were before the claim. A
-    take-over is not premarked: its worker's mark is what decides whether to park.
     """
-    from worker.sending.jobs import PREMARK
-
     now = utcnow()
     params = {"tid": tracking_id, "owner": owner, "expires": now + timedelta(seconds=lease_seconds),
               "now": now, "due": now}
     if conn.execute(_CLAIM_FRESH, params).rowcount == 1:
-        conn.info[PREMARK] = (tracking_id, now)
-        return Lease(tracking_id, owner, ClaimKind.FRESH, premarked=now)
-    conn.info.pop(PREMARK, None)
+        return Lease(tracking_id, owner, ClaimKind.FRESH)
     if conn.execute(_CLAIM_TAKEOVER, params).rowcount == 1:
         return Lease(tracking_id, owner, ClaimKind.TAKEOVER)
     return None
@@ -213,17 +193,8 @@ def _write(conn: Connection, lease: Lease, values: dict[str, Any]) -> None:
     """One fenced UPDATE of the leased message; :class:`LeaseLost` when the lease is no longer ours.
 
     ``values`` maps columns to plain values, :class:`_Add` (increment) or :class:`_Coalesce` (keep if set).
-    A premark still pending is taken back in the same UPDATE (this transition is not the SMTP2Go call).
     """
     values = {**values, "updated_at": utcnow()}
-    if lease.premarked is not None:
-        _unmark(conn, lease)
-        values.setdefault("inflight_transport", None)
-        values.setdefault("inflight_since", None)
-        for counter in ("attempts", "api_attempts"):
-            delta = values.get(counter, _Add(0))
-            assert isinstance(delta, _Add)
-            values[counter] = _Add(delta - 1)
     shape = tuple(sorted((column, _kind(value)) for column, value in values.items()))
     params: dict[str, Any] = {f"v_{column}": value.value if isinstance(value, _Coalesce) else value
                               for column, value in values.items()}
@@ -232,13 +203,6 @@ def _write(conn: Connection, lease: Lease, values: dict[str, Any]) -> None:
     if conn.execute(_fenced_update(shape), params).rowcount != 1:
         conn.rollback()
         raise LeaseLost(f"tracking_id={lease.tracking_id}: the lease of {lease.owner} was taken over")
-
-
-def _unmark(conn: Connection, lease: Lease) -> None:
-    from worker.sending.jobs import PREMARK
-
-    lease.premarked = None
-    conn.info.pop(PREMARK, None)
 
 
 def _set_recipients(conn: Connection, tracking_id: str, addresses: dict[str, str] | None,
@@ -263,10 +227,6 @@ def mark_in_flight(conn: Connection, lease: Lease, transport: Transport, *, leas
 
     Counts the attempt and renews the lease, so a fallback within one attempt gets a whole lease again.
     """
-    if lease.premarked is not None and transport == Transport.SMTP2GO:
-        _unmark(conn, lease)  # the claim wrote this very mark a moment ago, under our row lock: commit it
-        conn.commit()
-        return
     counter = "api_attempts" if transport == Transport.SMTP2GO else "smtp_attempts"
     now = utcnow()
     _write(conn, lease, {"inflight_transport": transport, "inflight_since": now,
