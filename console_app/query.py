@@ -238,6 +238,12 @@ def search(session: Session, query: Query, *, page_size: int, cursor: str | None
     return Page(rows=rows, older=older, newer=newer, recipients=recipients)
 
 
+def scans(query: Query) -> bool:
+    """Does the query match substrings (``subject:`` or free words)? Then no count is shown: counting would walk
+    every row the page's LIMIT spares."""
+    return bool(query.subject) or any("@" not in w and not _UUID.match(w) for w in query.free)
+
+
 def count_estimate(session: Session, query: Query, cap: int = 10_000) -> tuple[int, bool]:
     """How many match, counted up to ``cap`` (a LIMITed subquery: never a full count of a million rows)."""
     inner = select(Message.id).where(*conditions(query, session.get_bind().dialect.name)).limit(cap + 1).subquery()

@@ -111,7 +111,7 @@ def messages() -> str:
         parsed = query.parse(text)
         with session_scope() as session:
             page = query.search(session, parsed, page_size=settings.page_size, cursor=cursor, direction=direction)
-            if cursor is None:
+            if cursor is None and not query.scans(parsed):
                 total = query.count_estimate(session, parsed)
     except query.QueryError as err:
         error = str(err)

@@ -77,7 +77,8 @@ def console_server(sqlite_db: str, tmp_path: Path) -> Iterator[str]:
 def browser(tmp_path: Path) -> Iterator[Any]:
     if not _browser_available():
         if os.environ.get("CI"):
-            pytest.fail(f"chromium/chromedriver missing ({CHROMIUM}, {CHROMEDRIVER}): scripts/services.sh installs them")
+            pytest.fail(f"chromium/chromedriver missing ({CHROMIUM}, {CHROMEDRIVER}): scripts/services.sh installs "
+                        "them")
         pytest.skip("chromium and chromium-driver are not installed (apt-get install -y chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
