@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webhook_app.auth import SecretStore, authenticate, signature_header
+from webhook_app.auth import SecretStore, authenticate, check_authorization, signature_header
 from webhook_app.parsing import (
     BodyTooLarge,
     MalformedBody,
@@ -133,13 +133,22 @@ def receive_events() -> Response:
     length = request.content_length
     if length is not None and length > cap:
         return _answer(413, {"error": "payload too large"})
+    # Bearer and Basic prove themselves without the body: a request that offers neither a valid one nor a
+    # signature (which does need the body) is refused before a byte of its body is read, so a flood of
+    # unauthenticated posts costs a header parse each.
+    secrets = state.secrets.current()
+    authorization = request.headers.get("Authorization")
+    signature = signature_header(request.headers)
+    method = check_authorization(authorization, secrets) if authorization and secrets else None
+    if method is None and signature is None and not state.open_door:
+        return _answer(401, {"error": "unauthorized"})
     try:
         body = _read_body(cap, length)
     except _TooLarge:
         return _answer(413, {"error": "payload too large"})
 
-    method = authenticate(request.headers.get("Authorization"), signature_header(request.headers), body,
-                          state.secrets.current())
+    if method is None:
+        method = authenticate(None, signature, body, secrets)
     if method is None:
         if not state.open_door:
             return _answer(401, {"error": "unauthorized"}, size=len(body))

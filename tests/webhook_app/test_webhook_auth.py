@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -363,3 +364,27 @@ def test_the_deployed_logging_redacts_webhook_secrets(base_env: pytest.MonkeyPat
     logging.getLogger("webhook_app.test").warning("rejected Authorization: Bearer %s and %s", NEW_SECRET, OLD_SECRET)
     assert OLD_SECRET not in out.getvalue() and NEW_SECRET not in out.getvalue()
     assert "[REDACTED]" in out.getvalue()
+
+
+class _UnreadableBody(io.BytesIO):
+    """A 4 KiB request body that counts how often the receiver tries to read it."""
+
+    read_attempts = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        type(self).read_attempts += 1
+        return super().read(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        type(self).read_attempts += 1
+        return super().readline(size)
+
+
+def test_bad_bearer_or_basic_is_refused_before_the_body_is_read(client: FlaskClient, recorder: Any) -> None:
+    for header in ("Bearer wrong-secret", "Basic d3Jvbmc6c2VjcmV0"):
+        response = client.post("/api/webhooks/smtp2go/events", input_stream=_UnreadableBody(b"{" * 4096),
+                               headers={"Authorization": header, "Content-Type": "application/json",
+                                        "Content-Length": "4096"})
+        assert response.status_code == 401
+    assert _UnreadableBody.read_attempts == 0
+    assert recorder.events == []
