@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("worker", "webhook_app")
+PACKAGES = ("worker", "webhook_app", "console_app")
 
 
 def _module_name(path: Path) -> str:

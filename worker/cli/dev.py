@@ -28,6 +28,7 @@ def _port(name: str, default: int, what: str) -> Callable[[F], F]:
               help="Interface for the web receiver, Flower, the simulator and the SMTP sink.")
 @_port("--web-port", 8000, "Webhook receiver (gunicorn) port.")
 @_port("--flower-port", 5555, "Flower port.")
+@_port("--console-port", 8025, "Operator console port.")
 @_port("--api-port", 8787, "SMTP2Go simulator port.")
 @_port("--smtp-port", 2525, "SMTP sink port.")
 @_port("--redis-port", 6379, "Redis to use, or to start embedded, on 127.0.0.1 (when no broker URL is set).")
@@ -43,7 +44,7 @@ def _port(name: str, default: int, what: str) -> Callable[[F], F]:
 @click.option("--start-timeout", type=float, default=60.0, show_default=True,
               help="Seconds to wait for every part to answer.")
 @one_line_errors
-def dev(host: str, web_port: int, flower_port: int, api_port: int, smtp_port: int, redis_port: int,
+def dev(host: str, web_port: int, flower_port: int, console_port: int, api_port: int, smtp_port: int, redis_port: int,
         redis_db: int, embedded_redis: bool, pick_free_ports: bool, var_dir: Path, no_flower: bool,
         start_timeout: float) -> None:
     """Run the whole system locally; Ctrl-C stops it.
@@ -57,7 +58,8 @@ def dev(host: str, web_port: int, flower_port: int, api_port: int, smtp_port: in
     """
     from worker.devtools.devstack import DevError, DevOptions, run_dev
 
-    opts = DevOptions(host=host, web_port=web_port, flower_port=flower_port, api_port=api_port,
+    opts = DevOptions(host=host, web_port=web_port, flower_port=flower_port, console_port=console_port,
+                      api_port=api_port,
                       smtp_port=smtp_port, redis_port=redis_port, redis_db=redis_db,
                       embedded_redis=embedded_redis, pick_free_ports=pick_free_ports, var_dir=var_dir,
                       flower=not no_flower, start_timeout=start_timeout)

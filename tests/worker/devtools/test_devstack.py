@@ -106,7 +106,7 @@ def test_plan_simulator_sink_and_shared_settings(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
     stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env"))
     names = [c.name for c in stack._children()]
-    assert names == ["worker", "beat", "web", "flower", "smtp", "smtp2go"]
+    assert names == ["worker", "beat", "web", "console", "flower", "smtp", "smtp2go"]
     shared = stack.shared_settings()
     assert shared["DATABASE_URL"] == f"sqlite:///{tmp_path.resolve() / 'mailworker.db'}"
     assert shared["CELERY_BROKER_URL"] == DEV_REDIS_URL
@@ -124,7 +124,7 @@ def test_plan_keeps_real_api_and_secrets_out_of_dev_env(tmp_path: Path, monkeypa
     monkeypatch.setenv("DATABASE_URL", "mysql+pymysql://u:pw@db/mail")
     monkeypatch.delenv("SMTP2GO_API_URL", raising=False)
     stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env", flower=False))
-    assert [c.name for c in stack._children()] == ["worker", "beat", "web", "smtp"]
+    assert [c.name for c in stack._children()] == ["worker", "beat", "web", "console", "smtp"]
     assert stack.child_env["SMTP2GO_API_URL"] == "https://api.smtp2go.com/v3"
     shared = stack.shared_settings()
     assert not {"SMTP2GO_API_KEY", "DATABASE_URL", "CELERY_BROKER_URL"} & shared.keys()
@@ -251,7 +251,7 @@ def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
     import redis
 
     redis.Redis.from_url(DEV_REDIS_URL).flushdb()  # our own DB number only
-    ports = {name: free_port() for name in ("web", "flower", "api", "smtp")}
+    ports = {name: free_port() for name in ("web", "flower", "console", "api", "smtp")}
     env_file, var_dir = tmp_path / "dev.env", tmp_path / "var"
     env = _clean_env(CELERY_BROKER_URL=DEV_REDIS_URL, MAILWORKER_DEV_ENV_FILE=str(env_file))
     argv = [sys.executable, "-c", LAUNCH, "dev", "--var-dir", str(var_dir), "--start-timeout", "40",
@@ -291,8 +291,20 @@ def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
         assert sorted(e["type"] for e in final["events"]) == ["delivered", "processed"]
         assert final["smtp2go_message_id"] and final["transport"] == "smtp2go"
 
+        # The operator console demands its printed dev credentials and shows the email.
+        console_creds = re.search(r"console\s+http://\S+\s+\(user (\S+), password (\S+)\)", out.text())
+        assert console_creds, out.text()
+        console = f"http://127.0.0.1:{ports['console']}/messages/{tracking_id}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(console, timeout=5)  # noqa: S310
+        assert refused.value.code == 401
+        console_auth = b64encode(f"{console_creds[1]}:{console_creds[2]}".encode()).decode()
+        page = urllib.request.Request(console, headers={"Authorization": f"Basic {console_auth}"})
+        with urllib.request.urlopen(page, timeout=10) as resp:  # noqa: S310
+            assert resp.status == 200 and tracking_id in resp.read().decode()
+
         # Flower demands the printed dev credentials.
-        creds = re.search(r"user (\S+), password (\S+)\)", out.text())
+        creds = re.search(r"flower\s+http://\S+\s+\(user (\S+), password (\S+)\)", out.text())
         assert creds, out.text()
         flower = f"http://127.0.0.1:{ports['flower']}/"
         with pytest.raises(urllib.error.HTTPError) as denied:

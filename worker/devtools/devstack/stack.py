@@ -44,6 +44,7 @@ class DevOptions:
     host: str = "127.0.0.1"
     web_port: int = 8000
     flower_port: int = 5555
+    console_port: int = 8025
     api_port: int = 8787
     smtp_port: int = 2525
     redis_port: int = 6379
@@ -92,6 +93,7 @@ class DevStack:
         self.webhook_secret = env.get("SMTP2GO_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
         self.sink = not env.get("SMTP_HOST")  # a real relay the user configured wins
         self.flower_auth = env.get("FLOWER_BASIC_AUTH") or f"dev:{secrets.token_urlsafe(12)}"
+        self.console_auth = env.get("CONSOLE_BASIC_AUTH") or f"dev:{secrets.token_urlsafe(12)}"
         self.web_url = f"http://{h}:{o.web_port}"
         self.child_env = {
             **env, "PYTHONUNBUFFERED": "1", "DATABASE_URL": self.database_url,
@@ -99,6 +101,7 @@ class DevStack:
             "SMTP2GO_API_URL": self.api_url, "SMTP2GO_WEBHOOK_SECRET": self.webhook_secret,
             "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER") or DEFAULT_SENDER,
             "SWEEP_INTERVAL": env.get("SWEEP_INTERVAL") or "5", "FLOWER_BASIC_AUTH": self.flower_auth,
+            "CONSOLE_BASIC_AUTH": self.console_auth,
             **self.queues,
             # Task events on from the start while Flower runs: the first email shows up even if it is sent
             # before Flower's first enable_events broadcast (maintenance tasks never send them: celeryconfig).
@@ -133,6 +136,9 @@ class DevStack:
             Child("web", [py, "-m", "gunicorn", "webhook_app.wsgi:app", "--bind", f"{o.host}:{o.web_port}",
                           "--workers", "2", "--graceful-timeout", "5", "--access-logfile", "-"]),
         ]
+        # The operator console: its credentials in CONSOLE_BASIC_AUTH (the environment), printed in the table.
+        plan.append(Child("console", [py, "-m", "worker.cli", "console", "--host", o.host,
+                                      "--port", str(o.console_port)]))
         if o.flower:  # its password: FLOWER_BASIC_AUTH in the child environment (flower reads FLOWER_<OPTION>)
             plan.append(Child("flower", [*celery, "flower", f"--port={o.flower_port}", f"--address={o.host}"]))
         if self.sink:
@@ -151,7 +157,8 @@ class DevStack:
         o, h = self.opts, self.host
         probes: dict[str, Callable[[], bool]] = {"web": lambda: http_ok(self.web_url + "/healthz"),
                                                  "worker": lambda: worker_ping(self.broker_url, self.node)}
-        for name, port, wanted in (("flower", o.flower_port, o.flower), ("smtp", o.smtp_port, self.sink),
+        for name, port, wanted in (("flower", o.flower_port, o.flower), ("console", o.console_port, True),
+                                   ("smtp", o.smtp_port, self.sink),
                                    ("smtp2go", o.api_port, not self.real_api_key)):
             if wanted:
                 probes[name] = lambda port=port: port_open(h, port)  # type: ignore[misc]
@@ -160,6 +167,7 @@ class DevStack:
     def _ports(self) -> list[tuple[str, str, bool]]:
         """(attribute of DevOptions, its flag, whether this stack listens on it)."""
         return [("web_port", "--web-port", True), ("flower_port", "--flower-port", self.opts.flower),
+                ("console_port", "--console-port", True),
                 ("smtp_port", "--smtp-port", self.sink), ("api_port", "--api-port", not self.real_api_key)]
 
     def _preflight(self) -> None:
@@ -268,6 +276,8 @@ class DevStack:
         user, _, password = self.flower_auth.partition(":")
         rows = [("webhook receiver", f"{self.web_url}  (GET /healthz)"),
                 ("webhook URL", f"{self.web_url}{WEBHOOK_PATH}  (Authorization: Bearer {secret})")]
+        console_user, _, console_password = self.console_auth.partition(":")
+        rows.append(("console", f"http://{h}:{o.console_port}  (user {console_user}, password {console_password})"))
         if o.flower:
             rows.append(("flower", f"http://{h}:{o.flower_port}  (user {user}, password {password})"))
         rows += [
