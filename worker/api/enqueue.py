@@ -10,14 +10,16 @@ merely waits in a broker backlog alone (see :mod:`worker.operations.sweeper`); a
 from __future__ import annotations
 
 import logging
+import os
 import uuid
+import weakref
 from datetime import datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import URL, Connection, event, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, scoped_session, selectinload
 
 from worker.api.validation import (
     MAX_TOTAL_BYTES,
@@ -65,8 +67,16 @@ def enqueue_email(
     reference: str | None = None,
     idempotency_key: str | None = None,
     send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    connection: Connection | Session | scoped_session[Any] | None = None,
 ) -> str:
-    """Validate and store an email, then hand it to the worker. Returns the tracking id (UUID string)."""
+    """Validate and store an email, then hand it to the worker. Returns the tracking id (UUID string).
+
+    ``expires_at`` (aware): not handed to a transport by then, the email is ``expired`` instead of sent.
+    ``connection`` (a SQLAlchemy ``Connection`` or ``Session`` on DATABASE_URL's database): the rows are written
+    in the caller's transaction and the task is published only once that transaction commits -- nothing is sent
+    if it rolls back (see :func:`_publish_after_commit`).
+    """
     settings = get_settings()
     to_list = parse_address_list("to", to, required=True)
     cc_list = parse_address_list("cc", cc)
@@ -80,6 +90,8 @@ def enqueue_email(
     extra_headers = check_headers(headers)
     files = check_attachments(attachments)
     when = check_send_at(send_at)
+    expiry = check_send_at(expires_at, "expires_at")
+    caller = _caller_connection(connection) if connection is not None else None
     reference = check_optional_str("reference", reference, header=False)
     idempotency_key = check_optional_str("idempotency_key", idempotency_key, header=False)
     template_id = check_optional_str("template_id", template_id)
@@ -99,7 +111,7 @@ def enqueue_email(
         raise InvalidEmail("attachments", f"message is {size} bytes encoded; the limit is {MAX_TOTAL_BYTES}")
 
     if idempotency_key:
-        existing = _find_by_idempotency_key(idempotency_key)
+        existing = _find_by_idempotency_key(idempotency_key, caller[0] if caller else None)
         if existing:
             return existing
 
@@ -116,10 +128,12 @@ def enqueue_email(
         "html_body": html_body, "headers": extra_headers or None, "template_id": template_id,
         "template_data": template_data, "reference": reference, "idempotency_key": idempotency_key,
         "message_id_header": make_msgid(idstring=tracking_id.replace("-", ""), domain=domain),
-        "size_bytes": size, "queued_at": now, "send_at": when, "next_attempt_at": when, "attempts": 0,
+        "size_bytes": size, "queued_at": now, "send_at": when, "expires_at": expiry, "next_attempt_at": when,
+        "attempts": 0,
         "api_attempts": 0, "smtp_attempts": 0, "crashes": 0, "api_abandoned": False, "updated_at": now,
-        # Recorded before the publish: a worker may claim the row before this function returns.
-        "published_at": now if publish_now else None,
+        # Recorded before the publish: a worker may claim the row before this function returns. Left NULL in
+        # the caller's transaction: if its commit or the publish after it goes wrong, the sweeper's grace covers it.
+        "published_at": now if publish_now and caller is None else None,
     }
     recipients = [
         {"message_id": tracking_id, "address": addr.address, "display_name": addr.name, "kind": kind,
@@ -132,12 +146,23 @@ def enqueue_email(
          "content": content}
         for filename, content, mimetype in files
     ]
+    if caller is not None:
+        conn, session = caller
+        try:
+            _insert_rows(conn, message, recipients, attachment_rows)
+        except IntegrityError:
+            existing = _find_by_idempotency_key(idempotency_key, conn) if idempotency_key else None
+            if existing:
+                return existing
+            raise
+        if publish_now:
+            _publish_after_commit(conn, session, tracking_id, when)
+        log.info("email queued in the caller's transaction tracking_id=%s recipients=%d send_at=%s", tracking_id,
+                 len(recipients), when.isoformat() if when else "now")
+        return tracking_id
     try:
         with get_engine().begin() as conn:
-            conn.execute(insert(M), message)
-            conn.execute(insert(R), recipients)
-            if attachment_rows:
-                conn.execute(insert(A), attachment_rows)
+            _insert_rows(conn, message, recipients, attachment_rows)
     except IntegrityError:
         if idempotency_key:
             existing = _find_by_idempotency_key(idempotency_key)
@@ -159,9 +184,114 @@ def enqueue_email(
     return tracking_id
 
 
-def _find_by_idempotency_key(key: str) -> str | None:
+def _insert_rows(conn: Connection, message: dict[str, Any], recipients: list[dict[str, Any]],
+                 attachments: list[dict[str, Any]]) -> None:
+    conn.execute(insert(M), message)
+    conn.execute(insert(R), recipients)
+    if attachments:
+        conn.execute(insert(A), attachments)
+
+
+def _find_by_idempotency_key(key: str, conn: Connection | None = None) -> str | None:
+    if conn is not None:  # the caller's transaction: its own uncommitted rows count too
+        return conn.scalar(select(M.c.id).where(M.c.idempotency_key == key))
     with session_scope() as session:
         return session.scalar(select(Message.id).where(Message.idempotency_key == key))
+
+
+# ------------------------------------------------------------------------------- the caller's transaction
+
+
+def _caller_connection(connection: Any) -> tuple[Connection, Session | None]:
+    """The caller's ``Connection`` (and ``Session``, when one was given), checked to be on our database."""
+    if isinstance(connection, scoped_session):  # Flask-SQLAlchemy's ``db.session``
+        connection = connection()
+    session: Session | None = None
+    if isinstance(connection, Session):
+        session, conn = connection, connection.connection()
+    elif isinstance(connection, Connection):
+        conn = connection
+    else:
+        raise InvalidEmail("connection", f"expected a SQLAlchemy Connection or Session, got "
+                                         f"{type(connection).__name__}")
+    if not _same_database(conn.engine.url, get_engine().url):
+        raise InvalidEmail("connection", "is not on DATABASE_URL's database (the worker would never see the rows)")
+    return conn, session
+
+
+def _same_database(theirs: URL, ours: URL) -> bool:
+    if theirs.get_backend_name() != ours.get_backend_name():
+        return False
+    if ours.get_backend_name() == "sqlite":
+        return os.path.realpath(theirs.database or "") == os.path.realpath(ours.database or "")
+    return (theirs.host or "localhost", theirs.port or 3306, theirs.database) == (
+        ours.host or "localhost", ours.port or 3306, ours.database)
+
+
+#: Tracking ids written in a caller's transaction and not yet published, per Session / Connection. One pair of
+#: listeners per transaction owner (registered once), however many emails it enqueues.
+_PENDING_KEY = "mailworker_pending_publishes"
+_pending_conns: weakref.WeakKeyDictionary[Connection, list[tuple[str, datetime | None]]] = \
+    weakref.WeakKeyDictionary()
+
+#: A Connection's ``commit`` event fires just before the database commits: the publish waits this long, so the
+#: worker finds the row committed (a slower commit only means the sweeper publishes it after its grace).
+CONNECTION_COMMIT_DELAY = 1.0
+
+
+def _publish_after_commit(conn: Connection, session: Session | None, tracking_id: str,
+                          when: datetime | None) -> None:
+    """Publish ``send_email(tracking_id)`` once the caller's transaction commits; never if it rolls back.
+
+    A Session: its ``after_commit`` event (after the database committed). A Connection: its ``commit`` event
+    (just before the database commits; the publish carries a short countdown). The row's ``published_at`` stays
+    NULL, so a publish lost anywhere on this path is made by the sweeper after its grace.
+    """
+    if session is not None:
+        pending = session.info.get(_PENDING_KEY)
+        if pending is None:
+            pending = session.info[_PENDING_KEY] = []
+            event.listen(session, "after_commit", _session_committed)
+            event.listen(session, "after_rollback", _session_rolled_back)
+        pending.append((tracking_id, when))
+        return
+    pending_c = _pending_conns.get(conn)
+    if pending_c is None:
+        pending_c = _pending_conns[conn] = []
+        event.listen(conn, "commit", _connection_committed)
+        event.listen(conn, "rollback", _connection_rolled_back)
+    pending_c.append((tracking_id, when))
+
+
+def _publish_all(pending: list[tuple[str, datetime | None]], *, delay: float = 0.0) -> None:
+    items, pending[:] = list(pending), []
+    for tracking_id, when in items:
+        if delay and when is None:
+            publish_send(tracking_id, countdown=delay)
+        else:
+            publish_send(tracking_id, eta=when)
+
+
+def _session_committed(session: Session) -> None:
+    _publish_all(session.info.get(_PENDING_KEY, []))
+
+
+def _session_rolled_back(session: Session) -> None:
+    pending = session.info.get(_PENDING_KEY)
+    if pending:
+        log.info("caller's transaction rolled back: %d email(s) not published", len(pending))
+        pending.clear()
+
+
+def _connection_committed(conn: Connection) -> None:
+    _publish_all(_pending_conns.get(conn, []), delay=CONNECTION_COMMIT_DELAY)
+
+
+def _connection_rolled_back(conn: Connection) -> None:
+    pending = _pending_conns.get(conn)
+    if pending:
+        log.info("caller's transaction rolled back: %d email(s) not published", len(pending))
+        pending.clear()
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -198,6 +328,7 @@ def get_email_status(tracking_id: str) -> dict[str, Any] | None:
             "subject": message.subject,
             "queued_at": _iso(message.queued_at),
             "send_at": _iso(message.send_at),
+            "expires_at": _iso(message.expires_at),
             "next_attempt_at": _iso(message.next_attempt_at),
             "sent_at": _iso(message.sent_at),
             "failed_at": _iso(message.failed_at),

@@ -200,13 +200,14 @@ def check_attachments(raw: Any) -> list[tuple[str, bytes, str]]:
     return out
 
 
-def check_send_at(raw: Any) -> datetime | None:
+def check_send_at(raw: Any, field: str = "send_at") -> datetime | None:
+    """An aware datetime or None (``send_at``, ``expires_at``)."""
     if raw is None:
         return None
     if not isinstance(raw, datetime):
-        raise InvalidEmail("send_at", "expected a datetime")
+        raise InvalidEmail(field, "expected a datetime")
     if raw.tzinfo is None or raw.utcoffset() is None:
-        raise InvalidEmail("send_at", "must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        raise InvalidEmail(field, "must be timezone-aware (e.g. datetime.now(timezone.utc))")
     return raw
 
 

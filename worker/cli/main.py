@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from console_app.cli import console as console_command
-from worker.cli import dev, ops
+from worker.cli import callbacks, dev, ops
 from worker.cli.common import emit, friendly_errors
 from worker.infrastructure.config import reset_settings
 
@@ -195,6 +195,7 @@ def status(tracking_id: str, as_json: bool) -> None:
 
 
 ops.register(main)
+callbacks.register(main)
 dev.register(main)
 main.add_command(console_command)
 

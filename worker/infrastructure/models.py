@@ -83,6 +83,8 @@ class MessageStatus(enum.StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"  # taken back by the application before any transport accepted it
+    EXPIRED = "expired"  # its ``expires_at`` passed before it was handed to a transport
 
 
 #: States in which the send path still owns the message.
@@ -108,6 +110,8 @@ class RecipientStatus(enum.StrEnum):
     REJECTED = "rejected"
     FAILED = "failed"
     SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
 
 
 class RecipientKind(enum.StrEnum):
@@ -181,6 +185,8 @@ class Message(Base):
 
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Not handed to a transport by then: the claim moves it to ``expired`` instead of sending it.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(191))

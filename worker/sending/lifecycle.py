@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, Update, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, Update, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.infrastructure.models import (
@@ -100,15 +100,41 @@ def _claim_statement(*, takeover: bool) -> Update:
                               "lease_expires_at": _p("expires", "lease_expires_at"),
                               "updated_at": _p("now", "updated_at")}
     where: tuple[Any, ...]
-    if takeover:  # its last worker's lease expired while it was sending
+    if takeover:  # its last worker's lease expired while it was sending (and it is not past its expiry unsent)
         where = (messages.c.status == MessageStatus.SENDING,
-                 messages.c.lease_expires_at < _p("due", "lease_expires_at"))
+                 messages.c.lease_expires_at < _p("due", "lease_expires_at"),
+                 or_(messages.c.expires_at.is_(None), messages.c.expires_at > _p("due", "expires_at"),
+                     messages.c.inflight_since.is_not(None), messages.c.sent_at.is_not(None)))
         values["crashes"] = messages.c.crashes + 1
-    else:  # queued or retrying, not parked, due
+    else:  # queued or retrying, not parked, due, not past its expiry unsent
         where = (messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
                  messages.c.ambiguous_since.is_(None),
-                 or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= _p("due", "next_attempt_at")))
+                 or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= _p("due", "next_attempt_at")),
+                 or_(messages.c.expires_at.is_(None), messages.c.expires_at > _p("due", "expires_at"),
+                     messages.c.sent_at.is_not(None)))
     return _update_by_pk().where(messages.c.id == bindparam("tid"), *where).values(values)
+
+
+#: Never handed to a transport: not in flight, not parked, no recipient accepted yet. ``cancel`` and ``expire``
+#: apply only to such messages (a queued, scheduled, retrying or held one; a ``sending`` one only when its
+#: worker died before the in-flight mark, for ``expire``).
+_UNSENT = (messages.c.ambiguous_since.is_(None), messages.c.inflight_since.is_(None), messages.c.sent_at.is_(None))
+_WAITING = messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING])
+
+#: The claim's third statement, run only when neither claim matched: a message past its ``expires_at`` that was
+#: never handed to a transport becomes ``expired`` (waiting, or sending under a lease that ran out).
+_EXPIRE = _update_by_pk().where(
+    messages.c.id == bindparam("tid"), *_UNSENT,
+    messages.c.expires_at.is_not(None), messages.c.expires_at <= _p("due", "expires_at"),
+    or_(_WAITING, and_(messages.c.status == MessageStatus.SENDING,
+                       messages.c.lease_expires_at < _p("due", "lease_expires_at")))
+).values({"status": MessageStatus.EXPIRED, "lease_owner": None, "lease_expires_at": None,
+          "inflight_transport": None, "next_attempt_at": None, "held_since": None,
+          "last_error": "expired: its expires_at passed before it was handed to a transport",
+          "updated_at": _p("now", "updated_at")})
+_RECIPIENTS_ENDED = (update(recipients)
+                     .where(recipients.c.message_id == bindparam("tid"), recipients.c.status == RecipientStatus.QUEUED)
+                     .values(status=bindparam("rstatus", type_=recipients.c.status.type)))
 
 
 _CLAIM_FRESH = _claim_statement(takeover=False)
@@ -176,6 +202,9 @@ class Lease:
 def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: float) -> Lease | None:
     """Take the lease on a due message, or take over one whose worker died; None when it is not ours to send.
 
+    A message past its ``expires_at`` that no transport was handed is moved to ``expired`` here instead (and
+    None returned): nothing is sent after the time its sender gave.
+
     Not committed: the caller commits with the in-flight mark (:func:`mark_in_flight`) or with the attempt's
     end, so a database outage in between leaves the message simply due.
     """
@@ -186,6 +215,10 @@ def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: floa
         return Lease(tracking_id, owner, ClaimKind.FRESH)
     if conn.execute(_CLAIM_TAKEOVER, params).rowcount == 1:
         return Lease(tracking_id, owner, ClaimKind.TAKEOVER)
+    if conn.execute(_EXPIRE, params).rowcount == 1:
+        conn.execute(_RECIPIENTS_ENDED, {"tid": tracking_id, "rstatus": RecipientStatus.EXPIRED})
+        _emit_message_event(conn, tracking_id, MessageStatus.EXPIRED, now)
+        log.info("final state expired tracking_id=%s (never handed to a transport)", tracking_id)
     return None
 
 
@@ -405,6 +438,27 @@ def release_held(conn: Connection, tracking_id: str, *, note: str) -> bool:
     ).rowcount == 1
 
 
+def cancel(conn: Connection, tracking_id: str, *, note: str = "cancelled by the application") -> bool:
+    """The application takes the message back (``cancel_email``): ``cancelled`` if it is queued, scheduled,
+    retrying or held and no transport was ever handed it (no in-flight mark, not parked, nothing accepted);
+    False when it is too late (or unknown). Runs in the caller's transaction.
+
+    One conditional UPDATE on the row: a worker claiming the same message at the same moment either claimed it
+    first (its UPDATE set ``sending``: this one matches nothing and says False) or finds it ``cancelled``.
+    """
+    now = utcnow()
+    done = conn.execute(
+        _update(tracking_id).where(_WAITING, *_UNSENT)
+        .values({**_END_ATTEMPT, "status": MessageStatus.CANCELLED, "next_attempt_at": None, "held_since": None,
+                 "last_error": note, "updated_at": now})
+    ).rowcount == 1
+    if done:
+        conn.execute(_RECIPIENTS_ENDED, {"tid": tracking_id, "rstatus": RecipientStatus.CANCELLED})
+        _emit_message_event(conn, tracking_id, MessageStatus.CANCELLED, now)
+        log.info("final state cancelled tracking_id=%s", tracking_id)
+    return done
+
+
 def requeue(conn: Connection, tracking_id: str, *, note: str, stuck_after: timedelta) -> str:
     """The operator's ``requeue`` of one message; returns what it did (``requeued``, ``parked``) or why not.
 
@@ -460,6 +514,14 @@ def requeue(conn: Connection, tracking_id: str, *, note: str, stuck_after: timed
 
 
 # ----------------------------------------------------------------------------------------------- events
+
+
+def _emit_message_event(conn: Connection, tracking_id: str, status: MessageStatus, occurred_at: datetime,
+                        **extra: Any) -> None:
+    """The status callback of a message-level transition, written in the transition's own transaction."""
+    return None
+
+
 
 
 def _apply_early_events(conn: Connection, tracking_id: str, smtp2go_message_id: str | None) -> int:
