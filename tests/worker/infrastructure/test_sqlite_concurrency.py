@@ -9,37 +9,16 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, text
 
+from tests.threads import run_threads
 from worker.infrastructure.db import get_engine, session_scope
 from worker.infrastructure.models import Message, MessageStatus, Recipient, RecipientKind, RecipientStatus, Transport
 from worker.tracking.events import process_event
 
 THREADS = 8
-
-
-def _run_threads(n: int, work: Callable[[int], None]) -> None:
-    """Start ``n`` threads at one barrier; re-raise the first error any of them hit."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n)
-
-    def runner(i: int) -> None:
-        try:
-            barrier.wait()
-            work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=runner, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not any(t.is_alive() for t in threads), "a thread is still running after 120 s"
-    assert not errors, errors
 
 
 def _sent_message(address: str, smtp2go_id: str, status: MessageStatus = MessageStatus.SENT) -> str:
@@ -73,7 +52,7 @@ def test_concurrent_opens_on_sqlite_lose_no_update(sqlite_db: str) -> None:
                                     "time": (start + timedelta(seconds=n)).isoformat()})
             statuses.append(result["status"])
 
-    _run_threads(THREADS, work)
+    run_threads(THREADS, work)
     assert statuses == ["applied"] * (THREADS * per_thread)
     with session_scope() as session:
         recipient = session.scalars(select(Recipient).where(Recipient.message_id == tracking_id)).one()

@@ -4,7 +4,6 @@ orphans, linking, suppressions and concurrent workers."""
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from tests.conftest import FIXTURES_DIR
+from tests.threads import run_threads
 from worker.api.enqueue import get_email_status
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import (
@@ -519,25 +519,6 @@ def test_link_orphan_events_repairs_later(db: str) -> None:
 # --------------------------------------------------------------------------------------------- concurrency
 
 
-def _run_threads(n: int, work: Any) -> None:
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(n)
-
-    def runner(i: int) -> None:
-        try:
-            barrier.wait()
-            work(i)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=runner, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-
-
 def test_concurrent_distinct_opens_are_all_counted(db: str) -> None:
     tid = make_message("alice@example.com")
     base = fixture("webhook_open.json")
@@ -548,7 +529,7 @@ def test_concurrent_distinct_opens_are_all_counted(db: str) -> None:
         for ev in events[i::8]:
             assert process_event(ev)["status"] == "applied"
 
-    _run_threads(8, work)
+    run_threads(8, work)
     alice = rcpt(status_of(tid), "alice@example.com")
     assert alice["open_count"] == 50 and alice["opened_at"] == "2026-11-20T09:31:00+00:00"
 
@@ -563,7 +544,7 @@ def test_concurrent_deliveries_of_the_same_events_count_once(db: str) -> None:
         for ev in events:
             results.append(process_event(ev)["status"])
 
-    _run_threads(8, work)
+    run_threads(8, work)
     assert results.count("applied") == 10 and results.count("duplicate") == 70
     assert rcpt(status_of(tid), "alice@example.com")["click_count"] == 10
     assert event_count() == 10
