@@ -66,7 +66,8 @@ SERVICE_FIXTURES = frozenset({"base_env", "db", "sqlite_db", "mariadb_url", "red
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
-        if not uses & SERVICE_FIXTURES and item.get_closest_marker("faults") is None:
+        if (not uses & SERVICE_FIXTURES and item.get_closest_marker("faults") is None
+                and item.get_closest_marker("integration") is None):
             item.add_marker(pytest.mark.unit)
 
 

@@ -19,6 +19,8 @@ from tests.conftest import MARIADB_ADMIN_URL, MARIADB_HOST
 from worker.infrastructure.migrate import MIGRATIONS_DIR, downgrade, heads, upgrade
 from worker.infrastructure.models import Base
 
+pytestmark = pytest.mark.integration  # every test here migrates a real MariaDB or SQLite database
+
 TABLES = {"messages", "recipients", "attachments", "tracking_events", "suppressions", "integration_modules"}
 
 

@@ -245,6 +245,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.timeout(90)
 def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
     import psutil
