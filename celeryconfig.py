@@ -40,10 +40,15 @@ task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_
 send_queue = os.environ.get("MAILWORKER_SEND_QUEUE", "mailworker.send")
 events_queue = os.environ.get("MAILWORKER_EVENTS_QUEUE", "mailworker.events")
 maintenance_queue = os.environ.get("MAILWORKER_MAINTENANCE_QUEUE", "mailworker.maintenance")
+# Status callbacks (HTTP endpoints, the Python hook) on a queue of their own: a slow receiver never delays a send.
+# Named after the send queue's prefix unless set, so a deployment that renames its queues renames this one too.
+callbacks_queue = (os.environ.get("MAILWORKER_CALLBACKS_QUEUE")
+                   or f"{send_queue.rpartition('.')[0] or 'mailworker'}.callbacks")
 # Each queue is bound with its own name as routing key, so two deployments (or test runs) that share one
 # Redis database with different queue names never receive each other's tasks.
 _exchange = Exchange("mailworker", type="direct")
-task_queues = tuple(Queue(name, _exchange, routing_key=name) for name in (send_queue, events_queue, maintenance_queue))
+task_queues = tuple(Queue(name, _exchange, routing_key=name)
+                    for name in (send_queue, events_queue, maintenance_queue, callbacks_queue))
 task_default_queue = send_queue
 task_default_exchange = "mailworker"
 task_default_routing_key = send_queue
@@ -53,6 +58,9 @@ task_routes = {
     "mailworker.sweep": {"queue": maintenance_queue, "routing_key": maintenance_queue},
     "mailworker.reconcile": {"queue": maintenance_queue, "routing_key": maintenance_queue},
     "mailworker.purge": {"queue": maintenance_queue, "routing_key": maintenance_queue},
+    "mailworker.dispatch_callbacks": {"queue": callbacks_queue, "routing_key": callbacks_queue},
+    "mailworker.deliver_callback": {"queue": callbacks_queue, "routing_key": callbacks_queue},
+    "mailworker.status_hook": {"queue": callbacks_queue, "routing_key": callbacks_queue},
 }
 
 # Task events (what Flower shows) cost 3-4 Redis messages per email, so workers start with them off and Flower
@@ -66,12 +74,15 @@ task_track_started = True
 # events even while Flower has them on, so Flower's task list and its memory hold mail, not housekeeping.
 # (`Task.send_events`, set through annotations: the worker checks it before every task-* event.)
 task_annotations = {name: {"send_events": False}
-                    for name in ("mailworker.sweep", "mailworker.reconcile", "mailworker.purge")}
+                    for name in ("mailworker.sweep", "mailworker.reconcile", "mailworker.purge",
+                                 "mailworker.dispatch_callbacks")}
 
 beat_schedule = {
     "sweep": {"task": "mailworker.sweep", "schedule": float(os.environ.get("SWEEP_INTERVAL", "15"))},
     "purge": {"task": "mailworker.purge", "schedule": 24 * 3600.0},
     "reconcile": {"task": "mailworker.reconcile", "schedule": float(os.environ.get("RECONCILE_INTERVAL", "60"))},
+    "callbacks": {"task": "mailworker.dispatch_callbacks",
+                  "schedule": float(os.environ.get("CALLBACK_DISPATCH_INTERVAL", "5"))},
 }
 
 timezone = "UTC"

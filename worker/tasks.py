@@ -144,3 +144,30 @@ def purge() -> dict[str, object]:
     from worker.operations.maintenance import purge as run_purge
 
     return run_purge(timedelta(days=get_settings().retention_days)).as_dict()
+
+
+# ------------------------------------------------------------------------------------------ status callbacks
+
+
+@app.task(name="mailworker.dispatch_callbacks", acks_late=True, ignore_result=True)
+def dispatch_callbacks() -> dict[str, int]:
+    """Periodic: make the deliveries of new status events and publish the due ones (callbacks queue)."""
+    from worker.callbacks.dispatcher import dispatch
+
+    return dispatch()
+
+
+@app.task(name="mailworker.deliver_callback", acks_late=True, ignore_result=True)
+def deliver_callback(delivery_id: int) -> str:
+    """One signed POST of one status event to one endpoint; the retry is scheduled in the delivery's row."""
+    from worker.callbacks.dispatcher import deliver
+
+    return deliver(int(delivery_id))
+
+
+@app.task(name="mailworker.status_hook", acks_late=True, ignore_result=True)
+def status_hook(delivery_id: int) -> str:
+    """One call of ``MAILWORKER_STATUS_HOOK`` with one status event; a failure is retried with backoff."""
+    from worker.callbacks.dispatcher import deliver
+
+    return deliver(int(delivery_id))

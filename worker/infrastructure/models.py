@@ -357,3 +357,106 @@ class AuditEntry(Base):
 #: The console's search (``console_app``): ``status:`` newest first with keyset pagination on (queued_at, id),
 #: and the oldest queued email. Declared here, after the model, so the table definition above stays as it was.
 Index("ix_messages_status_queued_at", Message.status, Message.queued_at, Message.id)
+
+
+# ------------------------------------------------------------------------------ telling the application
+#
+# Status callbacks (``worker.callbacks``). Plain VARCHARs for ids (tracking ids are lower-case UUIDs, event ids
+# are ours): tests/migrations pins the set of exact columns. No foreign keys to messages: the record outlives a
+# purge or a deleted message.
+
+
+class StatusEvent(Base):
+    """One status change a caller cares about (``email.*``), written in the transaction of the change itself.
+
+    The outbox of the status callbacks: ``seq`` numbers one message's events 1, 2, 3 ... in the order they
+    happened to it; ``reference`` and ``smtp2go_message_id`` are copied from the message as it was then.
+    ``dispatched_at`` is set once the dispatcher made its deliveries (one per endpoint, and one for the hook).
+    """
+
+    __tablename__ = "status_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(40), unique=True)
+    message_id: Mapped[str] = mapped_column(String(36))
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str | None] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(16))
+    reference: Mapped[str | None] = mapped_column(String(255))
+    smtp2go_message_id: Mapped[str | None] = mapped_column(String(128))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "seq", name="uq_status_events_message_seq"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
+    )
+
+
+class CallbackEndpoint(Base):
+    """An HTTP endpoint receiving signed callbacks; its secret(s) encrypted with ``SETTINGS_ENCRYPTION_KEY``."""
+
+    __tablename__ = "callback_endpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(Text)
+    #: Event types it wants (``["email.delivered", ...]``); NULL: all of them.
+    events: Mapped[list[str] | None] = mapped_column(JSON)
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    #: The secret before the last rotation, still signing (a second signature) until ``previous_until``.
+    previous_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},)
+
+
+class CallbackDelivery(Base):
+    """One event to one target (an endpoint, or the Python hook: ``kind`` ``hook``, ``endpoint_id`` 0).
+
+    ``state``: ``pending`` (due at ``next_attempt_at``), ``delivered``, or ``dead`` (retries used up, a
+    permanent refusal, or the endpoint answered 410): a dead letter, kept for ``mailworker callbacks replay``.
+    """
+
+    __tablename__ = "callback_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_pk: Mapped[int] = mapped_column(Integer, ForeignKey("status_events.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(8))
+    endpoint_id: Mapped[int] = mapped_column(Integer, index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("event_pk", "kind", "endpoint_id", name="uq_callback_deliveries_target"),
+        Index("ix_callback_deliveries_due", "state", "next_attempt_at"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
+    )
+
+
+class CallbackAttempt(Base):
+    """Every attempt of a delivery: when, how long, the answer (status code or error), the next attempt."""
+
+    __tablename__ = "callback_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("callback_deliveries.id", ondelete="CASCADE"), index=True)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},)

@@ -44,6 +44,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, Update, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from worker.callbacks import outbox
 from worker.infrastructure.models import (
     Message,
     MessageStatus,
@@ -325,6 +326,9 @@ def record_accepted(conn: Connection, lease: Lease, transport: Transport, provid
                      .values(status=RecipientStatus.SENT, sent_at=now))
     else:
         conn.execute(_RECIPIENTS_SENT, {"tid": lease.tracking_id, "now": now})
+    if not deferred:  # a message with deferred recipients is sent (the event) once the last of them is
+        _emit_message_event(conn, lease.tracking_id, MessageStatus.SENT, now, transport=transport.value,
+                            rejected=sorted(refused) if refused else None)
     log.info("accepted tracking_id=%s transport=%s provider_id=%s refused=%d deferred=%d", lease.tracking_id,
              transport.value, provider_id, len(refused or {}), len(deferred or {}))
     return _apply_early_events(conn, lease.tracking_id, provider_id if transport == Transport.SMTP2GO else None)
@@ -373,8 +377,10 @@ def fail(conn: Connection, lease: Lease, reason: str, *, refused: dict[str, str]
     conn.execute(update(recipients)
                  .where(recipients.c.message_id == lease.tracking_id, recipients.c.status == RecipientStatus.QUEUED)
                  .values(status=RecipientStatus.FAILED, error=func.coalesce(recipients.c.error, reason)))
-    _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.FAILED, "failed_at": utcnow(),
+    now = utcnow()
+    _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.FAILED, "failed_at": now,
                          "last_error": reason, "next_attempt_at": None, "held_since": None})
+    _emit_message_event(conn, lease.tracking_id, MessageStatus.FAILED, now, error=reason)
     log.warning("final state failed tracking_id=%s reason=%s", lease.tracking_id, reason)
 
 
@@ -382,6 +388,7 @@ def suppress(conn: Connection, lease: Lease) -> None:
     """Every recipient is on the suppression list: nothing is sent."""
     _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.SUPPRESSED, "next_attempt_at": None,
                          "last_error": "every recipient is on the suppression list", "held_since": None})
+    _emit_message_event(conn, lease.tracking_id, MessageStatus.SUPPRESSED, utcnow())
     log.info("final state suppressed tracking_id=%s", lease.tracking_id)
 
 
@@ -406,6 +413,7 @@ def settle_accepted(conn: Connection, tracking_id: str, *, transport: Transport,
     conn.execute(update(recipients)
                  .where(recipients.c.message_id == tracking_id, recipients.c.status == RecipientStatus.QUEUED)
                  .values(status=RecipientStatus.SENT, sent_at=now))
+    _emit_message_event(conn, tracking_id, MessageStatus.SENT, now, transport=transport.value)
     _apply_early_events(conn, tracking_id, provider_id if transport == Transport.SMTP2GO else None)
     log.info("parked message settled as sent tracking_id=%s transport=%s provider_id=%s", tracking_id,
              transport.value, provider_id)
@@ -518,8 +526,10 @@ def requeue(conn: Connection, tracking_id: str, *, note: str, stuck_after: timed
 
 def _emit_message_event(conn: Connection, tracking_id: str, status: MessageStatus, occurred_at: datetime,
                         **extra: Any) -> None:
-    """The status callback of a message-level transition, written in the transition's own transaction."""
-    return None
+    """The status callback of a message-level transition (``email.<status>``), written in the transition's own
+    transaction, after its UPDATE took the message row's lock."""
+    outbox.emit(conn, tracking_id, f"email.{status.value}", status=status.value, occurred_at=occurred_at,
+                data={k: v for k, v in extra.items() if v is not None} or None)
 
 
 

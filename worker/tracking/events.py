@@ -59,6 +59,7 @@ from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, joinedload
 
+from worker.callbacks import outbox
 from worker.errors import InvalidEmail
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import (
@@ -195,7 +196,7 @@ def _claim_and_apply(session: Session, message: Message, event_ids: Sequence[int
         select(TrackingEvent).where(TrackingEvent.id.in_(list(event_ids)), TrackingEvent.applied_at.is_(None))
         .order_by(TrackingEvent.occurred_at, TrackingEvent.id)
     ).all()
-    applied = 0
+    applied: list[TrackingEvent] = []
     for row in rows:
         # Conditional claim: whoever flips applied_at from NULL applies the event, exactly once.
         claimed = session.execute(
@@ -206,11 +207,36 @@ def _claim_and_apply(session: Session, message: Message, event_ids: Sequence[int
         if getattr(claimed, "rowcount", 0) != 1:
             continue
         _apply(message, row)
-        applied += 1
+        applied.append(row)
     if applied:
         roll_up(message)
         session.flush()
-    return applied
+        for row in applied:
+            _emit(session, message, row)
+    return len(applied)
+
+
+#: Provider events the application is told about (status callbacks), by the callback's type.
+_CALLBACK_TYPES = {EventType.DELIVERED: "email.delivered", EventType.OPEN: "email.opened",
+                   EventType.CLICK: "email.clicked", EventType.BOUNCE: "email.bounced",
+                   EventType.SPAM: "email.complained", EventType.REJECT: "email.rejected",
+                   EventType.UNSUBSCRIBE: "email.unsubscribed"}
+
+
+def _emit(session: Session, message: Message, row: TrackingEvent) -> None:
+    """The status callback of one applied event, in the event's transaction (under the message's lock)."""
+    event_type = _CALLBACK_TYPES.get(row.event_type)
+    if event_type is None:
+        return
+    rcpt = (row.recipient or "").lower()
+    recipient = next((r for r in message.recipients if rcpt and r.address.lower() == rcpt), None)
+    data: dict[str, Any] = {"recipient_status": recipient.status.value if recipient else None}
+    if row.event_type in (EventType.BOUNCE, EventType.REJECT):
+        data.update(bounce_type=row.bounce_type, detail=row.detail)
+    if row.event_type == EventType.CLICK:
+        data["url"] = row.url
+    outbox.emit(session, message.id, event_type, status=message.status.value, occurred_at=row.occurred_at,
+                recipient=row.recipient, data={k: v for k, v in data.items() if v is not None} or None)
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -301,6 +327,7 @@ def record_event(ev: NormalizedEvent) -> dict[str, Any]:
             else:
                 _apply(message, row)
                 roll_up(message)
+                _emit(session, message, row)
                 status = "applied"
             result = {"status": status, "event_id": ev.provider_event_id, "type": ev.event_type.value,
                       "message_id": message.id if message else None,

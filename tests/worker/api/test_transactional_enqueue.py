@@ -129,8 +129,10 @@ def test_committed_sends_once_rolled_back_never_with_a_real_worker(
         with engine.connect() as conn, conn.begin():
             via_conn = enqueue_email("a@example.com", "kept too", text_body="b", connection=conn)
         for sent in (tid, via_conn):
-            wait_until(lambda sent=sent: (get_email_status(sent) or {}).get("status") == "sent",
-                       message=f"{sent} sent")
+            def is_sent(sent: str = sent) -> bool:
+                return (get_email_status(sent) or {}).get("status") == "sent"
+
+            wait_until(is_sent, message=f"{sent} sent")
             assert fake_api.count_for(sent) == 1
         assert fake_api.count_for(dropped) == 0 and get_email_status(dropped) is None
     finally:

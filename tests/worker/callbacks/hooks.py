@@ -1,0 +1,20 @@
+"""A MAILWORKER_STATUS_HOOK for the tests: fails the first call of each event, then records (the application's
+own row in real life: see the README's "Telling your application")."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+calls: list[dict[str, Any]] = []
+failed_once: set[str] = set()
+lock = threading.Lock()
+
+
+def record(body: dict[str, Any]) -> None:
+    with lock:
+        event_id = body["data"]["event_id"]
+        if event_id not in failed_once:
+            failed_once.add(event_id)
+            raise RuntimeError("the application's database is away (first call of each event)")
+        calls.append(body)
