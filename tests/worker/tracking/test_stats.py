@@ -57,7 +57,8 @@ def test_counts_and_rates_in_a_window(db: str) -> None:
     stats = get_email_stats(since=T0, until=T0 + timedelta(hours=1))
     assert stats["total"] == 10
     assert stats["by_status"] == {"queued": 1, "sending": 0, "retrying": 0, "sent": 2, "delivered": 3,
-                                  "bounced": 2, "complained": 1, "rejected": 0, "failed": 1, "suppressed": 0}
+                                  "bounced": 2, "complained": 1, "rejected": 0, "failed": 1, "suppressed": 0,
+                                  "cancelled": 0, "expired": 0}
     assert stats["by_transport"] == {"smtp2go": 7, "smtp": 1, "none": 2}
     assert stats["fallback_count"] == 1
     assert stats["sent_total"] == 8
