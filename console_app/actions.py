@@ -6,7 +6,9 @@ transitions (the same ones as ``mailworker requeue``), and is written to the aud
   may have landed) is never retried from here: reconciliation settles it (``mailworker requeue
   --include-ambiguous`` is the explicit, audited-by-shell override).
 - **Release a suppression** (and **add** one): :mod:`worker.tracking.suppressions`.
-- **Cancel** is not offered: ``cancelled`` is not a message status yet (see docs/console.md).
+- **Cancel** a queued, scheduled, retrying or held message no transport was handed yet:
+  :func:`worker.sending.lifecycle.cancel` (the same transition as ``cancel_email``; a worker claiming it at the
+  same moment either wins, and the cancel says too late, or finds it ``cancelled``).
 """
 
 from __future__ import annotations
@@ -118,6 +120,48 @@ def retry(tracking_id: str, *, actor: str, reason: str,
 
             publisher = publish_send
         publisher(tracking_id)  # a failed publish is repaired by the sweeper
+    return outcome
+
+
+# ----------------------------------------------------------------------------------------------- cancel
+
+
+def cancel_preview(message: Message) -> Preview:
+    waiting = message.status in (MessageStatus.QUEUED, MessageStatus.RETRYING)
+    if not waiting:
+        return Preview(False, f"only queued, scheduled, retrying or held messages can be cancelled; this one is "
+                              f"{message.status.value}")
+    if message.ambiguous_since is not None or message.inflight_transport is not None:
+        return Preview(False, "a transport may already have it (it is parked or in flight): too late to cancel")
+    if any(r.status not in (RecipientStatus.QUEUED, RecipientStatus.SUPPRESSED) for r in message.recipients):
+        return Preview(False, "some recipients were already handed to a transport: too late to cancel")
+    queued = [r.address for r in message.recipients if r.status == RecipientStatus.QUEUED]
+    return Preview(True, changes=[
+        f"status: {message.status.value} -> cancelled (final: it will never be sent)",
+        f"recipients queued -> cancelled: {', '.join(queued) or 'none'}",
+        "an email.cancelled status callback is emitted",
+    ])
+
+
+def cancel(tracking_id: str, *, actor: str, reason: str) -> str:
+    """Cancel through the lifecycle; returns ``cancelled`` or why not. Audited either way."""
+    reason = clean_reason(reason)
+    with session_scope() as session:
+        message = session.get(Message, tracking_id)
+        if message is None:
+            raise ActionRefused("unknown tracking id")
+        preview = cancel_preview(message)
+        before = {"status": message.status.value}
+    with get_engine().connect() as conn:
+        if preview.allowed:
+            done = lifecycle.cancel(conn, tracking_id, note=f"cancelled from the console by {actor}: {reason}"[:1000])
+            outcome = "cancelled" if done else "refused: too late (a worker took it meanwhile)"
+        else:
+            outcome = f"refused: {preview.why_not}"
+        after = conn.execute(select(Message.status).where(Message.id == tracking_id)).scalar_one()
+        _audit(conn, actor=actor, action="cancel", reason=reason, outcome=outcome, message_id=tracking_id,
+               changes={"before": before, "after": {"status": after.value}, "preview": preview.changes})
+        conn.commit()
     return outcome
 
 

@@ -136,7 +136,7 @@ def message(tracking_id: str) -> str:
         supp = data.suppressions_for(session, m)
         return render_template("message.html", m=m, timeline=data.timeline(m, audit), audit=audit,
                                suppressions=supp, headers=data.headers_for(m), retry=actions.retry_preview(m),
-                               done=request.args.get("done"))
+                               cancel=actions.cancel_preview(m), done=request.args.get("done"))
 
 
 # ------------------------------------------------------------------------------------------------ actions
@@ -159,6 +159,26 @@ def retry(tracking_id: str) -> tuple[str, int] | BaseResponse:
         preview = actions.retry_preview(m)
         return render_template("confirm.html", title=f"Retry {m.id}", preview=preview, error=error,
                                action=url_for("console.retry", tracking_id=m.id),
+                               back=url_for("console.message", tracking_id=m.id), hidden={},
+                               subject=f"{m.subject or '(no subject)'}: {m.status.value}"), 400 if error else 200
+
+
+@bp.route("/messages/<tracking_id>/cancel", methods=["GET", "POST"])
+def cancel(tracking_id: str) -> tuple[str, int] | BaseResponse:
+    error = None
+    if request.method == "POST":
+        try:
+            outcome = actions.cancel(tracking_id, actor=g.console_user, reason=request.form.get("reason", ""))
+            return redirect(url_for("console.message", tracking_id=tracking_id, done=f"cancel: {outcome}"), 303)
+        except actions.ActionRefused as err:
+            error = str(err)
+    with session_scope() as session:
+        m = data.load_message(session, tracking_id)
+        if m is None:
+            abort(404, f"no email with tracking id {tracking_id}")
+        preview = actions.cancel_preview(m)
+        return render_template("confirm.html", title=f"Cancel {m.id}", preview=preview, error=error,
+                               action=url_for("console.cancel", tracking_id=m.id),
                                back=url_for("console.message", tracking_id=m.id), hidden={},
                                subject=f"{m.subject or '(no subject)'}: {m.status.value}"), 400 if error else 200
 

@@ -155,3 +155,31 @@ def test_add_search_and_release_a_suppression(console: Console) -> None:
     again = console.post("/suppressions/release", {"address": "mallory@example.com", "reason": "r",
                                                     "csrf_token": console.token("/suppressions")})
     assert again.status_code == 400 and "not on the suppression list" in again.text
+
+
+def test_cancel_a_queued_message_through_the_lifecycle_with_an_audit_row(console: Console) -> None:
+    tid = make_message(MessageStatus.QUEUED)
+    path = f"/messages/{tid}/cancel"
+    confirm = console.get(path).text
+    assert "status: queued -&gt; cancelled" in confirm and "alice@example.com" in confirm
+    done = console.post(path, {"reason": "customer withdrew the order", "csrf_token": console.token(path)})
+    assert done.status_code == 303
+    m = _message(tid)
+    assert m.status == MessageStatus.CANCELLED and "customer withdrew the order" in (m.last_error or "")
+    (entry,) = _audit()
+    assert (entry.action, entry.outcome, entry.reason) == ("cancel", "cancelled", "customer withdrew the order")
+    assert console.published == []
+    assert "Done: cancel: cancelled" in console.get(done.headers["Location"]).text
+
+
+def test_cancel_is_refused_once_a_transport_may_have_it(console: Console) -> None:
+    tid = make_message(MessageStatus.RETRYING, ambiguous_since=utcnow())
+    path = f"/messages/{tid}/cancel"
+    page = console.get(path).text
+    assert "too late" in page and 'name="csrf_token"' not in page  # no form to submit
+    from console_app import actions  # a request forged past the page is refused by the action itself
+
+    assert actions.cancel(tid, actor="operator", reason="please stop it").startswith("refused")
+    assert _message(tid).status == MessageStatus.RETRYING
+    (entry,) = _audit()
+    assert entry.action == "cancel" and entry.outcome.startswith("refused: a transport may already have it")
