@@ -92,7 +92,7 @@ def test_missing_key_is_a_loud_error_naming_the_variable(db: str) -> None:
 
 def test_unknown_setting_rejected(keyed: str) -> None:
     result = CliRunner().invoke(main, ["module", "set", "smtp2go", "colour=blue"])
-    assert result.exit_code == 1 and "colour" in result.output
+    assert result.exit_code == 2 and "colour" in result.output  # a usage error, refused before any prompt
 
 
 def test_cli_send_and_status(db: str, redis_client: Any) -> None:
