@@ -59,8 +59,18 @@ def publish_send(tracking_id: str, *, eta: datetime | None = None, countdown: fl
 # fast (SMTP2Go retries a 503 for 48 h). On a Redis broker both write the very message ``send_task`` would
 # write -- same protocol-2 headers and body, same kombu envelope -- with one LPUSH on a shared redis-py client,
 # instead of kombu's producer, its ``ensure`` retry wrapper and a new ``redis.Redis`` object per publish.
-# tests/worker/test_publish.py compares both byte for byte with a captured ``send_task`` message.
+# tests/worker/sending/test_publish.py compares both byte for byte with a captured ``send_task`` message.
 # Unlike ``send_task`` they emit no ``task-sent`` event (Flower shows a task from ``task-received`` on).
+#
+# Why not ``send_task`` (measured, ``python -m benchmarks.publish_bench``, kombu 5.7 / redis-py 7.4, one
+# thread, 2,000 publishes x 2 rounds): 0.26 ms of CPU per publish here against 1.03 ms for ``app.send_task``
+# and 1.03-1.06 ms with a producer held from ``app.producer_pool`` (the event publish: 0.27-0.31 against
+# 0.97-0.99 ms). About 40% of kombu's cost is building a new ``redis.Redis`` client (its response-callback
+# table) inside the Redis channel's ``_put`` on every publish, which a pooled producer does not avoid. The
+# 0.77 ms difference would add a third to ``enqueue_email``'s own CPU (2.2-2.6 ms; the application's caller,
+# inside every row of the send benchmark, docs/benchmarks.md "Session 4, round 2") and 40-55% to the
+# receiver's CPU per webhook POST (1.4-1.9 ms). Every other publish (ETA, non-Redis brokers, maintenance) is
+# ``send_task``.
 
 #: Socket timeouts of the event publish: a Redis that accepts connections and never answers fails it in ~2 s.
 EVENT_SOCKET_TIMEOUT = 2.0

@@ -1,6 +1,7 @@
-"""``publish_event``: the webhook receiver's one-LPUSH publish of ``mailworker.process_event``.
+"""``publish_event``: the webhook receiver's one-LPUSH publish of ``mailworker.process_event``, and
+``publish_send``'s (``mailworker.send_email``, the enqueue path's).
 
-It must write the very message ``app.send_task`` writes (checked field by field against a real capture), a real
+Each must write the very message ``app.send_task`` writes (checked field by field against a real capture), a real
 Celery worker must consume and apply it, and it must fail within seconds when Redis is down or hung.
 """
 
@@ -18,15 +19,17 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from tests.conftest import EVENTS_QUEUE, FIXTURES_DIR, REDIS_URL, wait_until
+from tests.conftest import EVENTS_QUEUE, FIXTURES_DIR, REDIS_URL, SEND_QUEUE, wait_until
 from worker.celery_app import app
 from worker.sending.publish import (
     EVENT_SOCKET_TIMEOUT,
     EVENT_TASK,
+    SEND_TASK,
     _build_target,
     _event_summary,
     _target,
     publish_event,
+    publish_send,
 )
 
 #: Per-message values: fresh for every message, so they differ between any two messages.
@@ -94,6 +97,25 @@ def test_message_is_what_send_task_writes(base_env: Any, redis_client: Any, even
         for value in (msg["headers"]["id"], msg["properties"]["delivery_tag"]):
             raw = raw.replace(value.encode(), b"<id>")
         msg["normalised"] = raw
+    assert ours["normalised"] == sent["normalised"]
+
+
+def test_send_publish_is_what_send_task_writes(base_env: Any, redis_client: Any) -> None:
+    """``publish_send`` (one LPUSH, kept for its measured cost, see publish.py) against ``send_task`` itself, given
+    the same ``argsrepr`` (the direct path writes it into the properties too, as ``send_task`` does when given)."""
+    tracking_id = str(uuid.uuid4())
+    app.send_task(SEND_TASK, args=[tracking_id], task_id=tracking_id, argsrepr=repr([tracking_id]))
+    assert redis_client.llen(SEND_QUEUE) == 1
+    sent_raw = redis_client.rpop(SEND_QUEUE)
+    assert publish_send(tracking_id) is True
+    assert redis_client.llen(SEND_QUEUE) == 1
+    ours_raw = redis_client.rpop(SEND_QUEUE)
+    sent, ours = json.loads(sent_raw), json.loads(ours_raw)
+    assert list(_flat(ours)) == list(_flat(sent))
+    assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"] == tracking_id
+    assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": SEND_QUEUE}
+    for msg_raw, msg in ((sent_raw, sent), (ours_raw, ours)):
+        msg["normalised"] = msg_raw.replace(msg["properties"]["delivery_tag"].encode(), b"<tag>")
     assert ours["normalised"] == sent["normalised"]
 
 
