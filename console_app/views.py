@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -142,45 +143,37 @@ def message(tracking_id: str) -> str:
 # ------------------------------------------------------------------------------------------------ actions
 
 
-@bp.route("/messages/<tracking_id>/retry", methods=["GET", "POST"])
-def retry(tracking_id: str) -> tuple[str, int] | BaseResponse:
+def _message_action(tracking_id: str, name: str, run: Callable[[str], str],
+                    preview_of: Callable[[Any], actions.Preview]) -> tuple[str, int] | BaseResponse:
+    """One action on one message: GET previews what it will change; POST (with a reason) runs it through the
+    lifecycle and returns to the message page, whose audit log shows it."""
     error = None
     if request.method == "POST":
         try:
-            outcome = actions.retry(tracking_id, actor=g.console_user, reason=request.form.get("reason", ""),
-                                    publisher=_hook("publisher"))
-            return redirect(url_for("console.message", tracking_id=tracking_id, done=f"retry: {outcome}"), 303)
+            outcome = run(request.form.get("reason", ""))
+            return redirect(url_for("console.message", tracking_id=tracking_id, done=f"{name}: {outcome}"), 303)
         except actions.ActionRefused as err:
             error = str(err)
     with session_scope() as session:
         m = data.load_message(session, tracking_id)
         if m is None:
             abort(404, f"no email with tracking id {tracking_id}")
-        preview = actions.retry_preview(m)
-        return render_template("confirm.html", title=f"Retry {m.id}", preview=preview, error=error,
-                               action=url_for("console.retry", tracking_id=m.id),
+        return render_template("confirm.html", title=f"{name.capitalize()} {m.id}", preview=preview_of(m),
+                               error=error, action=url_for(f"console.{name}", tracking_id=m.id),
                                back=url_for("console.message", tracking_id=m.id), hidden={},
                                subject=f"{m.subject or '(no subject)'}: {m.status.value}"), 400 if error else 200
+
+
+@bp.route("/messages/<tracking_id>/retry", methods=["GET", "POST"])
+def retry(tracking_id: str) -> tuple[str, int] | BaseResponse:
+    return _message_action(tracking_id, "retry", lambda reason: actions.retry(
+        tracking_id, actor=g.console_user, reason=reason, publisher=_hook("publisher")), actions.retry_preview)
 
 
 @bp.route("/messages/<tracking_id>/cancel", methods=["GET", "POST"])
 def cancel(tracking_id: str) -> tuple[str, int] | BaseResponse:
-    error = None
-    if request.method == "POST":
-        try:
-            outcome = actions.cancel(tracking_id, actor=g.console_user, reason=request.form.get("reason", ""))
-            return redirect(url_for("console.message", tracking_id=tracking_id, done=f"cancel: {outcome}"), 303)
-        except actions.ActionRefused as err:
-            error = str(err)
-    with session_scope() as session:
-        m = data.load_message(session, tracking_id)
-        if m is None:
-            abort(404, f"no email with tracking id {tracking_id}")
-        preview = actions.cancel_preview(m)
-        return render_template("confirm.html", title=f"Cancel {m.id}", preview=preview, error=error,
-                               action=url_for("console.cancel", tracking_id=m.id),
-                               back=url_for("console.message", tracking_id=m.id), hidden={},
-                               subject=f"{m.subject or '(no subject)'}: {m.status.value}"), 400 if error else 200
+    return _message_action(tracking_id, "cancel", lambda reason: actions.cancel(
+        tracking_id, actor=g.console_user, reason=reason), actions.cancel_preview)
 
 
 @bp.route("/suppressions/release", methods=["GET", "POST"])
