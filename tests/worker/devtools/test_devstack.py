@@ -244,6 +244,25 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           text=True, timeout=30, check=False)
 
 
+def _basic_auth(ready_table: str, name: str) -> str:
+    """The Basic credentials the ready table prints for ``name`` (``user X, password Y``), base64-encoded."""
+    creds = re.search(rf"{name}\s+http://\S+\s+\(user (\S+), password (\S+)\)", ready_table)
+    assert creds, ready_table
+    return b64encode(f"{creds[1]}:{creds[2]}".encode()).decode()
+
+
+def _printed_login(ready_table: str, name: str, url: str) -> str:
+    """``url`` refuses a request without credentials (401) and answers 200 with the printed ones; its body."""
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5)  # noqa: S310
+    assert refused.value.code == 401
+    auth = {"Authorization": f"Basic {_basic_auth(ready_table, name)}"}
+    request = urllib.request.Request(url, headers=auth)  # noqa: S310 - a loopback http URL we built
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        assert resp.status == 200
+        return resp.read().decode()
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(90)
@@ -292,29 +311,12 @@ def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
         assert sorted(e["type"] for e in final["events"]) == ["delivered", "processed"]
         assert final["smtp2go_message_id"] and final["transport"] == "smtp2go"
 
-        # The operator console demands its printed dev credentials and shows the email.
-        console_creds = re.search(r"console\s+http://\S+\s+\(user (\S+), password (\S+)\)", out.text())
-        assert console_creds, out.text()
-        console = f"http://127.0.0.1:{ports['console']}/messages/{tracking_id}"
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(console, timeout=5)  # noqa: S310
-        assert refused.value.code == 401
-        console_auth = b64encode(f"{console_creds[1]}:{console_creds[2]}".encode()).decode()
-        page = urllib.request.Request(console, headers={"Authorization": f"Basic {console_auth}"})
-        with urllib.request.urlopen(page, timeout=10) as resp:  # noqa: S310
-            assert resp.status == 200 and tracking_id in resp.read().decode()
-
-        # Flower demands the printed dev credentials.
-        creds = re.search(r"flower\s+http://\S+\s+\(user (\S+), password (\S+)\)", out.text())
-        assert creds, out.text()
+        # The operator console and Flower demand their printed dev credentials; the console shows the email.
+        page = _printed_login(out.text(), "console", f"http://127.0.0.1:{ports['console']}/messages/{tracking_id}")
+        assert tracking_id in page
+        _printed_login(out.text(), "flower", f"http://127.0.0.1:{ports['flower']}/")
+        auth = _basic_auth(out.text(), "flower")
         flower = f"http://127.0.0.1:{ports['flower']}/"
-        with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(flower, timeout=5)  # noqa: S310
-        assert denied.value.code == 401
-        auth = b64encode(f"{creds[1]}:{creds[2]}".encode()).decode()
-        req = urllib.request.Request(flower, headers={"Authorization": f"Basic {auth}"})
-        with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
-            assert resp.status == 200
 
         # Flower's task list shows that email, not the sweeps (every 5 s here) nor reconciliation.
         wait_until(lambda: "mailworker.sweep[" in out.text(), 15, interval=0.3, message="a sweep ran")
