@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.orm import Session
 
 from worker.errors import InvalidEmail
@@ -93,27 +93,39 @@ def retry_preview(message: Message) -> Preview:
     return Preview(False, f"only failed or held messages are retried here; this one is {message.status.value}")
 
 
-def retry(tracking_id: str, *, actor: str, reason: str,
-          publisher: Callable[[str], bool] | None = None) -> str:
-    """Retry through the lifecycle; returns the outcome (``requeued`` or why not). Audited either way."""
+def _message_action(tracking_id: str, *, action: str, actor: str, reason: str,
+                    preview_of: Callable[[Message], Preview], snapshot: Callable[[Message], dict[str, Any]],
+                    run: Callable[[Connection, str], str]) -> str:
+    """The shape every message action shares: preview the message, ``run`` the lifecycle transition only when
+    the preview allows it (with ``reason`` checked), and audit the outcome with the status before and after in
+    the same transaction. Returns the outcome (what ``run`` returned, or ``refused: ...``)."""
     reason = clean_reason(reason)
     with session_scope() as session:
         message = session.get(Message, tracking_id)
         if message is None:
             raise ActionRefused("unknown tracking id")
-        preview = retry_preview(message)
-        before = {"status": message.status.value, "held": message.held_since is not None,
-                  "api_attempts": message.api_attempts, "smtp_attempts": message.smtp_attempts}
-    note = f"retried from the console by {actor}: {reason}"
+        preview = preview_of(message)
+        before = snapshot(message)
     with get_engine().connect() as conn:
-        if preview.allowed:
-            outcome = lifecycle.requeue(conn, tracking_id, note=note[:1000], stuck_after=timedelta(0))
-        else:
-            outcome = f"refused: {preview.why_not}"
+        outcome = run(conn, reason) if preview.allowed else f"refused: {preview.why_not}"
         after = conn.execute(select(Message.status).where(Message.id == tracking_id)).scalar_one()
-        _audit(conn, actor=actor, action="retry", reason=reason, outcome=outcome, message_id=tracking_id,
+        _audit(conn, actor=actor, action=action, reason=reason, outcome=outcome, message_id=tracking_id,
                changes={"before": before, "after": {"status": after.value}, "preview": preview.changes})
         conn.commit()
+    return outcome
+
+
+def retry(tracking_id: str, *, actor: str, reason: str,
+          publisher: Callable[[str], bool] | None = None) -> str:
+    """Retry through the lifecycle; returns the outcome (``requeued`` or why not). Audited either way."""
+    def run(conn: Connection, why: str) -> str:
+        note = f"retried from the console by {actor}: {why}"
+        return lifecycle.requeue(conn, tracking_id, note=note[:1000], stuck_after=timedelta(0))
+
+    outcome = _message_action(
+        tracking_id, action="retry", actor=actor, reason=reason, preview_of=retry_preview, run=run,
+        snapshot=lambda m: {"status": m.status.value, "held": m.held_since is not None,
+                            "api_attempts": m.api_attempts, "smtp_attempts": m.smtp_attempts})
     if outcome == "requeued":
         if publisher is None:
             from worker.sending.publish import publish_send
@@ -145,24 +157,12 @@ def cancel_preview(message: Message) -> Preview:
 
 def cancel(tracking_id: str, *, actor: str, reason: str) -> str:
     """Cancel through the lifecycle; returns ``cancelled`` or why not. Audited either way."""
-    reason = clean_reason(reason)
-    with session_scope() as session:
-        message = session.get(Message, tracking_id)
-        if message is None:
-            raise ActionRefused("unknown tracking id")
-        preview = cancel_preview(message)
-        before = {"status": message.status.value}
-    with get_engine().connect() as conn:
-        if preview.allowed:
-            done = lifecycle.cancel(conn, tracking_id, note=f"cancelled from the console by {actor}: {reason}"[:1000])
-            outcome = "cancelled" if done else "refused: too late (a worker took it meanwhile)"
-        else:
-            outcome = f"refused: {preview.why_not}"
-        after = conn.execute(select(Message.status).where(Message.id == tracking_id)).scalar_one()
-        _audit(conn, actor=actor, action="cancel", reason=reason, outcome=outcome, message_id=tracking_id,
-               changes={"before": before, "after": {"status": after.value}, "preview": preview.changes})
-        conn.commit()
-    return outcome
+    def run(conn: Connection, why: str) -> str:
+        done = lifecycle.cancel(conn, tracking_id, note=f"cancelled from the console by {actor}: {why}"[:1000])
+        return "cancelled" if done else "refused: too late (a worker took it meanwhile)"
+
+    return _message_action(tracking_id, action="cancel", actor=actor, reason=reason, preview_of=cancel_preview,
+                           snapshot=lambda m: {"status": m.status.value}, run=run)
 
 
 # ------------------------------------------------------------------------------------------ suppressions
