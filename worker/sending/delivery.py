@@ -258,8 +258,7 @@ def _mark_in_flight(conn: Connection, lease: Lease, job: SendJob, transport: Tra
     hook = progress_hook.get()
     if hook is not None:
         step = "api_attempt" if transport == Transport.SMTP2GO else "smtp_attempt"
-        attempt = job.api_attempts if transport == Transport.SMTP2GO else job.smtp_attempts
-        hook(step, {"attempt": attempt, "fallback": job.api_abandoned})
+        hook(step, {"attempt": _attempts(job, transport), "fallback": job.api_abandoned})
 
 
 def _retry(conn: Connection, lease: Lease, reason: str, delay: float) -> Outcome:

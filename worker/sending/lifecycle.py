@@ -179,7 +179,23 @@ def _fenced_update(shape: tuple[tuple[str, str], ...]) -> Update:
 
 
 _PARKED = (messages.c.status == MessageStatus.RETRYING, messages.c.ambiguous_since.is_not(None))
-_HELD = (messages.c.status == MessageStatus.RETRYING, messages.c.held_since.is_not(None))
+
+
+def _attempt_counter(transport: Transport) -> str:
+    """The column that counts this transport's attempts (each has its own retry budget)."""
+    return "api_attempts" if transport == Transport.SMTP2GO else "smtp_attempts"
+
+
+def _provider_ids(transport: Transport, provider_id: str) -> dict[str, str]:
+    """Where an accepting transport's id is stored: SMTP2Go's ``email_id``, or the relay's Message-ID."""
+    if transport == Transport.SMTP2GO:
+        return {"smtp2go_message_id": provider_id}
+    return {"message_id_header": provider_id} if provider_id else {}
+
+
+def _email_id(transport: Transport, provider_id: str) -> str | None:
+    """The id SMTP2Go's events carry, when SMTP2Go accepted the message (early events are looked up by it)."""
+    return provider_id if transport == Transport.SMTP2GO else None
 
 
 class LeaseLost(RuntimeError):
@@ -261,7 +277,7 @@ def mark_in_flight(conn: Connection, lease: Lease, transport: Transport, *, leas
 
     Counts the attempt and renews the lease, so a fallback within one attempt gets a whole lease again.
     """
-    counter = "api_attempts" if transport == Transport.SMTP2GO else "smtp_attempts"
+    counter = _attempt_counter(transport)
     now = utcnow()
     _write(conn, lease, {"inflight_transport": transport, "inflight_since": now,
                          "lease_expires_at": now + timedelta(seconds=lease_seconds),
@@ -306,8 +322,7 @@ def record_accepted(conn: Connection, lease: Lease, transport: Transport, provid
     the others are ``sent``. Returns how many events that arrived before the id was known were applied.
     """
     now = utcnow()
-    ids = ({"smtp2go_message_id": provider_id} if transport == Transport.SMTP2GO
-           else {"message_id_header": provider_id} if provider_id else {})
+    ids = _provider_ids(transport, provider_id)
     if deferred:
         assert retry_at is not None
         text = "; ".join(f"{a}: {why}" for a, why in deferred.items())
@@ -331,7 +346,7 @@ def record_accepted(conn: Connection, lease: Lease, transport: Transport, provid
                             rejected=sorted(refused) if refused else None)
     log.info("accepted tracking_id=%s transport=%s provider_id=%s refused=%d deferred=%d", lease.tracking_id,
              transport.value, provider_id, len(refused or {}), len(deferred or {}))
-    return _apply_early_events(conn, lease.tracking_id, provider_id if transport == Transport.SMTP2GO else None)
+    return _apply_early_events(conn, lease.tracking_id, _email_id(transport, provider_id))
 
 
 def retry_later(conn: Connection, lease: Lease, reason: str, retry_at: datetime, *,
@@ -366,8 +381,7 @@ def hold(conn: Connection, lease: Lease, problem: str, retry_at: datetime, *,
                               "last_error": f"held: {problem}",
                               "held_since": _Coalesce(utcnow())}
     if refund is not None:
-        counter = "api_attempts" if refund == Transport.SMTP2GO else "smtp_attempts"
-        values[counter] = _Add(-1)
+        values[_attempt_counter(refund)] = _Add(-1)
     _write(conn, lease, values)
 
 
@@ -401,8 +415,7 @@ def settle_accepted(conn: Connection, tracking_id: str, *, transport: Transport,
     that arrived before the id was known. Runs in the caller's transaction; False (nothing changed) when the
     message is no longer parked."""
     now = utcnow()
-    ids = ({"smtp2go_message_id": provider_id} if transport == Transport.SMTP2GO
-           else {"message_id_header": provider_id} if provider_id else {})
+    ids = _provider_ids(transport, provider_id)
     settled = conn.execute(
         _update(tracking_id).where(*_PARKED)
         .values({**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "transport": transport, "sent_at": now,
@@ -410,11 +423,9 @@ def settle_accepted(conn: Connection, tracking_id: str, *, transport: Transport,
     ).rowcount == 1
     if not settled:
         return False
-    conn.execute(update(recipients)
-                 .where(recipients.c.message_id == tracking_id, recipients.c.status == RecipientStatus.QUEUED)
-                 .values(status=RecipientStatus.SENT, sent_at=now))
+    conn.execute(_RECIPIENTS_SENT, {"tid": tracking_id, "now": now})
     _emit_message_event(conn, tracking_id, MessageStatus.SENT, now, transport=transport.value)
-    _apply_early_events(conn, tracking_id, provider_id if transport == Transport.SMTP2GO else None)
+    _apply_early_events(conn, tracking_id, _email_id(transport, provider_id))
     log.info("parked message settled as sent tracking_id=%s transport=%s provider_id=%s", tracking_id,
              transport.value, provider_id)
     return True
@@ -435,15 +446,6 @@ def release_parked(conn: Connection, tracking_id: str, *, note: str, parked_sinc
     if released:
         log.warning("parked message released for a new attempt tracking_id=%s: %s", tracking_id, note)
     return released
-
-
-def release_held(conn: Connection, tracking_id: str, *, note: str) -> bool:
-    """An operator fixed the problem: a held message is due now (instead of after its cool-down)."""
-    now = utcnow()
-    return conn.execute(
-        _update(tracking_id).where(*_HELD)
-        .values(next_attempt_at=now, last_error=note, updated_at=now)
-    ).rowcount == 1
 
 
 def cancel(conn: Connection, tracking_id: str, *, note: str = "cancelled by the application") -> bool:
