@@ -39,14 +39,22 @@ def _bool(name: str, default: bool) -> bool:
     raise ConsoleConfigError(f"{name}={raw!r} is not a boolean (true/false)")
 
 
-def _fraction(name: str, default: float) -> float:
+def _float(name: str) -> tuple[float, str] | None:
+    """The variable as a number, with its raw text for messages; None when it is unset or blank."""
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
-        return default
+        return None
     try:
-        value = float(raw)
+        return float(raw), raw
     except ValueError:
         raise ConsoleConfigError(f"{name}={raw!r} is not a number") from None
+
+
+def _fraction(name: str, default: float) -> float:
+    parsed = _float(name)
+    if parsed is None:
+        return default
+    value, raw = parsed
     if value > 1:  # "5" means 5 %
         value /= 100
     if not 0 <= value <= 1:
@@ -55,13 +63,10 @@ def _fraction(name: str, default: float) -> float:
 
 
 def _number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    parsed = _float(name)
+    if parsed is None:
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConsoleConfigError(f"{name}={raw!r} is not a number") from None
+    value, raw = parsed
     if value <= 0:
         raise ConsoleConfigError(f"{name}={raw!r} must be positive")
     return value
