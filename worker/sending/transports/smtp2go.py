@@ -151,8 +151,8 @@ def _transport_error(err: requests.RequestException, *, timeout: float) -> Deliv
         return RetryableDeliveryError("connect timeout", provider=PROVIDER)
     if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                         requests.exceptions.InvalidSchema, requests.exceptions.URLRequired)):
-        # Nothing left. Retryable (as before) rather than ConfigurationError, which the send path does not
-        # expect from send(); the text names the operator's fix either way.
+        # Nothing left. Still retryable, so retries can run out and the mail falls back or fails; as an operator
+        # problem it should be a ConfigurationError, which the send path holds (open, noted on issue 9).
         return RetryableDeliveryError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check "
                                       "SMTP2GO_API_URL or `mailworker module set smtp2go api_url=...`",
                                       provider=PROVIDER)
