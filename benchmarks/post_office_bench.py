@@ -6,7 +6,10 @@ Same measurement as the other rows of :mod:`benchmarks.send_bench`: a fresh work
 then N ``post_office.mail.send()`` calls from this process as fast as one caller can while the worker drains,
 and a wait until every email is ``sent`` in post_office's table. Figures as for mailworker: end-to-end =
 N / (last ``last_updated`` of a sent email - first enqueue), p50/p99 = ``last_updated - created`` from the
-database. The stand-in's own count is checked too (duplicate sends are reported, never hidden).
+database. The stand-in's own count is checked too (duplicate sends are reported, never hidden). With
+``--mode drain|both`` the row also runs :mod:`benchmarks.send_drain`'s enqueued-then-drained phase: the N
+``mail.send()`` calls while no worker runs (rows wait in the table, ``send_queued_mail`` tasks in the queue),
+then a fresh worker drains them.
 
 How post_office drains (its design, not ours): each ``mail.send()`` INSERTs the email and publishes one
 ``send_queued_mail`` task after commit; the first task to take post_office's lock file sends batches of
@@ -40,7 +43,8 @@ from benchmarks.common import (
     say,
 )
 from benchmarks.fakeproc import FakeProcess
-from benchmarks.procs import celery_workers, stop_all
+from benchmarks.procs import Service, celery_workers, stop_all
+from benchmarks.send_drain import Side
 
 DB_NAME = os.environ.get("MWBENCH_PO_DB", "mwbench_po")
 QUEUE = f"{PREFIX}.post_office"
@@ -155,20 +159,42 @@ def _wait(total: int, timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out waiting for {what}: {_sent()} of {total} sent by post_office")
 
 
-def run_post_office(pool: str, concurrency: int, n: int, fake: FakeProcess, processes: int = 1) -> Any:
-    """One post_office row; a :class:`benchmarks.send_bench.SendResult` with ``kind="post_office"``."""
-    from benchmarks.send_bench import SendResult, _name, _Run
+def run_post_office(pool: str, concurrency: int, n: int, fake: FakeProcess, processes: int = 1,
+                    mode: str = "concurrent") -> Any:
+    """One post_office row; a :class:`benchmarks.send_bench.SendResult` with ``kind="post_office"``: the
+    concurrent phase, the drain phase (:mod:`benchmarks.send_drain`, its figures in ``extra``) or both."""
+    from benchmarks.send_bench import _name
+    from benchmarks.send_drain import with_drain
 
     if processes != 1:
         raise ValueError("post_office sends under one lock file: one worker process per row")
     setup()
+
+    def reset() -> None:
+        _truncate()
+        clean_redis()
+        fake.reset()
+
+    def start(suffix: str) -> list[Service]:
+        return celery_workers(f"po-{_name(pool, concurrency, processes)}{suffix}",
+                              "benchmarks.post_office_app.celery_app", QUEUE, pool, concurrency, processes,
+                              env=_env(concurrency))
+
+    side = Side("post_office", reset, start, _enqueue, _sent)
+    result = None if mode == "drain" else _concurrent(side, pool, concurrency, n, fake)
+    if result is not None and mode == "concurrent":
+        return result
+    return with_drain(result, side, pool, concurrency, processes, n, fake)
+
+
+def _concurrent(side: Side, pool: str, concurrency: int, n: int, fake: FakeProcess) -> Any:
     from post_office.models import STATUS, Email
 
-    _truncate()
-    clean_redis()
-    fake.reset()
-    workers = celery_workers(f"po-{_name(pool, concurrency, processes)}", "benchmarks.post_office_app.celery_app",
-                             QUEUE, pool, concurrency, processes, env=_env(concurrency))
+    from benchmarks.send_bench import SendResult, _Run
+
+    processes = 1
+    side.reset()
+    workers = side.start("")
     try:
         warm = max(20, 2 * concurrency)
         _enqueue(warm, 10_000_000)

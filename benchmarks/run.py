@@ -9,6 +9,11 @@ The send benchmark runs a django-post_office anchor row (``benchmarks.post_offic
 ``benchmarks/post_office_app``) beside the bare baseline and mailworker in every single-process configuration,
 printed with the ratios mailworker / post_office and mailworker / bare; ``--no-post-office`` skips it.
 
+``--mode`` picks the send benchmark's measurement: ``concurrent`` (N enqueued by one caller while the workers
+drain; end-to-end = N / (last sent - first enqueue)), ``drain`` (N enqueued with no worker running, then fresh
+workers drain them; rate from the stand-in's first to last acceptance, ``benchmarks.send_drain``) or ``both``
+(the default: every row runs both phases, and both sets of tables are printed).
+
 ``--configs`` replaces the send benchmark's rows (``benchmarks.send_bench.CONFIGS``) with a comma-separated list
 of ``pool:concurrency`` or ``pool:concurrencyxprocesses``, e.g. ``--configs threads:8,threads:16x2,prefork:2``
 (``16x2``: two separate worker processes of 16 threads each on the same queue), for quick targeted runs.
@@ -52,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=None, metavar="POOL:C[xP],...",
                     help="send rows to run instead of the default ones, e.g. threads:8,threads:16x2,prefork:2 "
                          "(C threads/processes per worker, P worker processes, default 1)")
+    ap.add_argument("--mode", choices=("concurrent", "drain", "both"), default="both",
+                    help="send benchmark: concurrent (one caller enqueues while the workers drain), drain (all N "
+                         "enqueued with no worker running, then fresh workers drain them) or both, each row "
+                         "running one phase after the other (default both)")
     ap.add_argument("--json", type=Path, default=None, help="where to save results (default var/bench-*.json)")
     args = ap.parse_args(argv)
     only = set(args.only or ("send", "webhook", "scale"))
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
             say(f"\n## 1. Send pipeline: {n} emails per row, API latency {send_bench.LATENCY * 1000:.0f} ms")
             results["send"] = send_bench.run(n, configs=configs, profile=profile,
-                                             post_office=not args.no_post_office)
+                                             post_office=not args.no_post_office, mode=args.mode)
         if only == {"census"}:  # round trips per email only: quick and deterministic, for hot-path work
             from benchmarks import census
 

@@ -17,6 +17,11 @@ consume. Figures:
   that sum;
 - "of c/latency": e2e emails/s as a share of the latency bound, concurrency x processes / 20 ms.
 
+That is the ``concurrent`` phase. ``--mode drain`` (``benchmarks.run``) measures instead N emails enqueued
+with no worker running, then drained by fresh workers (:mod:`benchmarks.send_drain`), and ``--mode both`` (the
+default) runs both phases in every row; the drain figures go in ``SendResult.extra`` (``drain_*``), the tables
+are in :mod:`benchmarks.send_report`.
+
 Rows are ``(pool, concurrency, processes)``: :data:`CONFIGS` by default, or ``--configs`` of
 ``benchmarks.run`` (:func:`parse_configs`, e.g. ``threads:8,threads:16x2,prefork:2``).
 """
@@ -43,12 +48,13 @@ from benchmarks.common import (
     percentile,
     recipient,
     say,
-    table,
     truncate_tables,
 )
 from benchmarks.fakeproc import FakeProcess
 from benchmarks.procs import LOG_DIR, Sampler, Service, celery_workers, proc_cpu, stop_all, trees_cpu
 from benchmarks.profiling import Recorder, summarize
+from benchmarks.send_drain import MODES, Side, warm_count, with_drain
+from benchmarks.send_report import drain_line, has_drain, line, render_anchor, render_drain_anchor, report
 
 #: (pool, concurrency, processes) rows: prefork at the core count, one threads process at 8/16/32/64 (sends are
 #: network-bound; 16 is the Procfile's and the django-post_office comparison's headline row), and one threads-16
@@ -193,28 +199,46 @@ def _name(pool: str, concurrency: int, processes: int) -> str:
 
 
 def run_product(pool: str, concurrency: int, n: int, fake: FakeProcess, profile_to: Path | None = None,
-                tag: str = "", app: str = "worker", kind: str = "mailworker", processes: int = 1) -> SendResult:
+                tag: str = "", app: str = "worker", kind: str = "mailworker", processes: int = 1,
+                mode: str = "concurrent") -> SendResult:
+    """One mailworker row: the concurrent phase, the drain phase (:mod:`benchmarks.send_drain`) or both."""
+    def reset() -> None:
+        truncate_tables()
+        clean_redis()
+        fake.reset()
+
+    def start(suffix: str) -> list[Service]:
+        return celery_workers(f"mw-{_name(pool, concurrency, processes)}{tag}{suffix}", app, SEND_QUEUE, pool,
+                              concurrency, processes)
+
+    side = Side(kind, reset, start, _enqueue_product, lambda: _sent_count()[0])
+    result = None if mode == "drain" else _product_concurrent(side, pool, concurrency, n, fake, profile_to,
+                                                              processes)
+    if result is not None and mode == "concurrent":
+        return result
+    return with_drain(result, side, pool, concurrency, processes, n, fake)
+
+
+def _product_concurrent(side: Side, pool: str, concurrency: int, n: int, fake: FakeProcess,
+                        profile_to: Path | None, processes: int) -> SendResult:
     from sqlalchemy import text
 
     from worker.infrastructure.db import get_engine
 
     if profile_to is not None and processes != 1:
         raise ValueError("profile_to needs a single worker process (processes=1)")
-    truncate_tables()
-    clean_redis()
-    fake.reset()
-    workers = celery_workers(f"mw-{_name(pool, concurrency, processes)}{tag}", app, SEND_QUEUE, pool,
-                             concurrency, processes)
+    side.reset()
+    workers = side.start("")
     try:
-        warm = max(20, 2 * concurrency * processes)
+        warm = warm_count(concurrency, processes)
         _enqueue_product(warm, 10_000_000)
-        _wait(lambda: _sent_count()[0], warm, 120, "warm-up sends")
+        _wait(side.done, warm, 120, "warm-up sends")
         run = _Run(workers, fake)
         recorder = None
         if profile_to is not None:
             recorder = Recorder(workers[0].pid, profile_to, subprocesses=pool == "prefork")
         t0, enq_rate, enq_cpu = _enqueue_product(n, 0)
-        _wait(lambda: _sent_count()[0], warm + n, 60 + n / 5, "sends")
+        _wait(side.done, warm + n, 60 + n / 5, "sends")
         if recorder is not None:
             recorder.stop()
         worker_cpu, peak, fake_cpu, servers = run.finish(n)
@@ -226,7 +250,7 @@ def run_product(pool: str, concurrency: int, n: int, fake: FakeProcess, profile_
         stop_all(workers)
     lat = [(s - q).total_seconds() for q, s in rows]
     last = max(s for _, s in rows).replace(tzinfo=UTC).timestamp()
-    return SendResult(kind, pool, concurrency, processes, n, enq_rate, enq_cpu, len(rows) / (last - t0),
+    return SendResult(side.kind, pool, concurrency, processes, n, enq_rate, enq_cpu, len(rows) / (last - t0),
                       1000 * percentile(lat, 50), 1000 * percentile(lat, 99), worker_cpu, peak, fake_cpu,
                       servers)
 
@@ -244,13 +268,30 @@ def _enqueue_baseline(n: int, offset: int) -> tuple[float, float, float, dict[st
     return t0, n / (t1 - t0), 1000 * (c1.user + c1.system - c0.user - c0.system) / n, published
 
 
-def run_baseline(pool: str, concurrency: int, n: int, fake: FakeProcess, processes: int = 1) -> SendResult:
-    clean_redis()
-    fake.reset()
-    workers = celery_workers(f"base-{_name(pool, concurrency, processes)}", "benchmarks.baseline_app",
-                             BASELINE_QUEUE, pool, concurrency, processes)
+def run_baseline(pool: str, concurrency: int, n: int, fake: FakeProcess, processes: int = 1,
+                 mode: str = "concurrent") -> SendResult:
+    """One baseline row: the concurrent phase, the drain phase (:mod:`benchmarks.send_drain`) or both."""
+    def reset() -> None:
+        clean_redis()
+        fake.reset()
+
+    def start(suffix: str) -> list[Service]:
+        return celery_workers(f"base-{_name(pool, concurrency, processes)}{suffix}", "benchmarks.baseline_app",
+                              BASELINE_QUEUE, pool, concurrency, processes)
+
+    side = Side("baseline", reset, start, _enqueue_baseline, fake.count)
+    result = None if mode == "drain" else _baseline_concurrent(side, pool, concurrency, n, fake, processes)
+    if result is not None and mode == "concurrent":
+        return result
+    return with_drain(result, side, pool, concurrency, processes, n, fake)
+
+
+def _baseline_concurrent(side: Side, pool: str, concurrency: int, n: int, fake: FakeProcess,
+                         processes: int) -> SendResult:
+    side.reset()
+    workers = side.start("")
     try:
-        warm = max(20, 2 * concurrency * processes)
+        warm = warm_count(concurrency, processes)
         _enqueue_baseline(warm, 10_000_000)
         _wait(fake.count, warm, 120, "warm-up sends")
         start = fake.count()
@@ -269,80 +310,21 @@ def run_baseline(pool: str, concurrency: int, n: int, fake: FakeProcess, process
                       servers)
 
 
-def render(results: list[SendResult]) -> str:
-    """The report table: each post_office and mailworker row carries its ratios to the baseline row of its
-    configuration (the verdicts are mailworker's targets; post_office's ratios are printed bare)."""
-    rows = []
-    base: SendResult | None = None
-    for r in results:
-        if r.kind == "baseline":
-            base = r
-        vs = r.e2e_per_s / base.e2e_per_s if base and r.kind != "baseline" else None
-        cpu_vs = r.worker_cpu_ms / base.worker_cpu_ms if base and r.kind != "baseline" else None
-        verdict = r.kind == "mailworker"
-        rows.append([
-            r.label, r.kind, f"{r.enqueue_per_s:,.0f}", f"{r.e2e_per_s:,.0f}",
-            "" if vs is None else f"**{vs:.2f}x**" + (f" {'ok' if vs >= 0.8 else 'MISS'}" if verdict else ""),
-            f"{100 * r.e2e_per_s / r.ceiling:.0f}%", f"{r.p50_ms:,.0f}", f"{r.p99_ms:,.0f}",
-            f"{r.worker_cpu_ms:.2f}", "" if cpu_vs is None else f"**{cpu_vs:.2f}x**" +
-            (f" {'ok' if cpu_vs <= 2 else 'MISS'}" if verdict else ""), f"{r.peak_rss_mb:,.0f}",
-        ])
-    return table(["pool", "kind", "enqueue/s", "e2e emails/s", "e2e vs base (>=0.8)", "of c/latency",
-                  "p50 ms", "p99 ms", "worker CPU ms/email", "CPU vs base (<=2)", "peak RSS MB"], rows)
-
-
-def render_anchor(results: list[SendResult]) -> str:
-    """One line per configuration that has a django-post_office row: the three end-to-end rates side by side
-    and the ratios the issue's targets are about (mailworker >= 1.3x post_office and >= 0.8x the bare baseline).
-    """
-    by_label: dict[str, dict[str, SendResult]] = {}
-    for r in results:
-        by_label.setdefault(r.label, {})[r.kind] = r
-    rows = []
-    for name, kinds in by_label.items():
-        base, po, mw = kinds.get("baseline"), kinds.get("post_office"), kinds.get("mailworker")
-        if po is None:
-            continue
-
-        def rate(r: SendResult | None) -> str:
-            return "-" if r is None else f"{r.e2e_per_s:,.0f}"
-
-        def ratio(a: SendResult | None, b: SendResult | None, target: float | None = None) -> str:
-            if a is None or b is None:
-                return "-"
-            x = a.e2e_per_s / b.e2e_per_s
-            return f"**{x:.2f}x**" + ("" if target is None else f" {'ok' if x >= target else 'MISS'}")
-
-        rows.append([name, rate(base), rate(po), rate(mw), ratio(mw, po, 1.3), ratio(mw, base, 0.8),
-                     ratio(po, base), f"{po.worker_cpu_ms:.2f}", "-" if mw is None else f"{mw.worker_cpu_ms:.2f}"])
-    return table(["pool", "bare e2e/s", "post_office e2e/s", "mailworker e2e/s", "mailworker / post_office (>=1.3)",
-                  "mailworker / bare (>=0.8)", "post_office / bare", "post_office worker CPU ms/email",
-                  "mailworker worker CPU ms/email"], rows)
-
-
-def render_costs(results: list[SendResult]) -> str:
-    """Where each email's CPU goes, per process, so the 2-core CPU bound can be read off directly."""
-    rows = []
-    for r in results:
-        db, rd = r.server_cpu_ms.get("mariadb"), r.server_cpu_ms.get("redis")
-        total = r.enqueue_cpu_ms + r.worker_cpu_ms + r.fake_cpu_ms + (db or 0) + (rd or 0)
-        rows.append([r.label, r.kind, f"{r.enqueue_cpu_ms:.2f}", f"{r.worker_cpu_ms:.2f}",
-                     f"{r.fake_cpu_ms:.2f}", "-" if db is None else f"{db:.2f}", "-" if rd is None else
-                     f"{rd:.2f}", f"{total:.2f}", f"{2000 / total:,.0f}"])
-    return table(["pool", "kind", "enqueue (caller)", "worker", "fake API", "mariadb*", "redis*",
-                  "total ms/email", "2-core bound emails/s"], rows)
-
-
 def run(n: int, configs: list[tuple[str, int, int]] | None = None, profile: bool = True,
-        post_office: bool = True) -> dict[str, object]:
+        post_office: bool = True, mode: str = "both") -> dict[str, object]:
     """All rows, baseline, django-post_office (the anchor, see ``benchmarks.post_office_bench``; one worker
     process only, and only if Django and post_office are installed) then mailworker per
     ``(pool, concurrency, processes)`` configuration (default :data:`CONFIGS`); then one profiled mailworker run
-    (threads 32, one process).
+    (threads 32, one process, concurrent).
+
+    ``mode``: ``concurrent`` (enqueue while the workers drain), ``drain`` (enqueue all N, then drain, see
+    :mod:`benchmarks.send_drain`) or ``both`` (each row runs the concurrent phase, then the drain phase).
     """
     from benchmarks import post_office_bench
     from benchmarks.common import set_api_url
 
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if post_office and (why := post_office_bench.available()) is not None:
         say(f"django-post_office rows skipped: {why}")
         post_office = False
@@ -359,9 +341,12 @@ def run(n: int, configs: list[tuple[str, int, int]] | None = None, profile: bool
                     f"at a time, under its lock file)")
             runners.append(run_product)
             for runner in runners:
-                res = runner(pool, conc, n, fake, processes=procs)
+                res = runner(pool, conc, n, fake, processes=procs, mode=mode)
                 results.append(res)
-                _line(res)
+                if mode != "drain":
+                    say(line(res))
+                if has_drain(res):
+                    say(drain_line(res))
         from benchmarks import census
 
         counts = census.run()
@@ -374,31 +359,11 @@ def run(n: int, configs: list[tuple[str, int, int]] | None = None, profile: bool
         fake.stop()
         if post_office:
             post_office_bench.drop()
-    say()
-    say(render(results))
-    say()
-    if any(r.kind == "post_office" for r in results):
-        say("Against django-post_office (the same stand-in, MariaDB, broker and in-flight count):")
-        say(render_anchor(results))
-        say()
-    say(render_costs(results))
-    say()
-    say("Round trips per email (in-process, deterministic; CPU is one thread with no contention):")
-    say(counts["table"])
-    if profile_md:
-        say()
-        say("py-spy profile of the mailworker worker, threads 32:")
-        say(profile_md)
+    report(results, mode, counts["table"], profile_md)
     return {"results": [r.__dict__ | {"ceiling": r.ceiling, "label": r.label} for r in results],
-            "anchor": render_anchor(results),
+            "mode": mode, "anchor": render_anchor(results) if mode != "drain" else "",
+            "drain_anchor": render_drain_anchor(results) if mode != "concurrent" else "",
             "configs": [list(c) for c in configs or CONFIGS], "profile": profile_md, "census": counts}
-
-
-def _line(r: SendResult) -> None:
-    conc = str(r.concurrency) if r.processes == 1 else f"{r.concurrency}x{r.processes}"
-    say(f"  {r.kind:16} {r.pool:8} c={conc:<3} enqueue {r.enqueue_per_s:7.0f}/s  e2e "
-        f"{r.e2e_per_s:6.0f}/s  p50 {r.p50_ms:6.0f} ms  p99 {r.p99_ms:6.0f} ms  cpu "
-        f"{r.worker_cpu_ms:5.2f} ms/email  rss {r.peak_rss_mb:5.0f} MB")
 
 
 def _api_key() -> str:
