@@ -14,14 +14,16 @@ import tempfile
 
 import pymysql
 
-from benchmarks.common import API_KEY, MYSQL_HOST, PREFIX, SENDER
+from benchmarks.common import API_KEY, DRIVER, MYSQL_HOST, PREFIX, SENDER
 
-# Django's mysql backend on PyMySQL, as in the rows measured before mysqlclient was an option. A process that
-# already loaded mysqlclient (the benchmark's caller with MWBENCH_DRIVER=mysqldb) forgets it first, or Django
-# would mix mysqlclient's submodules with PyMySQL's connection.
-for _name in [m for m in sys.modules if m == "MySQLdb" or m.startswith("MySQLdb.")]:
-    del sys.modules[_name]
-pymysql.install_as_MySQLdb()
+# Django's mysql backend on the driver the product uses in this run: PyMySQL by default (installed as MySQLdb),
+# mysqlclient -- Django's own recommendation -- with MWBENCH_DRIVER=mysqldb, so both rows use the same driver.
+# On PyMySQL, a process that already loaded mysqlclient forgets it first, or Django would mix mysqlclient's
+# submodules with PyMySQL's connection.
+if DRIVER != "mysqldb":
+    for _name in [m for m in sys.modules if m == "MySQLdb" or m.startswith("MySQLdb.")]:
+        del sys.modules[_name]
+    pymysql.install_as_MySQLdb()
 
 SECRET_KEY = "mwbench-post-office-not-secret"  # noqa: S105 - a local benchmark project
 DEBUG = False
