@@ -98,6 +98,30 @@ def check_database_url(value: str, name: str = "DATABASE_URL") -> str:
     return value
 
 
+def check_api_url(value: str, name: str = "SMTP2GO_API_URL") -> str:
+    """``value`` when it is an absolute http(s) URL with a host (where ``/email/send`` is appended); else one
+    line naming ``name`` and what was wrong (any password in it masked)."""
+    from urllib.parse import urlsplit
+
+    shown = mask_url(value)
+    expected = f"expected an http(s) URL like {DEFAULT_SMTP2GO_API_URL}"
+    try:
+        split = urlsplit(value)
+        split.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as err:
+        raise ConfigurationError(f"{name}={shown!r} is not a usable URL ({err}): {expected}") from err
+    if split.scheme.lower() not in ("http", "https"):
+        raise ConfigurationError(f"{name}={shown!r} is not an http(s) URL: {expected}")
+    host = split.hostname or ""
+    try:
+        usable = bool(host) and not any(c.isspace() for c in value) and bool(host.encode("idna"))
+    except UnicodeError:  # an empty or over-long label: no request could ever be made
+        usable = False
+    if not usable:
+        raise ConfigurationError(f"{name}={shown!r} names no usable host: {expected}")
+    return value
+
+
 def check_broker_url(value: str, name: str = "CELERY_BROKER_URL") -> str:
     """``value`` when every URL in it (Celery allows a ``;``-separated failover list) has a transport kombu
     knows and, for Redis, a numeric port and database; else one line naming ``name``."""
@@ -293,7 +317,7 @@ def load_settings() -> Settings:
         database_url=database_url,
         broker_url=broker_url or DEFAULT_BROKER_URL,
         smtp2go_api_key=_opt("SMTP2GO_API_KEY"),
-        smtp2go_api_url=(_opt("SMTP2GO_API_URL") or DEFAULT_SMTP2GO_API_URL).rstrip("/"),
+        smtp2go_api_url=check_api_url((_opt("SMTP2GO_API_URL") or DEFAULT_SMTP2GO_API_URL).rstrip("/")),
         smtp2go_webhook_secrets=_list("SMTP2GO_WEBHOOK_SECRET"),
         allow_unauthenticated_webhooks=_bool("MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS", False),
         smtp_host=_opt("SMTP_HOST"),

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.errors import ConfigurationError
-from worker.infrastructure.config import Settings, get_settings
+from worker.infrastructure.config import Settings, check_api_url, get_settings
 from worker.infrastructure.crypto import decrypt_settings, encrypt_settings
 from worker.infrastructure.models import IntegrationModule
 
@@ -103,6 +103,8 @@ def update_module_settings(
     unknown = set(values) - SMTP2GO_KEYS
     if unknown:
         raise ConfigurationError(f"unknown setting(s) {', '.join(sorted(unknown))} for module {name}")
+    if values.get("api_url") is not None:
+        check_api_url(str(values["api_url"]), name="api_url")
     settings = settings or get_settings()
     keys = settings.require_encryption_keys()
     row = _get_or_create(session, name)

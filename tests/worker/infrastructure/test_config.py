@@ -25,7 +25,7 @@ SQLITE = "sqlite:////tmp/mailworker-config-test.db"
 def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """A valid minimal environment (explicit SQLite, default broker) each test then breaks one way."""
     for name in ("REDIS_URL", "CELERY_BROKER_URL", "SMTP2GO_API_KEY", "SMTP_PASSWORD", "SMTP2GO_WEBHOOK_SECRET",
-                 "SETTINGS_ENCRYPTION_KEY"):
+                 "SETTINGS_ENCRYPTION_KEY", "SMTP2GO_API_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", SQLITE)
     monkeypatch.setenv("MAILWORKER_DEV_ENV_FILE", "/nonexistent/dev.env")
@@ -141,6 +141,41 @@ def test_a_bad_redis_url_fallback_is_named_as_redis_url(env: pytest.MonkeyPatch)
 def test_good_broker_urls_load(env: pytest.MonkeyPatch, url: str) -> None:
     env.setenv("CELERY_BROKER_URL", url)
     assert load_settings().broker_url == url
+
+
+# ----------------------------------------------------------------------------------------- SMTP2Go API URL
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("api.smtp2go.com/v3", "is not an http(s) URL"),
+    ("ftp://api.smtp2go.com/v3", "is not an http(s) URL"),
+    ("https:///v3", "names no usable host"),
+    ("https://api.smtp2go.com:44x3/v3", "is not a usable URL"),
+    ("https://user:pw-9x@api.smtp2go .com/v3", "names no usable host"),
+    ("https://" + "a" * 64 + ".example/v3", "names no usable host"),
+])
+def test_bad_api_urls_are_one_line_naming_the_variable(env: pytest.MonkeyPatch, url: str, expected: str) -> None:
+    message = _error(env, SMTP2GO_API_URL=url)
+    assert message.startswith("SMTP2GO_API_URL=") and expected in message and "pw-9x" not in message
+
+
+@pytest.mark.parametrize("url", ["https://api.smtp2go.com/v3/", "http://127.0.0.1:8025/v3", "https://[::1]:9/v3"])
+def test_good_api_urls_load(env: pytest.MonkeyPatch, url: str) -> None:
+    env.setenv("SMTP2GO_API_URL", url)
+    assert load_settings().smtp2go_api_url == url.rstrip("/")
+
+
+def test_a_stored_module_url_that_is_unusable_is_an_operator_problem(env: pytest.MonkeyPatch) -> None:
+    """A module URL stored before ``module set`` checked it: the transport refuses to be built (the send path
+    holds the mail), with one line that names where the URL comes from."""
+    from worker.infrastructure.modules import Smtp2GoConfig
+    from worker.sending.transports.smtp2go import Smtp2GoTransport
+
+    config = Smtp2GoConfig(enabled=True, api_key="k", api_url="ftp://api.smtp2go.com/v3", webhook_secrets=(),
+                           options={}, source="database")
+    with pytest.raises(ConfigurationError, match=r"^the SMTP2Go API URL \(SMTP2GO_API_URL, or the module's "
+                                                 r"api_url\)='ftp://api.smtp2go.com/v3' is not an http\(s\) URL"):
+        Smtp2GoTransport.from_config(config, load_settings())
 
 
 def test_broker_defaults_to_local_redis(env: pytest.MonkeyPatch) -> None:

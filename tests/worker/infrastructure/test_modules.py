@@ -129,3 +129,13 @@ def test_module_row_is_cached_for_module_cache_seconds(db: str, fake_api: Any, s
     reset_settings()
     third = enqueue_email("c@example.com", "fresh", text_body="x")
     assert deliver(third, owner="t").transport == Transport.SMTP  # read again: disabled, the relay sends
+
+
+def test_module_set_refuses_an_unusable_api_url_and_keeps_what_was_stored(keyed: str) -> None:
+    with session_scope() as session:
+        update_module_settings(session, "smtp2go", {"api_key": "k-1", "api_url": "https://eu-api.smtp2go.com/v3"})
+    with session_scope() as session, pytest.raises(ConfigurationError,
+                                                   match=r"^api_url='ftp://x/v3' is not an http\(s\) URL"):
+        update_module_settings(session, "smtp2go", {"api_url": "ftp://x/v3"})
+    with session_scope() as session:
+        assert smtp2go_config(session).api_url == "https://eu-api.smtp2go.com/v3"

@@ -139,3 +139,32 @@ def test_module_disabled_and_no_relay_holds_until_a_transport_exists(
     reset_settings()
     assert _deliver_when_due(tid) == OutcomeKind.SENT
     assert smtp_sink.count_for(tid) == 1
+
+
+def test_an_unusable_api_url_holds_mail_without_spending_attempts(
+        short_cooldown: pytest.MonkeyPatch, fake_api: Any, database: str) -> None:
+    """An SMTP2Go URL that no request can use is an operator problem: the message is held, never retried into
+    a fallback or a failure however often it is tried, and goes out through SMTP2Go once the URL is fixed. The
+    URL is one an older release let ``module set`` store (``module set`` and start-up refuse it now)."""
+    from worker.infrastructure import modules
+
+    base_env = short_cooldown
+    base_env.setenv("SETTINGS_ENCRYPTION_KEY", generate_key())
+    reset_settings()
+    with short_cooldown.context() as patch, session_scope() as session:
+        patch.setattr(modules, "check_api_url", lambda value, name="": value)  # as stored before the check
+        update_module_settings(session, SMTP2GO, {"api_key": API_KEY, "api_url": "ftp://api.smtp2go.com/v3"})
+        set_module_enabled(session, SMTP2GO, True)
+    tid = enqueue_email("url@example.com", "bad url", text_body="x")
+    assert deliver(tid, owner="w").kind == OutcomeKind.HELD
+    for _ in range(3):  # SEND_MAX_RETRIES is 3: a retryable error would have failed or fallen back by now
+        assert _deliver_when_due(tid) == OutcomeKind.HELD
+    status = _status(tid)
+    assert status["status"] == "retrying" and status["held"] is True and status["api_attempts"] == 0
+    assert "is not an http(s) URL" in status["last_error"]
+    assert fake_api.count_for(tid) == 0
+
+    with session_scope() as session:  # the operator fixes it
+        update_module_settings(session, SMTP2GO, {"api_url": fake_api.url})
+    assert _deliver_when_due(tid) == OutcomeKind.SENT
+    assert fake_api.count_for(tid) == 1

@@ -47,7 +47,7 @@ from worker.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from worker.infrastructure.config import Settings
+from worker.infrastructure.config import Settings, check_api_url
 from worker.infrastructure.models import Transport
 from worker.infrastructure.modules import Smtp2GoConfig
 from worker.sending.transports.base import (
@@ -145,17 +145,17 @@ def request_left(err: BaseException) -> bool:
     return True
 
 
-def _transport_error(err: requests.RequestException, *, timeout: float) -> DeliveryError:
+def _transport_error(err: requests.RequestException, *, timeout: float) -> DeliveryError | ConfigurationError:
     """The delivery error (or configuration error) for a request that got no complete HTTP answer."""
     if isinstance(err, requests.exceptions.ConnectTimeout):
         return RetryableDeliveryError("connect timeout", provider=PROVIDER)
     if isinstance(err, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                         requests.exceptions.InvalidSchema, requests.exceptions.URLRequired)):
-        # Nothing left. Still retryable, so retries can run out and the mail falls back or fails; as an operator
-        # problem it should be a ConfigurationError, which the send path holds (open, noted on issue 9).
-        return RetryableDeliveryError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check "
-                                      "SMTP2GO_API_URL or `mailworker module set smtp2go api_url=...`",
-                                      provider=PROVIDER)
+        # Nothing left, and nothing will until an operator fixes the URL: an operator problem, so the send
+        # path holds the mail (never retries it into a fallback or a failure). Most such URLs are refused
+        # before this, by check_api_url at start-up, in `module set` and in from_config.
+        return ConfigurationError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check "
+                                  "SMTP2GO_API_URL or `mailworker module set smtp2go api_url=...`")
     if isinstance(err, requests.exceptions.ReadTimeout):
         return AmbiguousDeliveryError(f"no answer within {timeout:g}s after sending", provider=PROVIDER)
     if isinstance(err, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
@@ -192,6 +192,9 @@ def _post(path: str, payload: Mapping[str, Any], *, api_key: str, api_url: str, 
         )
     except requests.RequestException as err:
         raise _transport_error(err, timeout=timeout) from err
+    except u3.LocationValueError as err:  # a host urllib3 cannot even parse (requests does not wrap it)
+        raise ConfigurationError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check "
+                                 "SMTP2GO_API_URL or `mailworker module set smtp2go api_url=...`") from err
     try:
         body: Any = response.json()
     except ValueError:
@@ -379,6 +382,7 @@ class Smtp2GoTransport:
         if not config.api_key:
             raise ConfigurationError("no SMTP2Go API key (SMTP2GO_API_KEY, or `mailworker module set smtp2go "
                                      "api_key=...`)")
+        check_api_url(config.api_url, name="the SMTP2Go API URL (SMTP2GO_API_URL, or the module's api_url)")
         return cls(api_key=config.api_key, api_url=config.api_url, timeout=settings.smtp2go_timeout,
                    connect_timeout=settings.smtp2go_connect_timeout, verify=settings.smtp2go_ca_file or True,
                    options=config.options)

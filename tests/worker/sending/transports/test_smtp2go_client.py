@@ -18,6 +18,7 @@ from tests.conftest import FIXTURES_DIR, free_port
 from worker.devtools.fake_smtp2go import FakeSMTP2Go, Scripted
 from worker.errors import (
     AmbiguousDeliveryError,
+    ConfigurationError,
     CredentialsRejected,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -365,7 +366,10 @@ def test_search_activity_without_permission_is_a_credentials_problem() -> None:
         search_activity({}, api_key="k", api_url=f"http://127.0.0.1:{port}/v3")
 
 
-@pytest.mark.parametrize("url", ["api.smtp2go.com/v3", "ftp://api.smtp2go.com/v3", "http:///v3"])
-def test_unusable_api_url_names_the_setting(url: str) -> None:
-    with pytest.raises(RetryableDeliveryError, match="SMTP2GO_API_URL"):
+@pytest.mark.parametrize("url", ["api.smtp2go.com/v3", "ftp://api.smtp2go.com/v3", "http:///v3",
+                                 "http://" + "a" * 64 + ".example/v3"])
+def test_unusable_api_url_is_a_configuration_error_naming_the_setting(url: str) -> None:
+    """Nothing can leave, and nothing will until an operator fixes the URL: an operator problem (the send path
+    holds the mail), not a retryable error whose retries would run out into a fallback or a failure."""
+    with pytest.raises(ConfigurationError, match="SMTP2GO_API_URL"):
         smtp2go.send(email=email(), api_key="k", api_url=url, timeout=2, connect_timeout=1)
