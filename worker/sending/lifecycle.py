@@ -256,17 +256,34 @@ def _write(conn: Connection, lease: Lease, values: dict[str, Any]) -> None:
 
 
 def _set_recipients(conn: Connection, tracking_id: str, addresses: dict[str, str] | None,
-                    status: RecipientStatus, stamp: str | None = None) -> None:
-    """Move the message's queued recipients named in ``addresses`` (address -> reason) to ``status``."""
+                    status: RecipientStatus, stamp: str | None = None) -> dict[str, str]:
+    """Move the message's queued recipients named in ``addresses`` (address -> reason) to ``status``; returns
+    the ones that moved."""
     now = utcnow()
+    moved: dict[str, str] = {}
     for address, why in (addresses or {}).items():
         values: dict[str, Any] = {"status": status, "error": why}
         if stamp:
             values[stamp] = now
-        conn.execute(update(recipients)
-                     .where(recipients.c.message_id == tracking_id, recipients.c.status == RecipientStatus.QUEUED,
-                            func.lower(recipients.c.address) == address.lower())
-                     .values(values))
+        if conn.execute(update(recipients)
+                        .where(recipients.c.message_id == tracking_id,
+                               recipients.c.status == RecipientStatus.QUEUED,
+                               func.lower(recipients.c.address) == address.lower())
+                        .values(values)).rowcount:
+            moved[address] = why
+    return moved
+
+
+def _reject_recipients(conn: Connection, lease: Lease, refused: dict[str, str] | None,
+                       status: MessageStatus) -> None:
+    """Recipients a transport refused for good during the send are ``rejected``, each with its own
+    ``email.rejected`` callback (as a webhook ``reject`` gives one); runs after the transition's UPDATE took the
+    message row's lock, so the events take their sequence numbers in order."""
+    now = utcnow()
+    for address, why in _set_recipients(conn, lease.tracking_id, refused, RecipientStatus.REJECTED,
+                                         "rejected_at").items():
+        outbox.emit(conn, lease.tracking_id, "email.rejected", status=status.value, occurred_at=now,
+                    recipient=address, data={"recipient_status": RecipientStatus.REJECTED.value, "detail": why})
 
 
 # ------------------------------------------------------------------------------------------ one attempt
@@ -332,7 +349,7 @@ def record_accepted(conn: Connection, lease: Lease, transport: Transport, provid
     else:
         _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "transport": transport,
                              "sent_at": now, "next_attempt_at": None, "held_since": None})
-    _set_recipients(conn, lease.tracking_id, refused, RecipientStatus.REJECTED, "rejected_at")
+    _reject_recipients(conn, lease, refused, MessageStatus.RETRYING if deferred else MessageStatus.SENT)
     if deferred:
         conn.execute(update(recipients)
                      .where(recipients.c.message_id == lease.tracking_id,
@@ -354,7 +371,7 @@ def retry_later(conn: Connection, lease: Lease, reason: str, retry_at: datetime,
     """Nothing was sent this time; try again at ``retry_at`` (refused recipients are ``rejected`` for good)."""
     _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.RETRYING, "next_attempt_at": retry_at,
                          "last_error": reason, "held_since": None})
-    _set_recipients(conn, lease.tracking_id, refused, RecipientStatus.REJECTED, "rejected_at")
+    _reject_recipients(conn, lease, refused, MessageStatus.RETRYING)
     log.info("retry scheduled tracking_id=%s at=%s reason=%s", lease.tracking_id, retry_at.isoformat(), reason)
 
 
@@ -387,13 +404,13 @@ def hold(conn: Connection, lease: Lease, problem: str, retry_at: datetime, *,
 
 def fail(conn: Connection, lease: Lease, reason: str, *, refused: dict[str, str] | None = None) -> None:
     """Give up: every transport refused for good (refused recipients ``rejected``, the rest ``failed``)."""
-    _set_recipients(conn, lease.tracking_id, refused, RecipientStatus.REJECTED, "rejected_at")
-    conn.execute(update(recipients)
-                 .where(recipients.c.message_id == lease.tracking_id, recipients.c.status == RecipientStatus.QUEUED)
-                 .values(status=RecipientStatus.FAILED, error=func.coalesce(recipients.c.error, reason)))
     now = utcnow()
     _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.FAILED, "failed_at": now,
                          "last_error": reason, "next_attempt_at": None, "held_since": None})
+    _reject_recipients(conn, lease, refused, MessageStatus.FAILED)
+    conn.execute(update(recipients)
+                 .where(recipients.c.message_id == lease.tracking_id, recipients.c.status == RecipientStatus.QUEUED)
+                 .values(status=RecipientStatus.FAILED, error=func.coalesce(recipients.c.error, reason)))
     _emit_message_event(conn, lease.tracking_id, MessageStatus.FAILED, now, error=reason)
     log.warning("final state failed tracking_id=%s reason=%s", lease.tracking_id, reason)
 

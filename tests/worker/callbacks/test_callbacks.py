@@ -241,6 +241,27 @@ def test_cancelled_expired_failed_suppressed_events(fake_api: Any, callbacks_env
     assert all(b["data"]["sequence"] == 1 for b in receiver.bodies())
 
 
+def test_recipients_the_relay_refuses_get_their_own_rejected_event(smtp_sink: Any, callbacks_env: Any,
+                                                                   database: str, receiver: Receiver) -> None:
+    """A recipient refused for good during the send (SMTP 5xx) is told as ``email.rejected`` for that address,
+    as a webhook ``reject`` would be, before the message's own ``email.sent`` -- or ``email.failed`` when every
+    recipient was refused."""
+    _add(receiver.url)
+    smtp_sink.refuse["nobody@example.com"] = "550 5.1.1 No such user"
+    smtp_sink.refuse["gone@example.com"] = "550 5.1.1 Gone"
+    partial = enqueue_email(["ok@example.com", "nobody@example.com"], "s", text_body="b")
+    assert deliver(partial, owner="w:1").kind == OutcomeKind.SENT
+    refused = enqueue_email(["gone@example.com"], "s", text_body="b")
+    assert deliver(refused, owner="w:1").kind == OutcomeKind.FAILED
+    _run_until_idle(1)
+    got = sorted((b["data"]["tracking_id"] == partial, b["data"]["sequence"], b["type"], b["data"]["recipient"],
+                  b["data"].get("recipient_status")) for b in receiver.bodies())
+    assert got == [(False, 1, "email.rejected", "gone@example.com", "rejected"), (False, 2, "email.failed", None, None),
+                   (True, 1, "email.rejected", "nobody@example.com", "rejected"), (True, 2, "email.sent", None, None)]
+    details = {b["data"]["recipient"]: b["data"]["detail"] for b in receiver.bodies() if b["type"] == "email.rejected"}
+    assert "550 5.1.1 No such user" in details["nobody@example.com"] and "Gone" in details["gone@example.com"]
+
+
 def test_the_hook_is_retried_and_never_blocks_a_send(fake_api: Any, callbacks_env: Any, database: str) -> None:
     callbacks_env.setenv("MAILWORKER_STATUS_HOOK", "tests.worker.callbacks.hooks:record")
     hooks.calls.clear()
