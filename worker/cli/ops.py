@@ -288,10 +288,12 @@ def requeue(ids: tuple[str, ...], failed: bool, stuck: bool, held: bool, since: 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 def purge(older_than: str, dry_run: bool, as_json: bool) -> None:
-    """Drop bodies, attachments and events of finished mail older than the cut-off (statuses stay)."""
+    """Drop bodies, attachments and events of finished mail older than the cut-off (statuses stay), and status
+    callbacks created before it that are delivered or dead letters, with their deliveries and attempts."""
     from worker.operations.maintenance import purge as run
 
     result = run(parse_duration(older_than), dry_run=dry_run)
     emit(result.as_dict(), as_json, lambda r: (
         f"{'would purge' if r['dry_run'] else 'purged'} {r['messages']} message(s), "
-        f"{r['attachments']} attachment(s), {r['events']} event(s)"))
+        f"{r['attachments']} attachment(s), {r['events']} event(s), {r['status_events']} status event(s), "
+        f"{r['callback_deliveries']} callback delivery(ies), {r['callback_attempts']} callback attempt(s)"))

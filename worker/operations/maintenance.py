@@ -1,4 +1,4 @@
-"""Operator repairs: requeue failed or stuck messages, and purge old content for retention.
+"""Operator repairs: requeue failed or stuck messages, and purge old content and callback records for retention.
 
 Both work in batches so they are safe on a table of millions of rows and never hold long locks.
 """
@@ -9,13 +9,18 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Select, delete, func, or_, select, update
+from sqlalchemy.orm import aliased
 
+from worker.callbacks.dispatcher import DEAD, DELIVERED
 from worker.infrastructure.db import get_engine, session_scope
 from worker.infrastructure.models import (
     Attachment,
+    CallbackAttempt,
+    CallbackDelivery,
     Message,
     MessageStatus,
+    StatusEvent,
     TrackingEvent,
     utcnow,
 )
@@ -25,6 +30,9 @@ from worker.sending.publish import publish_send
 log = logging.getLogger(__name__)
 FINAL = [MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.BOUNCED, MessageStatus.COMPLAINED,
          MessageStatus.REJECTED, MessageStatus.FAILED, MessageStatus.SUPPRESSED]
+#: Callback delivery states that need nothing more: delivered, or a dead letter (retries used up, refused, its
+#: endpoint disabled or removed). Any other state (``pending``, retries included) keeps its status event.
+SETTLED = (DELIVERED, DEAD)
 
 
 @dataclass
@@ -107,9 +115,15 @@ def requeue(ids: list[str] | None = None, *, failed: bool = False, stuck: bool =
 
 @dataclass
 class PurgeResult:
+    """What was purged (with ``dry_run``: what would be). ``events`` are tracking events (provider webhooks);
+    ``status_events``, ``callback_deliveries`` and ``callback_attempts`` the status-callback outbox rows."""
+
     messages: int = 0
     attachments: int = 0
     events: int = 0
+    status_events: int = 0
+    callback_deliveries: int = 0
+    callback_attempts: int = 0
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, object]:
@@ -120,7 +134,8 @@ def purge(older_than: timedelta, *, dry_run: bool = False, batch: int = 500) -> 
     """Drop bodies, attachments and event payloads of finished messages queued before now - older_than.
 
     Message rows, statuses and timestamps stay (stats and audits keep working); events older than the
-    cut-off are deleted.
+    cut-off are deleted, and so are status events created before it whose callbacks are settled, with their
+    deliveries and attempts (:func:`_purge_callbacks`).
     """
     cutoff = utcnow() - older_than
     result = PurgeResult(dry_run=dry_run)
@@ -133,6 +148,16 @@ def purge(older_than: timedelta, *, dry_run: bool = False, batch: int = 500) -> 
                 select(func.count()).select_from(Attachment).where(Attachment.message_id.in_(candidates))) or 0)
             result.events = int(session.scalar(
                 select(func.count()).select_from(TrackingEvent).where(TrackingEvent.occurred_at < cutoff)) or 0)
+            settled = _settled_events(cutoff)
+            result.status_events = int(session.scalar(
+                select(func.count()).select_from(settled.subquery())) or 0)
+            result.callback_deliveries = int(session.scalar(
+                select(func.count()).select_from(CallbackDelivery)
+                .where(CallbackDelivery.event_pk.in_(settled))) or 0)
+            result.callback_attempts = int(session.scalar(
+                select(func.count()).select_from(CallbackAttempt)
+                .join(CallbackDelivery, CallbackDelivery.id == CallbackAttempt.delivery_id)
+                .where(CallbackDelivery.event_pk.in_(settled))) or 0)
             return result
     while True:
         with session_scope() as session:
@@ -154,5 +179,64 @@ def purge(older_than: timedelta, *, dry_run: bool = False, batch: int = 500) -> 
                 break
             session.execute(delete(TrackingEvent).where(TrackingEvent.id.in_(event_ids)))
             result.events += len(event_ids)
+    _purge_callbacks(cutoff, result, batch)
     log.info("purge older_than=%s %s", older_than, result.as_dict())
     return result
+
+
+def _settled_events(cutoff: datetime) -> Select[tuple[int]]:
+    """Ids of status events created before ``cutoff``, dispatched (the dispatcher made their deliveries), and
+    with no delivery in a state other than :data:`SETTLED`. An event without deliveries (no endpoint wanted
+    it) is settled once dispatched."""
+    unsettled = aliased(CallbackDelivery)
+    waiting = (select(unsettled.id).where(unsettled.event_pk == StatusEvent.id, unsettled.state.not_in(SETTLED))
+               .correlate(StatusEvent))
+    return select(StatusEvent.id).where(StatusEvent.created_at < cutoff, StatusEvent.dispatched_at.is_not(None),
+                                        ~waiting.exists())
+
+
+def _delete_ids(conn: Connection, model: type[CallbackAttempt | CallbackDelivery | StatusEvent], ids: list[int],
+                batch: int) -> int:
+    """DELETE by primary key, at most ``batch`` ids per statement; returns the rows deleted."""
+    deleted = 0
+    for start in range(0, len(ids), batch):
+        deleted += conn.execute(delete(model).where(model.id.in_(ids[start:start + batch]))).rowcount
+    return deleted
+
+
+def _purge_callbacks(cutoff: datetime, result: PurgeResult, batch: int) -> None:
+    """Delete settled status events created before ``cutoff``: their attempts, then their deliveries, then the
+    events (the foreign keys' order), one transaction per ``batch`` events, every statement naming at most
+    ``batch`` ids (plain ``DELETE ... WHERE id IN (...)``: the same on SQLite and MariaDB).
+
+    Dead letters older than the cut-off go too: ``mailworker callbacks replay`` reaches back that far. Each
+    transaction locks its events, then reads their deliveries with a locking read, and keeps an event whose
+    delivery became pending meanwhile (a replay of it). A replay of the very same old event at that instant
+    waits, then fails on the deleted event, or deadlocks with the purge and one of the two is rolled back
+    (rerun it). On SQLite every transaction takes the write lock at BEGIN: there is no "meanwhile".
+    """
+    with get_engine().connect() as conn:
+        upper = conn.scalar(select(func.max(StatusEvent.id)).where(StatusEvent.created_at < cutoff))
+    after = 0
+    while upper is not None:
+        with get_engine().begin() as conn:
+            ids = list(conn.scalars(_settled_events(cutoff).where(StatusEvent.id > after, StatusEvent.id <= upper)
+                                    .order_by(StatusEvent.id).limit(batch)))
+            if not ids:
+                break
+            after = ids[-1]  # keyset: an event kept below is not read again in this run
+            ids = list(conn.scalars(select(StatusEvent.id).where(StatusEvent.id.in_(ids))
+                                    .order_by(StatusEvent.id).with_for_update()))
+            deliveries = conn.execute(
+                select(CallbackDelivery.id, CallbackDelivery.event_pk, CallbackDelivery.state)
+                .where(CallbackDelivery.event_pk.in_(ids)).order_by(CallbackDelivery.id).with_for_update()).all()
+            busy = {d.event_pk for d in deliveries if d.state not in SETTLED}
+            ids = [i for i in ids if i not in busy]
+            delivery_ids = [d.id for d in deliveries if d.event_pk not in busy]
+            attempt_ids: list[int] = []
+            for start in range(0, len(delivery_ids), batch):
+                attempt_ids += conn.scalars(select(CallbackAttempt.id).where(
+                    CallbackAttempt.delivery_id.in_(delivery_ids[start:start + batch])))
+            result.callback_attempts += _delete_ids(conn, CallbackAttempt, attempt_ids, batch)
+            result.callback_deliveries += _delete_ids(conn, CallbackDelivery, delivery_ids, batch)
+            result.status_events += _delete_ids(conn, StatusEvent, ids, batch)
