@@ -152,7 +152,11 @@ def _sent_message(address: str, email_id: str) -> str:
 
 
 def test_a_real_worker_applies_published_events(celery_worker: Any, redis_client: Any) -> None:
+    from sqlalchemy import func, select
+
     from worker.api.enqueue import get_email_status
+    from worker.infrastructure.db import session_scope
+    from worker.infrastructure.models import TrackingEvent
 
     tid = _sent_message("alice@example.com", "1t9QkX-4Rb2Wm8YzK-Q7aP")
     delivered = json.loads((FIXTURES_DIR / "webhook_delivered.json").read_text())
@@ -160,11 +164,19 @@ def test_a_real_worker_applies_published_events(celery_worker: Any, redis_client
     publish_event(delivered)
     publish_event(opened)
 
-    def applied() -> dict[str, Any] | None:
-        status = get_email_status(tid)
-        return status if status and len(status["events"]) == 2 else None
+    def both_applied() -> bool:
+        # Each event's row, its applied_at and its recipient update commit in one transaction (record_event), so
+        # two applied rows mean both effects are committed. Polling get_email_status for "two events" instead
+        # was flaky under load: it reads the message, recipients and events in three statements, each its own
+        # READ COMMITTED snapshot, so a poll that ran while the worker committed could see the open's row but
+        # alice's row from before it (open_count 0, even delivered_at None).
+        with session_scope() as session:
+            return session.scalar(select(func.count()).select_from(TrackingEvent).where(
+                TrackingEvent.message_id == tid, TrackingEvent.applied_at.is_not(None))) == 2
 
-    status = wait_until(applied, timeout=30, message="both events applied by the worker")
+    wait_until(both_applied, timeout=30, message="both events applied by the worker")
+    status = get_email_status(tid)  # read only after both commits: every statement sees both effects
+    assert status is not None
     alice = status["recipients"][0]
     assert alice["delivered_at"] == "2026-11-20T09:14:05+00:00"
     assert alice["open_count"] == 1 and alice["status"] == "opened"
