@@ -303,6 +303,11 @@ def get_email_status(tracking_id: str) -> dict[str, Any] | None:
     if not isinstance(tracking_id, str):
         return None
     with session_scope() as session:
+        # One snapshot for the message, its recipients and its events (three SELECTs): under MariaDB's READ
+        # COMMITTED each would see the commits made before it, so an event applied in between showed up in the
+        # event list with its recipient still unchanged. SQLite's transactions are one snapshot already.
+        if session.get_bind().dialect.name in ("mysql", "mariadb"):
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         message = session.scalar(
             select(Message)
             .where(Message.id == tracking_id)

@@ -566,3 +566,42 @@ def test_events_on_sqlite(sqlite_db: str) -> None:
     assert alice["delivered_at"] == "2026-11-20T09:14:05+00:00"
     with session_scope() as session:
         assert is_suppressed(session, "bob@example.net")
+
+
+def test_status_read_is_one_snapshot_while_an_event_is_applied(db: str) -> None:
+    """``get_email_status`` reads the message, its recipients and its events in three SELECTs; an event applied
+    between the recipients and the events SELECT must not appear with its recipient still unchanged (MariaDB's
+    READ COMMITTED gave exactly that, seen as a flaky ``open_count`` of 0 beside a listed ``open`` event). The
+    event is applied, and committed, while the reader is paused just before its events SELECT."""
+    import threading
+
+    from sqlalchemy import event
+
+    from worker.infrastructure.db import get_engine
+
+    tid = make_message("alice@example.com", smtp2go_id="snap-1")
+    engine = get_engine()
+    reader = threading.get_ident()
+    applied = threading.Event()
+
+    def apply_open() -> None:
+        process_event({"event": "open", "id": "snap-open", "email_id": "snap-1", "rcpt": "alice@example.com",
+                       "time": "2026-11-20T11:00:00Z"})
+        applied.set()
+
+    def pause_before_events(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if threading.get_ident() == reader and "FROM tracking_events" in statement and not applied.is_set():
+            threading.Thread(target=apply_open).start()
+            assert applied.wait(30), "the open event was not applied"
+
+    event.listen(engine, "before_cursor_execute", pause_before_events)
+    try:
+        torn = status_of(tid)
+    finally:
+        event.remove(engine, "before_cursor_execute", pause_before_events)
+    assert applied.is_set()
+    # the snapshot was taken at the first SELECT, before the event: neither the event nor its effect
+    listed = [e["type"] for e in torn["events"]]
+    assert (listed, rcpt(torn, "alice@example.com")["open_count"]) == ([], 0), torn
+    after = status_of(tid)
+    assert [e["type"] for e in after["events"]] == ["open"] and rcpt(after, "alice@example.com")["open_count"] == 1
