@@ -29,10 +29,11 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, and_, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from worker.callbacks import endpoints, signing
 from worker.infrastructure.db import get_engine
+from worker.infrastructure.dberrors import describe, is_transient
 from worker.infrastructure.models import (
     CallbackAttempt,
     CallbackDelivery,
@@ -149,9 +150,20 @@ def dispatch(publish: bool = True) -> dict[str, int]:
 
     try:
         dispatched = fan_out()
-    except IntegrityError:  # another dispatcher made them at the same moment: the next pass goes on
+    except DBAPIError as err:  # another dispatcher made them at the same moment: the next pass goes on
+        if not (isinstance(err, IntegrityError) or is_transient(err)):
+            raise
+        log.info("callback fan-out left to the next pass (another dispatcher ran at the same moment): %s",
+                 describe(err))
         dispatched = 0
-    due = due_deliveries()
+    try:
+        due = due_deliveries()
+    except DBAPIError as err:  # a deadlock with another dispatcher locking the same rows: the next pass
+        if not is_transient(err):
+            raise
+        log.info("due callbacks left to the next pass (another dispatcher ran at the same moment): %s",
+                 describe(err))
+        due = []
     for delivery_id, kind in due:
         if publish:
             app.send_task(HOOK_TASK if kind == HOOK else DELIVER_TASK, args=[delivery_id])

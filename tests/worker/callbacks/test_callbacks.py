@@ -290,3 +290,28 @@ def test_through_the_real_worker_and_the_callbacks_queue(fake_api: Any, callback
 
     wait_until(delivered, timeout=20, message="callback delivered by the worker")
     assert verify(secret, *receiver.requests[0]) and receiver.bodies()[0]["type"] == "email.sent"
+
+
+def test_concurrent_dispatchers_deliver_each_event_once(fake_api: Any, callbacks_env: Any, database: str,
+                                                        receiver: Receiver) -> None:
+    """Two dispatcher passes at the same moment (a slow periodic run overlapping the next, or two beat hosts by
+    mistake) make each delivery once and send each event to the endpoint once."""
+    from collections import Counter
+
+    from tests.threads import run_threads
+
+    _add(receiver.url)
+    tids = [enqueue_email(f"r{i}@example.com", "s", text_body="b") for i in range(12)]
+    for tid in tids:
+        _sent(tid)
+
+    def dispatch_until_idle(_: int) -> None:
+        for _round in range(6):
+            dispatcher.dispatch(publish=False)
+            time.sleep(0.05)
+
+    run_threads(4, dispatch_until_idle)
+    _run_until_idle(2)
+    sent = Counter(b["data"]["event_id"] for b in receiver.bodies())
+    assert len(sent) == len(tids) and set(sent.values()) == {1}, sent
+    assert {b["data"]["tracking_id"] for b in receiver.bodies()} == set(tids)
