@@ -145,6 +145,11 @@ def request_left(err: BaseException) -> bool:
     return True
 
 
+def _unusable_url(err: Exception) -> ConfigurationError:
+    return ConfigurationError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check SMTP2GO_API_URL or "
+                              "`mailworker module set smtp2go api_url=...`")
+
+
 def _transport_error(err: requests.RequestException, *, timeout: float) -> DeliveryError | ConfigurationError:
     """The delivery error (or configuration error) for a request that got no complete HTTP answer."""
     if isinstance(err, requests.exceptions.ConnectTimeout):
@@ -154,8 +159,7 @@ def _transport_error(err: requests.RequestException, *, timeout: float) -> Deliv
         # Nothing left, and nothing will until an operator fixes the URL: an operator problem, so the send
         # path holds the mail (never retries it into a fallback or a failure). Most such URLs are refused
         # before this, by check_api_url at start-up, in `module set` and in from_config.
-        return ConfigurationError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check "
-                                  "SMTP2GO_API_URL or `mailworker module set smtp2go api_url=...`")
+        return _unusable_url(err)
     if isinstance(err, requests.exceptions.ReadTimeout):
         return AmbiguousDeliveryError(f"no answer within {timeout:g}s after sending", provider=PROVIDER)
     if isinstance(err, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
@@ -193,8 +197,7 @@ def _post(path: str, payload: Mapping[str, Any], *, api_key: str, api_url: str, 
     except requests.RequestException as err:
         raise _transport_error(err, timeout=timeout) from err
     except u3.LocationValueError as err:  # a host urllib3 cannot even parse (requests does not wrap it)
-        raise ConfigurationError(f"the SMTP2Go API URL is not usable ({type(err).__name__}): check "
-                                 "SMTP2GO_API_URL or `mailworker module set smtp2go api_url=...`") from err
+        raise _unusable_url(err) from err
     try:
         body: Any = response.json()
     except ValueError:
