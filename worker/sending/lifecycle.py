@@ -255,35 +255,22 @@ def _write(conn: Connection, lease: Lease, values: dict[str, Any]) -> None:
         raise LeaseLost(f"tracking_id={lease.tracking_id}: the lease of {lease.owner} was taken over")
 
 
-def _set_recipients(conn: Connection, tracking_id: str, addresses: dict[str, str] | None,
-                    status: RecipientStatus, stamp: str | None = None) -> dict[str, str]:
-    """Move the message's queued recipients named in ``addresses`` (address -> reason) to ``status``; returns
-    the ones that moved."""
-    now = utcnow()
-    moved: dict[str, str] = {}
-    for address, why in (addresses or {}).items():
-        values: dict[str, Any] = {"status": status, "error": why}
-        if stamp:
-            values[stamp] = now
-        if conn.execute(update(recipients)
-                        .where(recipients.c.message_id == tracking_id,
-                               recipients.c.status == RecipientStatus.QUEUED,
-                               func.lower(recipients.c.address) == address.lower())
-                        .values(values)).rowcount:
-            moved[address] = why
-    return moved
-
-
 def _reject_recipients(conn: Connection, lease: Lease, refused: dict[str, str] | None,
                        status: MessageStatus) -> None:
-    """Recipients a transport refused for good during the send are ``rejected``, each with its own
-    ``email.rejected`` callback (as a webhook ``reject`` gives one); runs after the transition's UPDATE took the
-    message row's lock, so the events take their sequence numbers in order."""
+    """Recipients a transport refused for good during the send (address -> reason) are ``rejected``, each
+    still queued one with its own ``email.rejected`` callback (as a webhook ``reject`` gives one); runs after the
+    transition's UPDATE took the message row's lock, so the events take their sequence numbers in order."""
     now = utcnow()
-    for address, why in _set_recipients(conn, lease.tracking_id, refused, RecipientStatus.REJECTED,
-                                         "rejected_at").items():
-        outbox.emit(conn, lease.tracking_id, "email.rejected", status=status.value, occurred_at=now,
-                    recipient=address, data={"recipient_status": RecipientStatus.REJECTED.value, "detail": why})
+    for address, why in (refused or {}).items():
+        moved = conn.execute(update(recipients)
+                             .where(recipients.c.message_id == lease.tracking_id,
+                                    recipients.c.status == RecipientStatus.QUEUED,
+                                    func.lower(recipients.c.address) == address.lower())
+                             .values(status=RecipientStatus.REJECTED, error=why, rejected_at=now)).rowcount
+        if moved:
+            outbox.emit(conn, lease.tracking_id, "email.rejected", status=status.value, occurred_at=now,
+                        recipient=address, data={"recipient_status": RecipientStatus.REJECTED.value,
+                                                 "detail": why})
 
 
 # ------------------------------------------------------------------------------------------ one attempt
