@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, Select, delete, func, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from worker.callbacks.dispatcher import DEAD, DELIVERED
 from worker.infrastructure.db import get_engine, session_scope
@@ -195,12 +195,12 @@ def _settled_events(cutoff: datetime) -> Select[tuple[int]]:
                                         ~waiting.exists())
 
 
-def _delete_ids(conn: Connection, model: type[CallbackAttempt | CallbackDelivery | StatusEvent], ids: list[int],
-                batch: int) -> int:
-    """DELETE by primary key, at most ``batch`` ids per statement; returns the rows deleted."""
+def _delete_ids(conn: Connection, column: InstrumentedAttribute[int], ids: list[int], batch: int) -> int:
+    """DELETE the rows whose ``column`` is one of ``ids``, at most ``batch`` ids per statement; returns the rows
+    deleted."""
     deleted = 0
     for start in range(0, len(ids), batch):
-        deleted += conn.execute(delete(model).where(model.id.in_(ids[start:start + batch]))).rowcount
+        deleted += conn.execute(delete(column.class_).where(column.in_(ids[start:start + batch]))).rowcount
     return deleted
 
 
@@ -233,10 +233,6 @@ def _purge_callbacks(cutoff: datetime, result: PurgeResult, batch: int) -> None:
             busy = {d.event_pk for d in deliveries if d.state not in SETTLED}
             ids = [i for i in ids if i not in busy]
             delivery_ids = [d.id for d in deliveries if d.event_pk not in busy]
-            attempt_ids: list[int] = []
-            for start in range(0, len(delivery_ids), batch):
-                attempt_ids += conn.scalars(select(CallbackAttempt.id).where(
-                    CallbackAttempt.delivery_id.in_(delivery_ids[start:start + batch])))
-            result.callback_attempts += _delete_ids(conn, CallbackAttempt, attempt_ids, batch)
-            result.callback_deliveries += _delete_ids(conn, CallbackDelivery, delivery_ids, batch)
-            result.status_events += _delete_ids(conn, StatusEvent, ids, batch)
+            result.callback_attempts += _delete_ids(conn, CallbackAttempt.delivery_id, delivery_ids, batch)
+            result.callback_deliveries += _delete_ids(conn, CallbackDelivery.id, delivery_ids, batch)
+            result.status_events += _delete_ids(conn, StatusEvent.id, ids, batch)
