@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Table, and_, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -43,6 +43,7 @@ from worker.infrastructure.models import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SE = cast(Table, StatusEvent.__table__)
 CD = cast(Table, CallbackDelivery.__table__)
@@ -144,26 +145,26 @@ def due_deliveries(limit: int = 500) -> list[tuple[int, str]]:
     return taken
 
 
+def _or_next_pass(step: Callable[[], T], nothing: T, what: str) -> T:
+    """``step()``, or ``nothing`` when another dispatcher pass running at the same moment got in its way (it
+    made the same deliveries first, or locked the same rows: a duplicate key or a deadlock); the next pass goes
+    on from where that one left off."""
+    try:
+        return step()
+    except DBAPIError as err:
+        if not (isinstance(err, IntegrityError) or is_transient(err)):
+            raise
+        log.info("%s left to the next pass (another dispatcher ran at the same moment): %s", what, describe(err))
+        return nothing
+
+
 def dispatch(publish: bool = True) -> dict[str, int]:
     """One pass of the dispatcher: fan out new events, then publish (or, ``publish=False``, run) due deliveries."""
     from worker.celery_app import app
 
-    try:
-        dispatched = fan_out()
-    except DBAPIError as err:  # another dispatcher made them at the same moment: the next pass goes on
-        if not (isinstance(err, IntegrityError) or is_transient(err)):
-            raise
-        log.info("callback fan-out left to the next pass (another dispatcher ran at the same moment): %s",
-                 describe(err))
-        dispatched = 0
-    try:
-        due = due_deliveries()
-    except DBAPIError as err:  # a deadlock with another dispatcher locking the same rows: the next pass
-        if not is_transient(err):
-            raise
-        log.info("due callbacks left to the next pass (another dispatcher ran at the same moment): %s",
-                 describe(err))
-        due = []
+    dispatched = _or_next_pass(fan_out, 0, "callback fan-out")
+    nothing_due: list[tuple[int, str]] = []
+    due = _or_next_pass(due_deliveries, nothing_due, "due callbacks")
     for delivery_id, kind in due:
         if publish:
             app.send_task(HOOK_TASK if kind == HOOK else DELIVER_TASK, args=[delivery_id])
