@@ -112,9 +112,8 @@ def check_api_url(value: str, name: str = "SMTP2GO_API_URL") -> str:
         raise ConfigurationError(f"{name}={shown!r} is not a usable URL ({err}): {expected}") from err
     if split.scheme.lower() not in ("http", "https"):
         raise ConfigurationError(f"{name}={shown!r} is not an http(s) URL: {expected}")
-    host = split.hostname or ""
     try:
-        usable = bool(host) and not any(c.isspace() for c in value) and bool(host.encode("idna"))
+        usable = bool(split.hostname and split.hostname.encode("idna")) and not any(c.isspace() for c in value)
     except UnicodeError:  # an empty or over-long label: no request could ever be made
         usable = False
     if not usable:
