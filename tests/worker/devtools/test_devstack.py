@@ -21,6 +21,8 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,7 +43,8 @@ MAILWORKER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", LAUN
 _SCRUB = ("DATABASE_URL", "REDIS_URL", "SMTP2GO_API_KEY", "SMTP2GO_API_URL", "SMTP2GO_WEBHOOK_SECRET",
           "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "MAIL_DEFAULT_SENDER", "FLOWER_BASIC_AUTH",
           "MAILWORKER_SEND_QUEUE", "MAILWORKER_EVENTS_QUEUE", "MAILWORKER_MAINTENANCE_QUEUE",
-          "MAILWORKER_TASK_EVENTS")
+          "MAILWORKER_CALLBACKS_QUEUE", "MAILWORKER_TASK_EVENTS", "SETTINGS_ENCRYPTION_KEY",
+          "CALLBACK_ALLOWED_NETWORKS")
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -105,8 +108,17 @@ def test_plan_simulator_sink_and_shared_settings(tmp_path: Path, monkeypatch: py
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
     stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env"))
-    names = [c.name for c in stack._children()]
-    assert names == ["worker", "beat", "web", "console", "flower", "smtp", "smtp2go"]
+    children = {c.name: c for c in stack._children()}
+    assert list(children) == ["worker", "callbacks", "beat", "web", "console", "flower", "smtp", "smtp2go"]
+    # Callbacks run in a worker of their own: no sending thread ever serves that queue.
+    worker_queues = children["worker"].argv[children["worker"].argv.index("-Q") + 1].split(",")
+    callback_queues = children["callbacks"].argv[children["callbacks"].argv.index("-Q") + 1].split(",")
+    assert worker_queues == ["mailworker-dev.send", "mailworker-dev.events", "mailworker-dev.maintenance"]
+    assert callback_queues == ["mailworker-dev.callbacks"]
+    assert stack.child_env["MAILWORKER_CALLBACKS_QUEUE"] == "mailworker-dev.callbacks"
+    # gunicorn's access log never prints the Basic-auth user (%(u)s): it is a secret when in the webhook URL.
+    web = children["web"].argv
+    assert "%(u)s" not in web[web.index("--access-logformat") + 1]
     shared = stack.shared_settings()
     assert shared["DATABASE_URL"] == f"sqlite:///{tmp_path.resolve() / 'mailworker.db'}"
     assert shared["CELERY_BROKER_URL"] == DEV_REDIS_URL
@@ -116,6 +128,28 @@ def test_plan_simulator_sink_and_shared_settings(tmp_path: Path, monkeypatch: py
     assert "SMTP2GO_WEBHOOK_SECRET" not in shared and "FLOWER_BASIC_AUTH" not in shared
     assert stack.child_env["SMTP2GO_WEBHOOK_SECRET"] and stack.child_env["SWEEP_INTERVAL"] == "5"
     assert stack.child_env["FLOWER_BASIC_AUTH"].startswith("dev:")
+    # `mailworker callbacks add` in another shell needs the stack's encryption key and the loopback allowance.
+    assert shared["CALLBACK_ALLOWED_NETWORKS"] == devstack.stack.DEV_CALLBACK_NETWORKS
+    assert shared["SETTINGS_ENCRYPTION_KEY"] == stack.child_env["SETTINGS_ENCRYPTION_KEY"]
+
+
+def test_dev_encryption_key_is_generated_once_and_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.infrastructure.crypto import decrypt_settings, encrypt_settings
+
+    for name in _SCRUB:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
+    first = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env")).child_env["SETTINGS_ENCRYPTION_KEY"]
+    key_file = tmp_path / devstack.stack.DEV_ENCRYPTION_KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    again = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env")).child_env["SETTINGS_ENCRYPTION_KEY"]
+    assert again == first  # what the last run encrypted stays readable
+    assert decrypt_settings(encrypt_settings({"a": 1}, (first,)), (again,)) == {"a": 1}
+    # A key the user exported wins and is never written into dev.env.
+    monkeypatch.setenv("SETTINGS_ENCRYPTION_KEY", "user-key")
+    stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env"))
+    assert stack.child_env["SETTINGS_ENCRYPTION_KEY"] == "user-key"
+    assert "SETTINGS_ENCRYPTION_KEY" not in stack.shared_settings()
 
 
 def test_plan_keeps_real_api_and_secrets_out_of_dev_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +158,7 @@ def test_plan_keeps_real_api_and_secrets_out_of_dev_env(tmp_path: Path, monkeypa
     monkeypatch.setenv("DATABASE_URL", "mysql+pymysql://u:pw@db/mail")
     monkeypatch.delenv("SMTP2GO_API_URL", raising=False)
     stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env", flower=False))
-    assert [c.name for c in stack._children()] == ["worker", "beat", "web", "console", "smtp"]
+    assert [c.name for c in stack._children()] == ["worker", "callbacks", "beat", "web", "console", "smtp"]
     assert stack.child_env["SMTP2GO_API_URL"] == "https://api.smtp2go.com/v3"
     shared = stack.shared_settings()
     assert not {"SMTP2GO_API_KEY", "DATABASE_URL", "CELERY_BROKER_URL"} & shared.keys()
@@ -239,6 +273,31 @@ class _Reader:
         return "\n".join(self.lines)
 
 
+@contextmanager
+def _callback_receiver() -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP server that answers 204 and keeps every body POSTed to it."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*MAILWORKER, *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=30, check=False)
@@ -310,6 +369,19 @@ def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
         assert final["status"] == "delivered", out.text()[-3000:]
         assert sorted(e["type"] for e in final["events"]) == ["delivered", "processed"]
         assert final["smtp2go_message_id"] and final["transport"] == "smtp2go"
+        # The embedded database holds every address and body: owner-only.
+        assert stat.S_IMODE((var_dir / "mailworker.db").stat().st_mode) == 0o600
+
+        # The README's `mailworker callbacks add`, from another shell: the stack's own encryption key stores the
+        # endpoint's secret, and its callbacks worker delivers the signed event to a receiver on loopback.
+        with _callback_receiver() as (url, received):
+            added = _cli(["callbacks", "add", url, "--events", "email.sent"], shell, tmp_path)
+            assert added.returncode == 0, added.stderr
+            second = json.loads(_cli(["send", "--to", "other@example.com", "--subject", "hi", "--text", "x",
+                                      "--json"], shell, tmp_path).stdout)["id"]
+            body = wait_until(lambda: next((b for b in received if second in b), None), 30, interval=0.2,
+                              message="the email.sent callback")
+            assert json.loads(body)["type"] == "email.sent"
 
         # The operator console and Flower demand their printed dev credentials; the console shows the email.
         page = _printed_login(out.text(), "console", f"http://127.0.0.1:{ports['console']}/messages/{tracking_id}")

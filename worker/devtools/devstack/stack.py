@@ -34,7 +34,18 @@ DEV_REDIS_DB = 9
 #: Queue names of the dev stack: its worker consumes only these, never another app's ``mailworker.*`` queues.
 DEV_QUEUE_PREFIX = "mailworker-dev"
 QUEUE_VARS = {"MAILWORKER_SEND_QUEUE": "send", "MAILWORKER_EVENTS_QUEUE": "events",
-              "MAILWORKER_MAINTENANCE_QUEUE": "maintenance"}
+              "MAILWORKER_MAINTENANCE_QUEUE": "maintenance", "MAILWORKER_CALLBACKS_QUEUE": "callbacks"}
+#: The queues the stack's ``worker`` child consumes; the callbacks queue has a child of its own (as in the
+#: Procfile), so a slow callback receiver or hook never takes a sending thread.
+SENDER_QUEUE_VARS = ("MAILWORKER_SEND_QUEUE", "MAILWORKER_EVENTS_QUEUE", "MAILWORKER_MAINTENANCE_QUEUE")
+#: Callback endpoints a developer adds point at their own machine: the dev stack allows loopback on purpose.
+DEV_CALLBACK_NETWORKS = "127.0.0.0/8,::1/128"
+#: A Fernet key for module settings and callback secrets, generated once per ``var/`` and kept (0600) there, so
+#: what the dev stack encrypted stays readable after a restart.
+DEV_ENCRYPTION_KEY_FILE = "dev-settings.key"
+#: gunicorn's access log without ``%(u)s``: the Basic-auth user is a secret when SMTP2Go's webhook URL carries it.
+ACCESS_LOG_FORMAT = '%(h)s %(t)s "%(r)s" %(s)s %(b)s %(L)ss'
+
 #: Ctrl-C, a polite kill, and a closed terminal (our children have their own sessions: we must stop them).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -68,6 +79,7 @@ class DevStack:
         self.children: list[Child] = []
         self.redis: Child | None = None
         self.node = f"mailworker-dev-{os.getpid()}@{socket.gethostname()}"
+        self.callbacks_node = f"mailworker-dev-callbacks-{os.getpid()}@{socket.gethostname()}"
         self._stop = threading.Event()
         self._plan()
         self._unmask_passwordless_broker()
@@ -95,6 +107,8 @@ class DevStack:
         self.flower_auth = env.get("FLOWER_BASIC_AUTH") or f"dev:{secrets.token_urlsafe(12)}"
         self.console_auth = env.get("CONSOLE_BASIC_AUTH") or f"dev:{secrets.token_urlsafe(12)}"
         self.web_url = f"http://{h}:{o.web_port}"
+        self.user_encryption_key = bool(env.get("SETTINGS_ENCRYPTION_KEY"))
+        self.encryption_key = env.get("SETTINGS_ENCRYPTION_KEY") or _dev_encryption_key(self.var_dir)
         self.child_env = {
             **env, "PYTHONUNBUFFERED": "1", "DATABASE_URL": self.database_url,
             "CELERY_BROKER_URL": self.broker_url, "SMTP2GO_API_KEY": self.api_key,
@@ -102,6 +116,8 @@ class DevStack:
             "MAIL_DEFAULT_SENDER": env.get("MAIL_DEFAULT_SENDER") or DEFAULT_SENDER,
             "SWEEP_INTERVAL": env.get("SWEEP_INTERVAL") or "5", "FLOWER_BASIC_AUTH": self.flower_auth,
             "CONSOLE_BASIC_AUTH": self.console_auth,
+            "SETTINGS_ENCRYPTION_KEY": self.encryption_key,
+            "CALLBACK_ALLOWED_NETWORKS": env.get("CALLBACK_ALLOWED_NETWORKS") or DEV_CALLBACK_NETWORKS,
             **self.queues,
             # Task events on from the start while Flower runs: the first email shows up even if it is sent
             # before Flower's first enable_events broadcast (maintenance tasks never send them: celeryconfig).
@@ -119,22 +135,31 @@ class DevStack:
 
     def shared_settings(self) -> dict[str, str]:
         """What another shell needs to use this stack, minus anything the user supplied as a secret."""
-        keys = ["DATABASE_URL", "CELERY_BROKER_URL", "SMTP2GO_API_URL", "MAIL_DEFAULT_SENDER", *QUEUE_VARS]
+        keys = ["DATABASE_URL", "CELERY_BROKER_URL", "SMTP2GO_API_URL", "MAIL_DEFAULT_SENDER",
+                "CALLBACK_ALLOWED_NETWORKS", *QUEUE_VARS]
         keys += ["SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY"] if self.sink else []
         keys += [] if self.real_api_key else ["SMTP2GO_API_KEY"]
+        # The generated dev key (never one the user exported): `mailworker callbacks add` in another shell
+        # encrypts the endpoint's secret with it. dev.env is owner-only, like the key file itself.
+        keys += [] if self.user_encryption_key else ["SETTINGS_ENCRYPTION_KEY"]
         shared = {key: self.child_env[key] for key in keys}
         return {k: v for k, v in shared.items() if not k.endswith("_URL") or _mask_url(v) == v}
 
     def _children(self) -> list[Child]:
         o, py = self.opts, sys.executable
         celery = [py, "-m", "celery", "-A", "worker"]
-        queues = ",".join(self.queues.values())  # ours only: another app's mailworker.* queues stay untouched
+        # Ours only: another app's mailworker.* queues stay untouched.
+        queues = ",".join(self.queues[var] for var in SENDER_QUEUE_VARS)
         plan = [
             Child("worker", [*celery, "worker", "--pool", "threads", "--concurrency", "8", "-Q", queues,
                              "-n", self.node, "--loglevel", "INFO", "--without-mingle"]),
+            Child("callbacks", [*celery, "worker", "--pool", "threads", "--concurrency", "4", "-Q",
+                                self.queues["MAILWORKER_CALLBACKS_QUEUE"], "-n", self.callbacks_node,
+                                "--loglevel", "INFO", "--without-mingle"]),
             Child("beat", [*celery, "beat", "-s", str(self.var_dir / "celerybeat-schedule"), "--loglevel", "INFO"]),
             Child("web", [py, "-m", "gunicorn", "webhook_app.wsgi:app", "--bind", f"{o.host}:{o.web_port}",
-                          "--workers", "2", "--graceful-timeout", "5", "--access-logfile", "-"]),
+                          "--workers", "2", "--graceful-timeout", "5", "--access-logfile", "-",
+                          "--access-logformat", ACCESS_LOG_FORMAT]),
         ]
         # The operator console: its credentials in CONSOLE_BASIC_AUTH (the environment), printed in the table.
         plan.append(Child("console", [py, "-m", "worker.cli", "console", "--host", o.host,
@@ -156,7 +181,9 @@ class DevStack:
     def _probes(self) -> dict[str, Callable[[], bool]]:
         o, h = self.opts, self.host
         probes: dict[str, Callable[[], bool]] = {"web": lambda: http_ok(self.web_url + "/healthz"),
-                                                 "worker": lambda: worker_ping(self.broker_url, self.node)}
+                                                 "worker": lambda: worker_ping(self.broker_url, self.node),
+                                                 "callbacks": lambda: worker_ping(self.broker_url,
+                                                                                  self.callbacks_node)}
         for name, port, wanted in (("flower", o.flower_port, o.flower), ("console", o.console_port, True),
                                    ("smtp", o.smtp_port, self.sink),
                                    ("smtp2go", o.api_port, not self.real_api_key)):
@@ -234,10 +261,16 @@ class DevStack:
             self.redis = start_embedded_redis(self.redis_port, self.var_dir / "redis", self.out)
             self.children.append(self.redis)
         self.out.say(f"migrating {_mask_url(self.database_url)}")
+        sqlite_file = _sqlite_path(self.database_url)
+        if sqlite_file is not None:  # created owner-only: it holds every address, body and attachment
+            sqlite_file.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(sqlite_file, os.O_RDWR | os.O_CREAT, 0o600))
         try:
             upgrade(self.database_url)
         except Exception as err:  # noqa: BLE001 - one clear line, not a traceback
             raise DevError(f"could not migrate {_mask_url(self.database_url)}: {err}") from err
+        if sqlite_file is not None:
+            _make_private(sqlite_file)
         self.children += [child.start(self.out) for child in self._children()]
         if not self._wait_ready():
             return 0 if self._stop.is_set() else 1
@@ -298,6 +331,40 @@ class DevStack:
                      f"`set -a; . {self.env_file}; set +a` (or it reads that file itself).\n"
                      "Ctrl-C stops everything.\n")
         self.out.say(READY_LINE)
+
+
+def _sqlite_path(database_url: str) -> Path | None:
+    """The file of a ``sqlite:///...`` URL (None for any other database, or an in-memory one)."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    return Path(url.database) if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+        else None
+
+
+def _make_private(path: Path) -> None:
+    """chmod 0600 the SQLite file and its journal files (SQLite gives new journals the database's mode)."""
+    for candidate in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        if candidate.exists():
+            candidate.chmod(0o600)
+
+
+def _dev_encryption_key(var_dir: Path) -> str:
+    """The dev stack's settings-encryption key: read from ``var/dev-settings.key``, or generated there (0600)."""
+    from worker.infrastructure.crypto import generate_key
+
+    path = var_dir / DEV_ENCRYPTION_KEY_FILE
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        key = ""
+    if key:
+        return key
+    key = generate_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
+        fh.write(key + "\n")
+    return key
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
