@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,9 +18,23 @@ from worker.errors import MailworkerError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: C0 controls but tab and newline, DEL and the C1 controls: a terminal acts on them (ESC starts a sequence that can
+#: retitle the window, erase the screen or write the clipboard; 0x9b is a one-byte CSI), so none reaches it.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """``text`` as a terminal may show it: control characters (C0 but newline and tab, DEL, C1) removed.
+
+    Everything the CLI prints that it did not write itself (bounce text from remote mail servers, event details,
+    errors, subjects, addresses, references) passes through here; the readable text around them stays.
+    """
+    return _CONTROLS.sub("", str(text))
+
+
 def one_line(text: object) -> str:
-    """Collapse a message to one line (a driver's multi-line text included)."""
-    return " ".join(str(text).split())
+    """Collapse a message to one line (a driver's multi-line text included), without control characters."""
+    return " ".join(printable(text).split())
 
 
 def _database_url_for_errors() -> str:
@@ -77,7 +92,8 @@ def one_line_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except click.ClickException:
+        except click.ClickException as err:  # its message may quote stored or remote text
+            err.message = printable(err.message)  # type: ignore[misc]  # typed Final; a plain attribute at runtime
             raise
         except Exception as err:  # noqa: BLE001 - explain() decides; anything else re-raises unchanged
             message = explain(err)
@@ -96,7 +112,7 @@ def friendly_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         for note in stack_notes():
-            click.echo(f"note: {note}", err=True)
+            click.echo(f"note: {printable(note)}", err=True)
         return inner(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -153,7 +169,10 @@ def _shown_path(path: Path) -> str:
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else render(data))
+    """Print ``data`` as JSON or as ``render`` writes it. JSON escapes every control character itself
+    (``ensure_ascii``: \\u001b, \\u007f, \\u009b); the text form goes through :func:`printable`, since it quotes
+    stored text (bounces, errors, subjects, addresses) as received."""
+    click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=True) if as_json else printable(render(data)))
 
 
 def parse_duration(text: str) -> timedelta:

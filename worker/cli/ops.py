@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from worker.cli.common import emit, friendly_errors, parse_duration, parse_when
+from worker.cli.common import emit, friendly_errors, parse_duration, parse_when, printable
 
 
 def register(main: click.Group) -> None:
@@ -228,7 +228,7 @@ def suppressions_add(address: str, reason: str) -> None:
 
     with session_scope() as session:
         added = add_suppression(session, address, reason)
-    click.echo(f"{address}: {'suppressed' if added else 'already suppressed'}")
+    click.echo(printable(f"{address}: {'suppressed' if added else 'already suppressed'}"))
 
 
 @suppressions.command("remove")
@@ -243,7 +243,7 @@ def suppressions_remove(address: str) -> None:
         removed = remove_suppression(session, address)
     if not removed:
         raise click.ClickException(f"{address} is not on the suppression list")
-    click.echo(f"{address}: removed")
+    click.echo(printable(f"{address}: removed"))
 
 
 # ---------------------------------------------------------------------------------------- maintenance
