@@ -56,16 +56,28 @@ class Query:
 
 
 def parse_time(term: str, value: str, now: datetime | None = None) -> datetime:
-    """``2026-11-20``, ``2026-11-20T09:30`` (UTC unless an offset is given), or relative: ``30m``, ``24h``, ``7d``."""
+    """``2026-11-20``, ``2026-11-20T09:30`` (UTC unless an offset is given), or relative: ``30m``, ``24h``, ``7d``.
+
+    A date that cannot be a UTC datetime (``999999999d`` ago, ``0001-01-01T00:00+14:00``) is a
+    :class:`QueryError` naming the term, like any other bad date.
+    """
     text = value.strip()
     rel = _RELATIVE.match(text.lower())
-    if rel:
-        return (now or utcnow()) - timedelta(**{_UNITS[rel.group(2)]: int(rel.group(1))})
     try:
+        if rel:
+            return (now or utcnow()) - timedelta(**{_UNITS[rel.group(2)]: int(rel.group(1))})
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise QueryError(f"{term}: {_shown(value)} is out of range (years 1 to 9999 UTC)") from None
     except ValueError:
-        raise QueryError(f"{term}: {value!r} is not a date (2026-11-20, 2026-11-20T09:30, or 24h / 7d ago)") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        raise QueryError(f"{term}: {_shown(value)} is not a date (2026-11-20, 2026-11-20T09:30, or 24h / 7d ago)"
+                         ) from None
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """The user's value for an error message: quoted, and cut short (a query can be kilobytes)."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def _split(text: str) -> list[str]:
@@ -175,15 +187,18 @@ def encode_cursor(queued_at: datetime, tracking_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The cursor's position; a :class:`QueryError` for anything :func:`encode_cursor` could not have made
+    (tampered, truncated, or a time outside what a UTC datetime can hold)."""
+    damaged = QueryError("the page link is damaged: start again from the newest")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, _, tracking_id = raw.partition("|")
         when = datetime.fromisoformat(stamp)
-    except (ValueError, UnicodeDecodeError):
-        raise QueryError("the page link is damaged: start again from the newest") from None
-    if when.tzinfo is None or not tracking_id:
-        raise QueryError("the page link is damaged: start again from the newest")
-    return when, tracking_id
+        if when.tzinfo is None or not tracking_id or len(tracking_id) > 64 or "\0" in tracking_id:
+            raise damaged
+        return when.astimezone(UTC), tracking_id
+    except (ValueError, UnicodeDecodeError, OverflowError):
+        raise damaged from None
 
 
 @dataclass

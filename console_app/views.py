@@ -100,7 +100,7 @@ def overview() -> str:
 
 
 @bp.get("/messages")
-def messages() -> str:
+def messages() -> tuple[str, int]:
     settings = _settings()
     text = request.args.get("q", "")
     cursor = request.args.get("cursor") or None
@@ -124,7 +124,8 @@ def messages() -> str:
 
     return render_template("messages.html", q=text, page=page, error=error, total=total,
                            older=link(page.older if page else None, "older"),
-                           newer=link(page.newer if page else None, "newer"), keys=query.KEYS)
+                           newer=link(page.newer if page else None, "newer"), keys=query.KEYS), \
+        400 if error else 200
 
 
 @bp.get("/messages/<tracking_id>")
@@ -204,6 +205,19 @@ def release() -> tuple[str, int] | BaseResponse:
             400 if error else 200
 
 
+#: The largest ``offset`` the suppression list accepts (far past any real list; the database's OFFSET has a limit).
+MAX_OFFSET = 1_000_000_000
+
+
+def _offset(raw: str | None) -> int:
+    """``?offset=`` as a whole number 0..MAX_OFFSET; anything else is a 400 naming it."""
+    if raw is None or raw == "":
+        return 0
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) > MAX_OFFSET:
+        abort(400, f"offset: must be a whole number from 0 to {MAX_OFFSET}")
+    return int(raw)
+
+
 @bp.route("/suppressions", methods=["GET", "POST"])
 def suppressions_page() -> tuple[str, int] | BaseResponse:
     error = None
@@ -217,7 +231,7 @@ def suppressions_page() -> tuple[str, int] | BaseResponse:
         except actions.ActionRefused as err:
             error = str(err)
     search = request.args.get("q", "").strip()
-    offset = max(0, request.args.get("offset", 0, type=int) or 0)
+    offset = _offset(request.args.get("offset"))
     limit = 100
     with session_scope() as session:
         rows = suppression_store.list_suppressions(session, limit=limit + 1, offset=offset, search=search or None)
