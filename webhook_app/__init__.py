@@ -1,7 +1,9 @@
 """The SMTP2Go webhook receiver: a thin Flask app that authenticates, parses and enqueues.
 
-It never touches the database on the request path (module secrets are refreshed in the background) and never
-runs event processing itself: each event becomes one ``mailworker.process_event`` task on the events queue.
+It never touches the database on the request path and never runs event processing itself: each event becomes
+one ``mailworker.process_event`` task on the events queue. It needs only the broker URL and its webhook secret
+(``SMTP2GO_WEBHOOK_SECRET``); ``DATABASE_URL`` is optional, and when set the SMTP2Go module's webhook secret is
+also read from the database, in the background.
 
 ``test_config`` keys (all optional):
 
@@ -20,13 +22,16 @@ import functools
 import logging
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from webhook_app.auth import SecretStore
 from webhook_app.views import EXTENSION, WebhookState, bp
+
+if TYPE_CHECKING:
+    from worker.infrastructure.config import ReceiverSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,26 +53,52 @@ def load_module_secrets() -> tuple[str, ...]:
         return smtp2go_config(session).webhook_secrets
 
 
-def _secret_store(test_config: dict[str, Any], env_secrets: Iterable[str]) -> SecretStore:
+def _secret_store(test_config: dict[str, Any], env_secrets: Iterable[str], has_database: bool) -> SecretStore:
+    """The environment's secrets, plus the module row's when there is a database to read it from (a receiver
+    deployed without DATABASE_URL takes its secrets from SMTP2GO_WEBHOOK_SECRET alone)."""
     if "secrets" in test_config:
         return SecretStore(test_config["secrets"] or ())
+    if not has_database:
+        return SecretStore(env_secrets)
     interval = float(test_config.get("secret_refresh_interval", DEFAULT_REFRESH_INTERVAL))
     store = SecretStore(env_secrets, loader=load_module_secrets, interval=interval)
     store.start(wait=INITIAL_SECRET_LOAD_WAIT)
     return store
 
 
-def configure_logging() -> None:
+def configure_logging(logger: logging.Logger | None = None) -> None:
     """Logging for the deployed receiver (``webhook_app.wsgi``): a stderr handler and the secret filter.
 
     Gunicorn configures only its own loggers; without a root handler our warnings would vanish, so add a plain
-    stderr one at ``LOG_LEVEL`` (default INFO) unless something already configured logging. Every root handler
-    then gets ``worker.infrastructure.redaction``'s filter, as in the Celery processes. It costs nothing per
+    stderr one at ``LOG_LEVEL`` (default INFO) unless something already configured logging. Every handler of
+    ``logger`` (root by default) then gets ``worker.infrastructure.redaction``'s filter, as in the Celery
+    processes, told the receiver's own secrets (webhook secrets, the broker's password): the filter learns the
+    others from the full settings, which a receiver without DATABASE_URL does not load. It costs nothing per
     accepted webhook: their line is DEBUG and not emitted at the default level.
     """
-    from worker.infrastructure.redaction import install
+    from worker.infrastructure.config import load_receiver_settings
+    from worker.infrastructure.redaction import RedactingFilter, install
 
-    install(logging.getLogger(), level=os.environ.get("LOG_LEVEL", "INFO").upper())
+    target = logger or logging.getLogger()
+    install(target, level=os.environ.get("LOG_LEVEL", "INFO").upper())
+    secrets = _log_secrets(load_receiver_settings())
+    for handler in target.handlers:
+        for filt in handler.filters:
+            if isinstance(filt, RedactingFilter):
+                filt.extra = set(filt.extra) | secrets
+
+
+def _log_secrets(settings: ReceiverSettings) -> set[str]:
+    from urllib.parse import urlsplit
+
+    values = set(settings.smtp2go_webhook_secrets)
+    for url in (settings.broker_url, settings.database_url or ""):
+        for part in url.split(";"):
+            try:
+                values.add(urlsplit(part.strip()).password or "")
+            except ValueError:
+                continue
+    return {v for v in values if len(v) >= 4}
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -86,11 +117,11 @@ def _register_error_handlers(app: Flask) -> None:
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the receiver; without ``test_config`` everything comes from the environment
-    (``worker.infrastructure.config``)."""
-    from worker.infrastructure.config import get_settings
+    (``worker.infrastructure.config.load_receiver_settings``: no DATABASE_URL needed)."""
+    from worker.infrastructure.config import load_receiver_settings
 
     test_config = dict(test_config or {})
-    settings = get_settings()
+    settings = load_receiver_settings()
     app = Flask(__name__)
 
     max_body = int(test_config.get("max_body_bytes", settings.webhook_max_body_bytes))
@@ -111,7 +142,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     allow_unauthenticated = bool(test_config.get("allow_unauthenticated",
                                                  settings.allow_unauthenticated_webhooks))
     state = WebhookState(
-        secrets=_secret_store(test_config, settings.smtp2go_webhook_secrets),
+        secrets=_secret_store(test_config, settings.smtp2go_webhook_secrets, settings.database_url is not None),
         publisher=publisher,
         allow_unauthenticated=allow_unauthenticated,
         max_body_bytes=max_body,
@@ -124,8 +155,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                     "MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS is on; anyone can post events. "
                     "Local development only !!!")
     elif not state.secrets.configured:
-        log.warning("no SMTP2Go webhook secret configured (SMTP2GO_WEBHOOK_SECRET or the module's "
-                    "webhook_secret): every webhook is refused with 401 until one is set")
+        where = ("SMTP2GO_WEBHOOK_SECRET or the module's webhook_secret" if settings.database_url
+                 else "SMTP2GO_WEBHOOK_SECRET; without DATABASE_URL the module's webhook_secret is not read")
+        log.warning("no SMTP2Go webhook secret configured (%s): every webhook is refused with 401 until one is set",
+                    where)
 
     app.register_blueprint(bp)
     _register_error_handlers(app)

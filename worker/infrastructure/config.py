@@ -298,6 +298,47 @@ def apply_dev_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def _broker_url() -> str:
+    """``CELERY_BROKER_URL``, else ``REDIS_URL``, else the default; checked, with errors naming the variable."""
+    name = "CELERY_BROKER_URL" if _opt("CELERY_BROKER_URL") else "REDIS_URL" if _opt("REDIS_URL") else ""
+    url = _opt(name) if name else None
+    return check_broker_url(url, name) if name and url else DEFAULT_BROKER_URL
+
+
+@dataclass(frozen=True, repr=False)
+class ReceiverSettings:
+    """What the public webhook receiver (``webhook_app``, the Procfile's ``web``) reads: the broker it publishes
+    to and how it authenticates webhooks. It needs no database: ``DATABASE_URL`` is optional here, and when set
+    it is used only to refresh the SMTP2Go module's webhook secret in the background. ``repr`` masks secrets."""
+
+    broker_url: str
+    smtp2go_webhook_secrets: tuple[str, ...]
+    allow_unauthenticated_webhooks: bool
+    webhook_max_body_bytes: int
+    database_url: str | None
+
+    def __repr__(self) -> str:
+        return (f"ReceiverSettings(broker_url={mask_url(self.broker_url)!r}, smtp2go_webhook_secrets="
+                f"{MASK if self.smtp2go_webhook_secrets else ()!r}, allow_unauthenticated_webhooks="
+                f"{self.allow_unauthenticated_webhooks!r}, webhook_max_body_bytes={self.webhook_max_body_bytes!r}, "
+                f"database_url={mask_url(self.database_url) if self.database_url else None!r})")
+
+    __str__ = __repr__
+
+
+def load_receiver_settings() -> ReceiverSettings:
+    """Read the receiver's settings now (uncached) and validate them; a missing ``DATABASE_URL`` is fine, a bad
+    one is the same one-line error as everywhere else."""
+    database_url = _opt("DATABASE_URL")
+    return ReceiverSettings(
+        broker_url=_broker_url(),
+        smtp2go_webhook_secrets=_list("SMTP2GO_WEBHOOK_SECRET"),
+        allow_unauthenticated_webhooks=_bool("MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS", False),
+        webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),
+        database_url=check_database_url(database_url) if database_url else None,
+    )
+
+
 def load_settings() -> Settings:
     """Read the environment now (uncached) and validate it."""
     apply_dev_env()
@@ -305,16 +346,13 @@ def load_settings() -> Settings:
     if database_url is None:
         raise _missing_database_url()
     check_database_url(database_url)
-    broker_name = "CELERY_BROKER_URL" if _opt("CELERY_BROKER_URL") else "REDIS_URL" if _opt("REDIS_URL") else ""
-    broker_url = _opt(broker_name) if broker_name else DEFAULT_BROKER_URL
-    if broker_name and broker_url:
-        check_broker_url(broker_url, broker_name)
+    broker_url = _broker_url()
     security = (os.environ.get("SMTP_SECURITY") or "starttls").strip().lower()
     if security not in {"starttls", "ssl", "none"}:
         raise ConfigurationError(f"SMTP_SECURITY must be starttls, ssl or none, got {security!r}")
     settings = Settings(
         database_url=database_url,
-        broker_url=broker_url or DEFAULT_BROKER_URL,
+        broker_url=broker_url,
         smtp2go_api_key=_opt("SMTP2GO_API_KEY"),
         smtp2go_api_url=check_api_url((_opt("SMTP2GO_API_URL") or DEFAULT_SMTP2GO_API_URL).rstrip("/")),
         smtp2go_webhook_secrets=_list("SMTP2GO_WEBHOOK_SECRET"),
