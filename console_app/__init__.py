@@ -6,11 +6,14 @@ gunicorn (never Flask's development server); ``console_app.wsgi:app`` is the sam
 Pages: ``/`` overview, ``/messages?q=`` search, ``/messages/<tracking_id>`` one message's story, ``/suppressions``,
 and ``GET /metrics`` (Prometheus text). Every page is behind HTTP basic auth (``CONSOLE_BASIC_AUTH=user:password``;
 the app refuses to start without it), every form carries a CSRF token, and every action is written to the
-audit log (``worker.infrastructure.models.AuditEntry``). See docs/console.md.
+audit log (``worker.infrastructure.models.AuditEntry``). Failed logins are throttled per client address; behind
+a reverse proxy, ``CONSOLE_TRUSTED_PROXIES`` says how many proxies' ``X-Forwarded-*`` headers to believe. See
+:mod:`console_app.security` and docs/console.md.
 
 ``test_config`` keys (all optional): ``basic_auth`` ("user:password", replaces the environment),
 ``metrics_public``, ``publisher`` (callable taking a tracking id, instead of publishing to the broker),
-``protection_state`` (callable returning the breaker/pause dict), anything else is copied into ``app.config``.
+``protection_state`` (callable returning the breaker/pause dict), ``clock`` (monotonic seconds for the login
+throttle), anything else is copied into ``app.config``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ __all__ = ["ConsoleConfigError", "ConsoleSettings", "create_app"]
 if TYPE_CHECKING:
     from flask import Flask
 
-_KNOWN_KEYS = {"basic_auth", "metrics_public", "publisher", "protection_state"}
+_KNOWN_KEYS = {"basic_auth", "metrics_public", "publisher", "protection_state", "clock"}
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -45,7 +48,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         "publisher": test_config.get("publisher"),
         "protection_state": test_config.get("protection_state"),
     }
-    security.install(app, settings)
+    app.extensions["mailworker_console_throttle"] = security.install(app, settings, clock=test_config.get("clock"))
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     register_filters(app)
     app.register_blueprint(bp)
     return app

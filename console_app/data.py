@@ -258,7 +258,7 @@ def timeline(message: Message, audit: list[AuditEntry]) -> list[TimelineEntry]:
                                      "; ".join(bits) or None, event.recipient, raw))
     for entry in audit:
         entries.append(TimelineEntry(entry.created_at, "audit", f"Operator {entry.actor}: {entry.action}",
-                                     f"{entry.outcome}. Reason: {entry.reason}"))
+                                     f"{entry.outcome}. Reason: {redact(entry.reason)}"))
     entries.sort(key=lambda e: e.at)
     return entries
 

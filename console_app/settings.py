@@ -1,10 +1,27 @@
-"""The console's configuration, read from the environment once at start-up."""
+"""The console's configuration, read from the environment once at start-up.
+
+The key that signs the console's cookie and CSRF tokens never comes from the password: it is
+``CONSOLE_SECRET_KEY`` when set, else a random key generated once and kept in ``CONSOLE_SECRET_FILE`` (mode
+0600; every console process on the host reads the same file, so their tokens agree). Consoles on several hosts
+behind one address need the same ``CONSOLE_SECRET_KEY``.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
-from dataclasses import dataclass
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from worker.infrastructure.paths import PROJECT_ROOT
+
+DEFAULT_SECRET_FILE = PROJECT_ROOT / "var" / "console-secret-key"
+#: The shortest key accepted from CONSOLE_SECRET_FILE (a generated one is 64 hex characters).
+MIN_SECRET_FILE_CHARS = 32
+#: The shortest CONSOLE_SECRET_KEY accepted: a token or cookie seen once must not let its key be guessed offline.
+MIN_SECRET_KEY_CHARS = 16
 
 
 class ConsoleConfigError(RuntimeError):
@@ -14,9 +31,9 @@ class ConsoleConfigError(RuntimeError):
 @dataclass(frozen=True)
 class ConsoleSettings:
     username: str
-    password: str
-    #: Signs CSRF tokens: ``CONSOLE_SECRET_KEY``, else derived from the credentials (the same in every worker).
-    secret_key: bytes
+    password: str = field(repr=False)
+    #: Signs the session cookie and CSRF tokens: ``CONSOLE_SECRET_KEY``, else the key in ``CONSOLE_SECRET_FILE``.
+    secret_key: bytes = field(repr=False)
     metrics_public: bool
     #: Overview warning thresholds (fractions 0..1 of sent mail).
     warn_delivery_below: float
@@ -25,6 +42,13 @@ class ConsoleSettings:
     #: Age (seconds) of the oldest waiting email past which the overview warns.
     warn_oldest_queued_seconds: float
     page_size: int
+    #: Reverse proxies in front of the console whose ``X-Forwarded-For/-Proto/-Host`` are believed (0: none).
+    trusted_proxies: int = 0
+    #: Origins (``scheme://host[:port]``) a POST may come from besides the console's own.
+    trusted_origins: tuple[str, ...] = ()
+    #: Failed logins from one client address within ``login_failure_window`` seconds before it gets 429.
+    login_max_failures: int = 10
+    login_failure_window: float = 60.0
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -72,6 +96,93 @@ def _number(name: str, default: float) -> float:
     return value
 
 
+def _count(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) < minimum:
+        raise ConsoleConfigError(f"{name}={raw!r} must be a whole number ({minimum} or more)")
+    return int(text)
+
+
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an http(s) origin or URL, the port made explicit; None if it is not one."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in {"http", "https"} or not parts.hostname:
+        return None
+    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
+
+
+def _origins(name: str) -> tuple[str, ...]:
+    found: list[str] = []
+    for item in os.environ.get(name, "").split(","):
+        text = item.strip().rstrip("/")
+        if not text:
+            continue
+        parts = urlsplit(text)
+        if origin_of(text) is None or parts.path or parts.query or parts.fragment or parts.username:
+            raise ConsoleConfigError(f"{name}: {item.strip()!r} is not an origin (https://host or https://host:port)")
+        found.append(text)
+    return tuple(found)
+
+
+def _read_secret_file(path: Path) -> bytes:
+    info = path.stat()
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise ConsoleConfigError(f"CONSOLE_SECRET_FILE={path} can be read by other users "
+                                 f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 it")
+    text = path.read_text(encoding="utf-8").strip()
+    if len(text) < MIN_SECRET_FILE_CHARS:
+        raise ConsoleConfigError(f"CONSOLE_SECRET_FILE={path} holds fewer than {MIN_SECRET_FILE_CHARS} characters: "
+                                 "delete it (a new key is generated) or put a long random key in it")
+    return text.encode()
+
+
+def stored_secret(path: Path) -> bytes:
+    """The key in ``path``, generated first if there is none: written to a private temporary file and linked
+    into place, so a console process starting at the same moment either wins or reads the winner's whole key."""
+    try:
+        try:
+            return _read_secret_file(path)
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(secrets.token_hex(32) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                pass  # another process generated it first: use theirs
+        finally:
+            temporary.unlink(missing_ok=True)
+        return _read_secret_file(path)
+    except OSError as err:
+        raise ConsoleConfigError(f"CONSOLE_SECRET_FILE={path} cannot be read or created ({err.strerror or err}): "
+                                 "fix its directory or set CONSOLE_SECRET_KEY") from None
+
+
+def _secret_key() -> bytes:
+    explicit = os.environ.get("CONSOLE_SECRET_KEY", "").strip()
+    if explicit:
+        if len(explicit) < MIN_SECRET_KEY_CHARS:
+            raise ConsoleConfigError(f"CONSOLE_SECRET_KEY is shorter than {MIN_SECRET_KEY_CHARS} characters: use a "
+                                     "long random value (python -c 'import secrets; print(secrets.token_hex(32))')")
+        return explicit.encode()
+    configured = os.environ.get("CONSOLE_SECRET_FILE", "").strip()
+    return stored_secret(Path(configured) if configured else DEFAULT_SECRET_FILE)
+
+
 def parse_basic_auth(raw: str | None) -> tuple[str, str]:
     if raw is None or not raw.strip():
         raise ConsoleConfigError("CONSOLE_BASIC_AUTH is not set: the console refuses to start without "
@@ -84,17 +195,18 @@ def parse_basic_auth(raw: str | None) -> tuple[str, str]:
 
 def load_console_settings(*, basic_auth: str | None = None, metrics_public: bool | None = None) -> ConsoleSettings:
     user, password = parse_basic_auth(basic_auth if basic_auth is not None else os.environ.get("CONSOLE_BASIC_AUTH"))
-    explicit = os.environ.get("CONSOLE_SECRET_KEY", "").strip()
-    secret = (explicit.encode() if explicit
-              else hashlib.sha256(b"mailworker-console-csrf\0" + f"{user}:{password}".encode()).digest())
     return ConsoleSettings(
         username=user,
         password=password,
-        secret_key=secret,
+        secret_key=_secret_key(),
         metrics_public=_bool("METRICS_PUBLIC", False) if metrics_public is None else metrics_public,
         warn_delivery_below=_fraction("CONSOLE_WARN_DELIVERY_BELOW", 0.95),
         warn_bounce_above=_fraction("CONSOLE_WARN_BOUNCE_ABOVE", 0.05),
         warn_spam_above=_fraction("CONSOLE_WARN_SPAM_ABOVE", 0.001),
         warn_oldest_queued_seconds=_number("CONSOLE_WARN_OLDEST_QUEUED_SECONDS", 600),
         page_size=int(_number("CONSOLE_PAGE_SIZE", 50)),
+        trusted_proxies=_count("CONSOLE_TRUSTED_PROXIES", 0),
+        trusted_origins=_origins("CONSOLE_TRUSTED_ORIGINS"),
+        login_max_failures=_count("CONSOLE_LOGIN_MAX_FAILURES", 10, minimum=1),
+        login_failure_window=_number("CONSOLE_LOGIN_FAILURE_WINDOW", 60),
     )

@@ -8,7 +8,19 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Flask, Response, abort, current_app, g, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Flask,
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as BaseResponse
 
@@ -138,10 +150,16 @@ def message(tracking_id: str) -> str:
         supp = data.suppressions_for(session, m)
         return render_template("message.html", m=m, timeline=data.timeline(m, audit), audit=audit,
                                suppressions=supp, headers=data.headers_for(m), retry=actions.retry_preview(m),
-                               cancel=actions.cancel_preview(m), done=request.args.get("done"))
+                               cancel=actions.cancel_preview(m))
 
 
 # ------------------------------------------------------------------------------------------------ actions
+
+
+def _done(text: str) -> None:
+    """What an action did, shown once on the page it redirects to (a flashed message in the signed session
+    cookie: never text from the query string, which any link could set)."""
+    flash(f"Done: {text[:500]}", "ok")
 
 
 def _message_action(tracking_id: str, name: str, run: Callable[[str], str],
@@ -152,7 +170,8 @@ def _message_action(tracking_id: str, name: str, run: Callable[[str], str],
     if request.method == "POST":
         try:
             outcome = run(request.form.get("reason", ""))
-            return redirect(url_for("console.message", tracking_id=tracking_id, done=f"{name}: {outcome}"), 303)
+            _done(f"{name}: {outcome}")
+            return redirect(url_for("console.message", tracking_id=tracking_id), 303)
         except actions.ActionRefused as err:
             error = str(err)
     with session_scope() as session:
@@ -186,10 +205,10 @@ def release() -> tuple[str, int] | BaseResponse:
         try:
             outcome = actions.release_suppression(address, actor=g.console_user,
                                                   reason=request.form.get("reason", ""), message_id=message_id)
+            _done(f"release {address}: {outcome}")
             if message_id:
-                return redirect(url_for("console.message", tracking_id=message_id,
-                                        done=f"release {address}: {outcome}"), 303)
-            return redirect(url_for("console.suppressions_page", done=f"release {address}: {outcome}"), 303)
+                return redirect(url_for("console.message", tracking_id=message_id), 303)
+            return redirect(url_for("console.suppressions_page"), 303)
         except actions.ActionRefused as err:
             error = str(err)
     with session_scope() as session:
@@ -201,7 +220,7 @@ def release() -> tuple[str, int] | BaseResponse:
                 else url_for("console.suppressions_page"))
         return render_template("confirm.html", title=f"Release suppression of {address}", preview=preview,
                                error=error, action=url_for("console.release"), back=back, hidden=hidden,
-                               subject=f"{entry.reason}: {entry.detail or ''}" if entry else None), \
+                               subject=f"{entry.reason}: {redact(entry.detail or '')}" if entry else None), \
             400 if error else 200
 
 
@@ -227,7 +246,8 @@ def suppressions_page() -> tuple[str, int] | BaseResponse:
         try:
             outcome = actions.add_suppression(form["address"], kind=form["kind"].strip() or "manual",
                                               actor=g.console_user, reason=form["reason"])
-            return redirect(url_for("console.suppressions_page", done=f"add {form['address']}: {outcome}"), 303)
+            _done(f"add {form['address']}: {outcome}")
+            return redirect(url_for("console.suppressions_page"), 303)
         except actions.ActionRefused as err:
             error = str(err)
     search = request.args.get("q", "").strip()
@@ -239,8 +259,7 @@ def suppressions_page() -> tuple[str, int] | BaseResponse:
         audit = [a for a in actions.recent_audit(session, 20) if a.action.endswith("suppression")]
     more = len(rows) > limit
     return render_template("suppressions.html", rows=rows[:limit], q=search, offset=offset, limit=limit,
-                           more=more, total=total, error=error, form=form, audit=audit,
-                           done=request.args.get("done")), 400 if error else 200
+                           more=more, total=total, error=error, form=form, audit=audit), 400 if error else 200
 
 
 @bp.get("/audit")

@@ -33,6 +33,18 @@ BAD_AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:wrong".encode(
 PROTECTION = {"available": True, "breaker": "closed", "problem": None, "failures": 0, "paused_for": 0.0}
 
 
+@pytest.fixture(autouse=True)
+def console_secret_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The console's generated key goes to the test's own directory (never the checkout's var/), and no key
+    from the environment running the tests leaks in."""
+    path = tmp_path / "console-secret-key"
+    monkeypatch.setenv("CONSOLE_SECRET_FILE", str(path))
+    for name in ("CONSOLE_SECRET_KEY", "CONSOLE_TRUSTED_PROXIES", "CONSOLE_TRUSTED_ORIGINS",
+                 "CONSOLE_LOGIN_MAX_FAILURES", "CONSOLE_LOGIN_FAILURE_WINDOW"):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
 @pytest.fixture(params=["mariadb", "sqlite"])
 def database(request: pytest.FixtureRequest) -> str:
     """Each console test runs on MariaDB and on SQLite."""

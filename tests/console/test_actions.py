@@ -54,7 +54,7 @@ def test_forms_without_a_valid_csrf_token_change_nothing(console: Console) -> No
 def test_a_token_signed_with_another_key_is_refused(console_factory: object, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSOLE_SECRET_KEY", "key of another deployment")
     other = console_factory()  # type: ignore[operator]
-    monkeypatch.setenv("CONSOLE_SECRET_KEY", "our key")
+    monkeypatch.setenv("CONSOLE_SECRET_KEY", "our key, long enough to sign with")
     console = console_factory()  # type: ignore[operator]
     tid = make_message(MessageStatus.FAILED, failed_at=utcnow())
     token = other.token(f"/messages/{tid}/retry")
