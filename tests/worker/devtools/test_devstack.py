@@ -113,9 +113,10 @@ def test_plan_simulator_sink_and_shared_settings(tmp_path: Path, monkeypatch: py
     # Callbacks run in a worker of their own: no sending thread ever serves that queue.
     worker_queues = children["worker"].argv[children["worker"].argv.index("-Q") + 1].split(",")
     callback_queues = children["callbacks"].argv[children["callbacks"].argv.index("-Q") + 1].split(",")
-    assert worker_queues == ["mailworker-dev.send", "mailworker-dev.events", "mailworker-dev.maintenance"]
-    assert callback_queues == ["mailworker-dev.callbacks"]
-    assert stack.child_env["MAILWORKER_CALLBACKS_QUEUE"] == "mailworker-dev.callbacks"
+    prefix = stack.queue_prefix
+    assert worker_queues == [f"{prefix}.send", f"{prefix}.events", f"{prefix}.maintenance"]
+    assert callback_queues == [f"{prefix}.callbacks"]
+    assert stack.child_env["MAILWORKER_CALLBACKS_QUEUE"] == f"{prefix}.callbacks"
     # gunicorn's access log never prints the Basic-auth user (%(u)s): it is a secret when in the webhook URL.
     web = children["web"].argv
     assert "%(u)s" not in web[web.index("--access-logformat") + 1]
@@ -125,7 +126,9 @@ def test_plan_simulator_sink_and_shared_settings(tmp_path: Path, monkeypatch: py
     assert shared["SMTP2GO_API_URL"] == "http://127.0.0.1:8787/v3"
     assert shared["SMTP_SECURITY"] == "none" and shared["SMTP_PORT"] == "2525"
     assert shared["MAIL_DEFAULT_SENDER"] == devstack.DEFAULT_SENDER
-    assert "SMTP2GO_WEBHOOK_SECRET" not in shared and "FLOWER_BASIC_AUTH" not in shared
+    # Generated credentials are kept in the owner-only dev.env (`mailworker dev --credentials` prints them).
+    assert shared["SMTP2GO_WEBHOOK_SECRET"] == stack.webhook_secret
+    assert shared["FLOWER_BASIC_AUTH"] == stack.flower_auth and shared["CONSOLE_BASIC_AUTH"] == stack.console_auth
     assert stack.child_env["SMTP2GO_WEBHOOK_SECRET"] and stack.child_env["SWEEP_INTERVAL"] == "5"
     assert stack.child_env["FLOWER_BASIC_AUTH"].startswith("dev:")
     # `mailworker callbacks add` in another shell needs the stack's encryption key and the loopback allowance.
@@ -157,12 +160,15 @@ def test_plan_keeps_real_api_and_secrets_out_of_dev_env(tmp_path: Path, monkeypa
     monkeypatch.setenv("SMTP2GO_API_KEY", "api-REAL")
     monkeypatch.setenv("DATABASE_URL", "mysql+pymysql://u:pw@db/mail")
     monkeypatch.delenv("SMTP2GO_API_URL", raising=False)
+    monkeypatch.setenv("SMTP2GO_WEBHOOK_SECRET", "user-webhook-secret")
+    monkeypatch.setenv("CONSOLE_BASIC_AUTH", "ops:user-console-pass")
     stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env", flower=False))
     assert [c.name for c in stack._children()] == ["worker", "callbacks", "beat", "web", "console", "smtp"]
     assert stack.child_env["SMTP2GO_API_URL"] == "https://api.smtp2go.com/v3"
     shared = stack.shared_settings()
-    assert not {"SMTP2GO_API_KEY", "DATABASE_URL", "CELERY_BROKER_URL"} & shared.keys()
-    assert "hunter2" not in json.dumps(shared)
+    assert not {"SMTP2GO_API_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "SMTP2GO_WEBHOOK_SECRET",
+                "CONSOLE_BASIC_AUTH"} & shared.keys()
+    assert not {"hunter2", "user-webhook-secret", "user-console-pass"} & set(json.dumps(shared).split('"'))
 
 
 def test_port_in_use_fails_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,8 +396,13 @@ def test_dev_stack_delivers_and_stops_cleanly(tmp_path: Path) -> None:
         auth = _basic_auth(out.text(), "flower")
         flower = f"http://127.0.0.1:{ports['flower']}/"
 
-        # Flower's task list shows that email, not the sweeps (every 5 s here) nor reconciliation.
-        wait_until(lambda: "mailworker.sweep[" in out.text(), 15, interval=0.3, message="a sweep ran")
+        # Flower's task list shows that email, not the sweeps (every 5 s here) nor reconciliation; and the
+        # stack's own output stays quiet about them (a sweep did run: it keeps its marker beside the send queue).
+        marker = redis.Redis.from_url(DEV_REDIS_URL)
+        wait_until(lambda: marker.exists(f"{shared['MAILWORKER_SEND_QUEUE']}:broker-epoch"), 20, interval=0.3,
+                   message="a sweep ran")
+        marker.close()
+        assert "mailworker.sweep" not in out.text() and "mailworker.dispatch_callbacks" not in out.text()
 
         def flower_tasks() -> dict | None:
             api = urllib.request.Request(flower + "api/tasks", headers={"Authorization": f"Basic {auth}"})  # noqa: S310
@@ -515,3 +526,96 @@ def test_procfile_gives_flower_its_password_through_the_environment() -> None:
     allowed = subprocess.run(["bash", "-c", flower.split(":", 1)[1].replace("exec celery", "exec true")],
                              env={**env, "FLOWER_BASIC_AUTH": "u:p"}, capture_output=True, text=True, timeout=10)
     assert allowed.returncode == 0
+
+
+# ------------------------------------------------------------------------------ leftovers and neighbours
+
+
+def test_children_die_with_a_supervisor_killed_by_sigkill(tmp_path: Path) -> None:
+    """A supervisor killed with -9 cannot stop its children: they are armed to die with it."""
+    import psutil
+
+    script = ("import sys, time; from worker.devtools.devstack.children import Child, Output; "
+              "c = Child('sleeper', [sys.executable, '-c', 'import time; time.sleep(120)']).start(Output()); "
+              "print(c.proc.pid, flush=True); time.sleep(120)")
+    supervisor = subprocess.Popen([sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                  text=True)
+    assert supervisor.stdout is not None
+    child = psutil.Process(int(supervisor.stdout.readline()))
+    wait_until(lambda: "time.sleep(120)" in " ".join(child.cmdline()), 10, message="the child exec'd its program")
+    supervisor.kill()
+    supervisor.wait(10)
+    wait_until(lambda: not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, 10,
+               message="the child gone with its supervisor")
+
+
+def test_a_killed_stacks_leftovers_are_named_and_stopped(tmp_path: Path) -> None:
+    from worker.devtools.devstack.children import clean_leftovers
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)  # a supervisor pid that is gone
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    record = tmp_path / "dev.children"
+    record.write_text(f"#pid={dead.pid}\n{leftover.pid} {Path(sys.executable).name}\n")
+    assert clean_leftovers(record) == (dead.pid, 1)
+    assert leftover.wait(10) == -signal.SIGKILL and not record.exists()
+    # A live supervisor's record is left alone.
+    record.write_text(f"#pid={os.getppid()}\n{os.getpid()} python\n")
+    assert clean_leftovers(record) == (0, 0) and record.exists()
+
+
+def test_queues_another_live_stack_consumes_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    for name in _SCRUB:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
+    stack = DevStack(DevOptions(var_dir=tmp_path, env_file=tmp_path / "dev.env"))
+    client = redis.Redis.from_url(DEV_REDIS_URL)
+    key = stack._claim_key()
+    try:
+        client.set(key, json.dumps({"pid": 4242, "host": "elsewhere", "var": "/other/checkout/var"}), ex=30)
+        with pytest.raises(DevError, match=r"consumed by another live dev stack \(pid 4242 on elsewhere"):
+            stack._claim_queues()
+        client.delete(key)
+        stack._claim_queues()  # free: ours now, renewable, and released on stop
+        assert json.loads(client.get(key) or b"{}")["pid"] == os.getpid()  # type: ignore[arg-type]
+        stack._claim_queues()
+        stack._release_queues()
+        assert client.get(key) is None
+    finally:
+        client.delete(key)
+        client.close()
+
+
+def test_credentials_are_kept_private_and_printed_on_demand(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.devtools.devstack.envfile import _write_dev_env
+
+    for name in _SCRUB:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CELERY_BROKER_URL", DEV_REDIS_URL)
+    env_file = tmp_path / "dev.env"
+    monkeypatch.setenv("MAILWORKER_DEV_ENV_FILE", str(env_file))
+    refused = CliRunner().invoke(dev, ["--credentials"])
+    assert refused.exit_code == 1 and "no dev stack is running" in refused.output
+    stack = DevStack(DevOptions(var_dir=tmp_path, env_file=env_file))
+    _write_dev_env(env_file, stack.shared_settings())
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    printed = CliRunner().invoke(dev, ["--credentials"])
+    assert printed.exit_code == 0, printed.output
+    console_password = stack.console_auth.partition(":")[2]
+    assert f"console   http://127.0.0.1:8025  user dev, password {console_password}" in printed.output
+    assert stack.flower_auth.partition(":")[2] in printed.output
+    assert f"Bearer {stack.webhook_secret}" in printed.output
+
+
+def test_idle_housekeeping_lines_are_kept_out_of_the_output() -> None:
+    out = devstack.Output(io.StringIO())
+    out.quiet = devstack.stack.QUIET_LINES
+    out.say("Task mailworker.sweep[1f2e] succeeded in 0.01s: {}", "worker")
+    out.say("Scheduler: Sending due task callbacks (mailworker.dispatch_callbacks)", "beat")
+    out.say("Task mailworker.send_email[abc] succeeded in 0.05s", "worker")
+    out.say("mailworker.sweep is a word in our own line")  # the supervisor's own lines are never filtered
+    assert isinstance(out.stream, io.StringIO)
+    assert out.stream.getvalue().splitlines() == ["   worker | Task mailworker.send_email[abc] succeeded in 0.05s",
+                                                  "mailworker.sweep is a word in our own line"]

@@ -2,12 +2,15 @@
 
 Each child runs in its own process group (session) so that Ctrl-C in the terminal reaches only us and we stop
 the children in order; that also means nothing else will stop them, so stopping must be thorough - SIGTERM to
-the leader, then SIGKILL to whatever is left of the group. The last lines of output are kept to explain a death.
+the leader, then SIGKILL to whatever is left of the group. On Linux each child is also armed to die with us
+(``PR_SET_PDEATHSIG``), so a supervisor killed with SIGKILL leaves nothing behind. The last lines of output are
+kept to explain a death.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +22,19 @@ from pathlib import Path
 from typing import IO
 
 STOP_TIMEOUT = 10.0
+#: Runs before the child's program (then execs it): arm SIGKILL on the supervisor's death, and give up if the
+#: supervisor is already gone. Inline, so nothing is imported (no ``worker`` package side effects) on the way.
+_DIE_WITH_PARENT = ("import ctypes,os,sys\n"
+                    "ctypes.CDLL(None).prctl(1, 9)\n"  # PR_SET_PDEATHSIG, SIGKILL
+                    "os.getppid() == int(sys.argv[1]) or sys.exit(1)\n"
+                    "os.execvp(sys.argv[2], sys.argv[2:])")
+
+
+def guarded(argv: list[str]) -> list[str]:
+    """``argv`` run so that it dies with this process (Linux); elsewhere ``argv`` as it is."""
+    if not sys.platform.startswith("linux"):
+        return argv
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
 
 
 class Output:
@@ -30,8 +46,13 @@ class Output:
         #: (old, new) replacements applied to children's lines, e.g. kombu's ``redis://:**@host`` for a broker
         #: URL that has no password at all (kombu masks one whether or not it exists).
         self.rewrites: list[tuple[str, str]] = []
+        #: Children's lines not shown (housekeeping that would push the ready table off the screen); they are
+        #: still kept in each child's tail, which explains a death.
+        self.quiet: re.Pattern[str] | None = None
 
     def say(self, text: str = "", name: str | None = None) -> None:
+        if name and self.quiet is not None and self.quiet.search(text):
+            return
         for old, new in self.rewrites if name else ():
             text = text.replace(old, new)
         with self._lock:
@@ -51,7 +72,7 @@ class Child:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
 
     def start(self, out: Output | None = None) -> Child:
-        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(guarded(self.argv), env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         threading.Thread(target=self._pump, args=(out or Output(),), name=f"dev-{self.name}", daemon=True).start()
         return self
@@ -93,3 +114,57 @@ def stop_children(children: list[Child], timeout: float = STOP_TIMEOUT) -> None:
             child.kill_group()
             child.proc.wait(5)
         child.kill_group()  # orphans (say, a gunicorn worker whose master died) must not outlive us
+
+
+def record_children(path: Path, children: list[Child]) -> None:
+    """Write which process groups this stack started (``#pid=`` ours, then ``pgid program`` per child), so a
+    later start can find what a killed stack left behind."""
+    lines = [f"#pid={os.getpid()}"]
+    lines += [f"{c.proc.pid} {Path(c.argv[0]).name}" for c in children if c.proc is not None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def clean_leftovers(path: Path) -> tuple[int, int]:
+    """Stop what a dead stack recorded in ``path`` and remove the file: (the dead supervisor's pid, how many
+    process groups were still alive). A live supervisor's file is left alone: ``(0, 0)``."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return 0, 0
+    owner = next((int(line[5:]) for line in lines if line.startswith("#pid=") and line[5:].isdigit()), 0)
+    if owner and owner != os.getpid() and _alive(owner):
+        return 0, 0
+    stopped = 0
+    for line in lines:
+        pgid, _, program = line.partition(" ")
+        if not pgid.isdigit() or not _is_our_leader(int(pgid), program):
+            continue
+        try:
+            os.killpg(int(pgid), signal.SIGKILL)
+            stopped += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    path.unlink(missing_ok=True)
+    return owner, stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_our_leader(pgid: int, program: str) -> bool:
+    """Still the session leader we started (a reused pid would not lead its own session running ``program``)."""
+    try:
+        if os.getsid(pgid) != pgid:
+            return False
+        cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except (ProcessLookupError, PermissionError, OSError):
+        return False
+    return bool(program) and program in cmdline

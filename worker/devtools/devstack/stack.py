@@ -7,7 +7,10 @@ where things are printed. Any part dying stops everything, loudly, with its last
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -18,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.devtools.devstack.children import Child, Output, stop_children
+from worker.devtools.devstack.children import Child, Output, clean_leftovers, record_children, stop_children
 from worker.devtools.devstack.embedded import start_embedded_redis
 from worker.devtools.devstack.envfile import _clear_stale_dev_env, _write_dev_env, dev_env_path
 from worker.devtools.devstack.errors import DevError
@@ -28,11 +31,17 @@ from worker.infrastructure.config import PROJECT_ROOT
 READY_LINE = "mailworker dev is ready"
 DEFAULT_SENDER = "mailworker dev <dev@mailworker.example.com>"
 WEBHOOK_PATH = "/api/webhooks/smtp2go/events"
-#: The Redis database the stack uses in a Redis it finds (or embeds): not 0, which every Redis client defaults
-#: to (mailworker's own production default included), nor 11-13 (the test suites).
-DEV_REDIS_DB = 9
-#: Queue names of the dev stack: its worker consumes only these, never another app's ``mailworker.*`` queues.
+#: Redis databases a stack picks from in a Redis it finds (by its checkout): not 0, which every Redis client
+#: defaults to (mailworker's own production default included), nor 11-13 (the test suites).
+DEV_REDIS_DBS = tuple(range(1, 11))
+#: Queue names of the dev stack start with this and a digest of its ``var/`` directory: its worker consumes only
+#: its own, never another checkout's stack's nor another app's ``mailworker.*`` queues.
 DEV_QUEUE_PREFIX = "mailworker-dev"
+#: How long a live stack's claim on its queues lasts in the broker unless renewed (every few seconds).
+CLAIM_SECONDS = 30
+#: Housekeeping lines (a sweep, callback dispatch, reconciliation every few seconds) that an idle stack would
+#: print for ever; an email's own tasks are still shown.
+QUIET_LINES = re.compile(r"mailworker\.(sweep|reconcile|purge|dispatch_callbacks)\b")
 QUEUE_VARS = {"MAILWORKER_SEND_QUEUE": "send", "MAILWORKER_EVENTS_QUEUE": "events",
               "MAILWORKER_MAINTENANCE_QUEUE": "maintenance", "MAILWORKER_CALLBACKS_QUEUE": "callbacks"}
 #: The queues the stack's ``worker`` child consumes; the callbacks queue has a child of its own (as in the
@@ -59,7 +68,7 @@ class DevOptions:
     api_port: int = 8787
     smtp_port: int = 2525
     redis_port: int = 6379
-    redis_db: int = DEV_REDIS_DB
+    redis_db: int | None = None  # None: picked from DEV_REDIS_DBS by the checkout (dev_redis_db)
     embedded_redis: bool = False  # always the embedded one (on a free port when --redis-port is taken)
     pick_free_ports: bool = False  # a busy port is replaced by a free one (printed) instead of an error
     var_dir: Path = PROJECT_ROOT / "var"
@@ -78,6 +87,8 @@ class DevStack:
         self.host = "127.0.0.1" if opts.host in ("0.0.0.0", "", "::") else opts.host  # where we connect
         self.children: list[Child] = []
         self.redis: Child | None = None
+        self.queue_prefix = dev_queue_prefix(self.var_dir)
+        self.out.quiet = QUIET_LINES
         self.node = f"mailworker-dev-{os.getpid()}@{socket.gethostname()}"
         self.callbacks_node = f"mailworker-dev-callbacks-{os.getpid()}@{socket.gethostname()}"
         self._stop = threading.Event()
@@ -95,13 +106,16 @@ class DevStack:
         self.embedded_redis = not self.broker_url and (o.embedded_redis or not redis_listening)
         if self.embedded_redis and redis_listening:
             self.redis_port = _free_port()
-        self.broker_url = self.broker_url or f"redis://127.0.0.1:{self.redis_port}/{o.redis_db}"
-        self.queues = {var: env.get(var) or f"{DEV_QUEUE_PREFIX}.{kind}" for var, kind in QUEUE_VARS.items()}
+        db = o.redis_db if o.redis_db is not None else dev_redis_db(self.var_dir)
+        self.broker_url = self.broker_url or f"redis://127.0.0.1:{self.redis_port}/{db}"
+        self.queues = {var: env.get(var) or f"{self.queue_prefix}.{kind}" for var, kind in QUEUE_VARS.items()}
         self.real_api_key = env.get("SMTP2GO_API_KEY")
         self.api_key = self.real_api_key or f"api-dev-{secrets.token_hex(12)}"
         self.api_url = (env.get("SMTP2GO_API_URL") or "https://api.smtp2go.com/v3") if self.real_api_key \
             else f"http://{h}:{o.api_port}/v3"
         self.user_secret = bool(env.get("SMTP2GO_WEBHOOK_SECRET"))
+        self.user_flower_auth, self.user_console_auth = bool(env.get("FLOWER_BASIC_AUTH")), bool(
+            env.get("CONSOLE_BASIC_AUTH"))
         self.webhook_secret = env.get("SMTP2GO_WEBHOOK_SECRET") or secrets.token_urlsafe(24)
         self.sink = not env.get("SMTP_HOST")  # a real relay the user configured wins
         self.flower_auth = env.get("FLOWER_BASIC_AUTH") or f"dev:{secrets.token_urlsafe(12)}"
@@ -139,11 +153,21 @@ class DevStack:
                 "CALLBACK_ALLOWED_NETWORKS", *QUEUE_VARS]
         keys += ["SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY"] if self.sink else []
         keys += [] if self.real_api_key else ["SMTP2GO_API_KEY"]
-        # The generated dev key (never one the user exported): `mailworker callbacks add` in another shell
-        # encrypts the endpoint's secret with it. dev.env is owner-only, like the key file itself.
+        # Generated secrets (never one the user exported), kept in the owner-only dev.env: the encryption key for
+        # `mailworker callbacks add` in another shell, and the credentials `mailworker dev --credentials` prints.
         keys += [] if self.user_encryption_key else ["SETTINGS_ENCRYPTION_KEY"]
+        keys += [] if self.user_secret else ["SMTP2GO_WEBHOOK_SECRET"]
+        keys += [] if self.user_console_auth else ["CONSOLE_BASIC_AUTH"]
+        keys += [] if self.user_flower_auth or not self.opts.flower else ["FLOWER_BASIC_AUTH"]
         shared = {key: self.child_env[key] for key in keys}
-        return {k: v for k, v in shared.items() if not k.endswith("_URL") or _mask_url(v) == v}
+        shared = {k: v for k, v in shared.items() if not k.endswith("_URL") or _mask_url(v) == v}
+        # Where things are, for `mailworker dev --credentials` (prefixed DEV_: no setting reads them).
+        o, h = self.opts, self.host
+        shared["DEV_CONSOLE_URL"] = f"http://{h}:{o.console_port}"
+        if o.flower:
+            shared["DEV_FLOWER_URL"] = f"http://{h}:{o.flower_port}"
+        shared["DEV_WEBHOOK_URL"] = self.web_url + WEBHOOK_PATH
+        return shared
 
     def _children(self) -> list[Child]:
         o, py = self.opts, sys.executable
@@ -223,8 +247,8 @@ class DevStack:
     def redis_description(self) -> str:
         """Which Redis this stack uses and why, in one line (said at start and in the table)."""
         db = self.broker_url.rpartition("/")[2] or "0"
-        queues = f"queues {DEV_QUEUE_PREFIX}.*" if all(
-            q.startswith(DEV_QUEUE_PREFIX + ".") for q in self.queues.values()) else "queues " + ", ".join(
+        queues = f"queues {self.queue_prefix}.*" if all(
+            q.startswith(self.queue_prefix + ".") for q in self.queues.values()) else "queues " + ", ".join(
             self.queues.values())
         if self.broker_from_env:
             return f"{_mask_url(self.broker_url)}  (from CELERY_BROKER_URL/REDIS_URL; {queues})"
@@ -239,7 +263,12 @@ class DevStack:
     def run(self) -> int:
         """Start, wait until ready, supervise; 0 after Ctrl-C / SIGTERM, 1 when a part died or never came up."""
         _clear_stale_dev_env(self.env_file)
+        owner, stopped = clean_leftovers(self.children_file)
+        if stopped:
+            self.out.say(f"stopped {stopped} processes left by a dev stack that was killed (pid {owner}); "
+                         "their ports are free again")
         self._preflight()
+        self._claim_queues()
         previous = {sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in STOP_SIGNALS}
         try:
             return self._run()
@@ -248,6 +277,8 @@ class DevStack:
             stop_children([c for c in self.children if c is not self.redis])
             stop_children([self.redis] if self.redis else [])  # last: the others drain through it
             self.env_file.unlink(missing_ok=True)
+            self.children_file.unlink(missing_ok=True)
+            self._release_queues()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.out.say("mailworker dev stopped")
@@ -272,14 +303,69 @@ class DevStack:
         if sqlite_file is not None:
             _make_private(sqlite_file)
         self.children += [child.start(self.out) for child in self._children()]
+        record_children(self.children_file, self.children)
         if not self._wait_ready():
             return 0 if self._stop.is_set() else 1
         _write_dev_env(self.env_file, self.shared_settings())
         self._print_table()
+        renewed = time.monotonic()
         while not self._stop.wait(0.5):
             if self._died("while running"):
                 return 1
+            if time.monotonic() - renewed > CLAIM_SECONDS / 3:
+                self._claim_queues()
+                renewed = time.monotonic()
         return 0
+
+    # -- the claim on our queues in a shared Redis ----------------------------------------------------
+
+    @property
+    def children_file(self) -> Path:
+        return self.var_dir / "dev.children"
+
+    def _claim_key(self) -> str:
+        return f"mailworker-dev:claim:{self.queues['MAILWORKER_SEND_QUEUE']}"
+
+    def _claim_queues(self) -> None:
+        """Refuse queues another live stack consumes (the same names set by hand, or the same ``var/`` from
+        another supervisor); claim ours for :data:`CLAIM_SECONDS`, renewed while we run."""
+        if self.embedded_redis or not self.broker_url.startswith("redis"):
+            return  # a private Redis, or a broker we cannot mark: nobody else can be on our queues
+        import redis
+
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "var": str(self.var_dir)})
+        client = redis.Redis.from_url(self.broker_url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            if client.set(self._claim_key(), mine, nx=True, ex=CLAIM_SECONDS):
+                return
+            held: bytes | None = client.get(self._claim_key())  # type: ignore[assignment]
+            other = json.loads(held) if held else {}
+            if held and held.decode() != mine and (other.get("host") != socket.gethostname()
+                                                   or other.get("pid") != os.getpid()):
+                raise DevError(f"the queues {self.queue_prefix}.* in {_mask_url(self.broker_url)} are consumed by "
+                               f"another live dev stack (pid {other.get('pid')} on {other.get('host')}, "
+                               f"{other.get('var')}): stop it, or give this one other queues "
+                               "(--var-dir, or MAILWORKER_*_QUEUE)")
+            client.set(self._claim_key(), mine, ex=CLAIM_SECONDS)
+        except redis.RedisError:
+            return  # the preflight ping passed; a hiccup here only means the claim is renewed later
+        finally:
+            client.close()
+
+    def _release_queues(self) -> None:
+        if self.embedded_redis or not self.broker_url.startswith("redis"):
+            return
+        import redis
+
+        client = redis.Redis.from_url(self.broker_url, socket_timeout=3, socket_connect_timeout=3)
+        try:
+            held: bytes | None = client.get(self._claim_key())  # type: ignore[assignment]
+            if held and json.loads(held).get("pid") == os.getpid():
+                client.delete(self._claim_key())
+        except (redis.RedisError, ValueError):
+            pass
+        finally:
+            client.close()
 
     def _died(self, when: str) -> bool:
         dead = next((c for c in self.children if c.exit_code() is not None), None)
@@ -331,6 +417,20 @@ class DevStack:
                      f"`set -a; . {self.env_file}; set +a` (or it reads that file itself).\n"
                      "Ctrl-C stops everything.\n")
         self.out.say(READY_LINE)
+
+
+def _digest(var_dir: Path) -> str:
+    return hashlib.sha256(str(var_dir.resolve()).encode()).hexdigest()
+
+
+def dev_queue_prefix(var_dir: Path) -> str:
+    """``mailworker-dev-<8 hex>``: the queue names of the stack whose files live in ``var_dir`` (one per checkout)."""
+    return f"{DEV_QUEUE_PREFIX}-{_digest(var_dir)[:8]}"
+
+
+def dev_redis_db(var_dir: Path) -> int:
+    """The Redis database a stack uses in a Redis it finds: one of :data:`DEV_REDIS_DBS`, by its checkout."""
+    return DEV_REDIS_DBS[int(_digest(var_dir)[:8], 16) % len(DEV_REDIS_DBS)]
 
 
 def _sqlite_path(database_url: str) -> Path | None:
