@@ -157,7 +157,15 @@ def dispatch_callbacks() -> dict[str, int]:
     return dispatch()
 
 
-@app.task(name="mailworker.deliver_callback", acks_late=True, ignore_result=True)
+#: Celery time limits of a delivery task sent without its own (the dispatcher sends each with limits computed
+#: from CALLBACK_TIMEOUT and CALLBACK_HOOK_TIMEOUT: dispatcher.task_time_limits). They back the in-code bound of
+#: an attempt under the prefork pool; the threads pool (the Procfile's) ignores time limits, and there the
+#: attempt's own deadline and the hook's time limit are the real bound.
+CALLBACK_SOFT_TIME_LIMIT, CALLBACK_TIME_LIMIT = 120, 150
+
+
+@app.task(name="mailworker.deliver_callback", acks_late=True, ignore_result=True,
+          soft_time_limit=CALLBACK_SOFT_TIME_LIMIT, time_limit=CALLBACK_TIME_LIMIT)
 def deliver_callback(delivery_id: int) -> str:
     """One signed POST of one status event to one endpoint; the retry is scheduled in the delivery's row."""
     from worker.callbacks.dispatcher import deliver
@@ -165,7 +173,8 @@ def deliver_callback(delivery_id: int) -> str:
     return deliver(int(delivery_id))
 
 
-@app.task(name="mailworker.status_hook", acks_late=True, ignore_result=True)
+@app.task(name="mailworker.status_hook", acks_late=True, ignore_result=True,
+          soft_time_limit=CALLBACK_SOFT_TIME_LIMIT, time_limit=CALLBACK_TIME_LIMIT)
 def status_hook(delivery_id: int) -> str:
     """One call of ``MAILWORKER_STATUS_HOOK`` with one status event; a failure is retried with backoff."""
     from worker.callbacks.dispatcher import deliver

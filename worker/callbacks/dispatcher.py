@@ -7,10 +7,17 @@ duration, the next attempt). The periodic ``mailworker.dispatch_callbacks`` task
 deliveries of new events and publishes one task per due delivery (``mailworker.deliver_callback`` /
 ``mailworker.status_hook``) on the callbacks queue, so a slow receiver or hook never delays a send.
 
-Retries: network errors, 429 and 5xx (a hook: any exception) are retried on :data:`RETRY_SCHEDULE` with +-20 %
-jitter, about a day in all (``CALLBACK_RETRY_SCHEDULE``, comma-separated seconds, overrides it); then the
-delivery is ``dead`` (a dead letter, kept for ``replay``). A 410 disables the endpoint and makes its delivery
-dead; another 4xx is a permanent refusal (dead at once). 2xx is delivered.
+Each attempt is bounded: an HTTP attempt by a total deadline (``CALLBACK_TIMEOUT``) and at most 64 KB read of
+the answer, to public addresses only (:mod:`worker.callbacks.http`); the hook by ``CALLBACK_HOOK_TIMEOUT``
+(:mod:`worker.callbacks.hook`). :func:`deliver` first takes the delivery (a conditional UPDATE that moves its
+``next_attempt_at`` and ``locked_until`` to the end of the attempt's lease): a second copy of the task arriving
+while it is in flight, or after it is done, finds it taken and does nothing.
+
+Retries: network errors, timeouts, 429 and 5xx (a hook: any exception or a timeout) are retried on
+:data:`RETRY_SCHEDULE` with +-20 % jitter, about a day in all (``CALLBACK_RETRY_SCHEDULE``, comma-separated
+seconds, overrides it); then the delivery is ``dead`` (a dead letter, kept for ``replay``). A 410 disables the
+endpoint and makes its delivery dead; another 4xx is a permanent refusal (dead at once), and so is a URL that
+resolves to an address that is not allowed. 2xx is delivered.
 
 Receivers must apply an event idempotently: ``webhook-id`` (and ``data.event_id``) is the same on every retry and
 every replay of one event, and ``data.sequence`` orders one message's events.
@@ -18,7 +25,6 @@ every replay of one event, and ``data.sequence`` orders one message's events.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -31,7 +37,9 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Connection, Table, and_, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from worker.callbacks import endpoints, signing
+from worker.callbacks import endpoints, http, signing
+from worker.callbacks.hook import call_hook, hook_spec
+from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import get_engine
 from worker.infrastructure.dberrors import describe, is_transient
 from worker.infrastructure.models import (
@@ -58,9 +66,9 @@ DELIVER_TASK, HOOK_TASK = "mailworker.deliver_callback", "mailworker.status_hook
 #: Seconds before attempt 2, 3, ... (Standard Webhooks' suggested schedule): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
 #: 10 h -- eight attempts over about 27 hours.
 RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
-#: A published delivery is not published again for this long (its task runs meanwhile).
-LOCK_SECONDS = 120.0
-CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 15.0
+#: How long a published delivery task may wait in the queue for a worker before the dispatcher publishes it
+#: again (a late copy is harmless: :func:`deliver` finds the delivery taken or done).
+QUEUE_WAIT = 300.0
 
 
 def retry_schedule() -> tuple[float, ...]:
@@ -68,21 +76,28 @@ def retry_schedule() -> tuple[float, ...]:
     return tuple(float(x) for x in raw.split(",") if x.strip()) if raw else RETRY_SCHEDULE
 
 
-def hook_spec() -> str | None:
-    return os.environ.get("MAILWORKER_STATUS_HOOK", "").strip() or None
+def attempt_seconds(settings: Settings) -> float:
+    """The longest one attempt runs by its in-code bound: the HTTP deadline or the hook's time limit."""
+    return max(settings.callback_timeout, settings.callback_hook_timeout)
 
 
-_hooks: dict[str, Callable[[dict[str, Any]], Any]] = {}
+def task_time_limits(settings: Settings) -> tuple[float, float]:
+    """(soft, hard) Celery time limits of one delivery task: just above the in-code bound plus the database
+    writes around it. They back that bound under the prefork pool; the threads pool ignores time limits, and
+    there the in-code deadline is the only bound."""
+    soft = attempt_seconds(settings) + 15
+    return soft, soft + 10
 
 
-def load_hook(spec: str) -> Callable[[dict[str, Any]], Any]:
-    """``package.module:function`` -> the function (imported once per process)."""
-    if spec not in _hooks:
-        module, _, name = spec.partition(":")
-        if not module or not name:
-            raise ValueError(f"MAILWORKER_STATUS_HOOK={spec!r} is not package.module:function")
-        _hooks[spec] = getattr(importlib.import_module(module), name)
-    return _hooks[spec]
+def lease_seconds(settings: Settings) -> float:
+    """How long :func:`deliver` holds a delivery it took: beyond the task's hard time limit (a task killed at
+    it leaves the delivery to be taken again after this), with room for the attempt to run twice as long."""
+    return max(task_time_limits(settings)[1], 2 * attempt_seconds(settings)) + 30
+
+
+def publish_lock_seconds(settings: Settings) -> float:
+    """A published delivery is not published again for this long: the queue wait, then the attempt's lease."""
+    return QUEUE_WAIT + lease_seconds(settings)
 
 
 # ------------------------------------------------------------------------------------------ the body
@@ -131,8 +146,9 @@ def fan_out(limit: int = 500) -> int:
 
 
 def due_deliveries(limit: int = 500) -> list[tuple[int, str]]:
-    """Pending deliveries that are due, locked for :data:`LOCK_SECONDS` (so they are published once)."""
+    """Pending deliveries that are due, locked for :func:`publish_lock_seconds` (so they are published once)."""
     now = utcnow()
+    lock = timedelta(seconds=publish_lock_seconds(get_settings()))
     due = and_(CD.c.state == PENDING, CD.c.next_attempt_at <= now,
                or_(CD.c.locked_until.is_(None), CD.c.locked_until < now))
     with get_engine().begin() as conn:
@@ -140,7 +156,7 @@ def due_deliveries(limit: int = 500) -> list[tuple[int, str]]:
         taken = []
         for row in found:
             if conn.execute(update(CD).where(CD.c.id == row.id, due)
-                            .values(locked_until=now + timedelta(seconds=LOCK_SECONDS))).rowcount == 1:
+                            .values(locked_until=now + lock)).rowcount == 1:
                 taken.append((row.id, row.kind))
     return taken
 
@@ -165,9 +181,11 @@ def dispatch(publish: bool = True) -> dict[str, int]:
     dispatched = _or_next_pass(fan_out, 0, "callback fan-out")
     nothing_due: list[tuple[int, str]] = []
     due = _or_next_pass(due_deliveries, nothing_due, "due callbacks")
+    soft, hard = task_time_limits(get_settings())
     for delivery_id, kind in due:
         if publish:
-            app.send_task(HOOK_TASK if kind == HOOK else DELIVER_TASK, args=[delivery_id])
+            app.send_task(HOOK_TASK if kind == HOOK else DELIVER_TASK, args=[delivery_id], soft_time_limit=soft,
+                          time_limit=hard)
         else:
             deliver(delivery_id)
     return {"dispatched": dispatched, "due": len(due)}
@@ -183,16 +201,35 @@ def _load(conn: Connection, delivery_id: int) -> Any:
                         .join(SE, SE.c.id == CD.c.event_pk).where(CD.c.id == delivery_id)).one_or_none()
 
 
+def _take(delivery_id: int, lease: float) -> datetime | None:
+    """Take a due pending delivery for one attempt: its ``next_attempt_at`` and ``locked_until`` move to the end
+    of the lease, so it is no longer due and no other copy of the task can take it until the lease runs out
+    (the attempt ends long before: its in-code bound). Returns the lease's end (the attempt's token), or None
+    when it is not due (in flight elsewhere, waiting for its retry, delivered, dead or gone)."""
+    now = utcnow()
+    until = now + timedelta(seconds=lease)
+    with get_engine().begin() as conn:
+        taken = conn.execute(update(CD).where(CD.c.id == delivery_id, CD.c.state == PENDING,
+                                              CD.c.next_attempt_at <= now)
+                             .values(next_attempt_at=until, locked_until=until)).rowcount
+    return until if taken == 1 else None
+
+
 def deliver(delivery_id: int) -> str:
-    """One attempt of one delivery; returns its state afterwards (``pending`` when a retry is scheduled)."""
-    engine = get_engine()
-    with engine.connect() as conn:
+    """One attempt of one delivery; returns its state afterwards (``pending`` when a retry is scheduled, or when
+    another copy of the task has it in flight)."""
+    settings = get_settings()
+    token = _take(delivery_id, lease_seconds(settings))
+    with get_engine().connect() as conn:
         row = _load(conn, delivery_id)
         endpoint = (conn.execute(select(CE).where(CE.c.id == row.endpoint_id)).one_or_none()
                     if row is not None and row.kind == HTTP else None)
         conn.rollback()
-    if row is None or row.state != PENDING:
-        return row.state if row is not None else "unknown"
+    if row is None:
+        return "unknown"
+    if token is None:
+        log.debug("callback delivery=%s not taken: not due (in flight elsewhere, or %s)", delivery_id, row.state)
+        return str(row.state)
     body = body_of(row)
     started = time.monotonic()
     code: int | None = None
@@ -200,49 +237,44 @@ def deliver(delivery_id: int) -> str:
     retryable = True
     disable = False
     if row.kind == HOOK:
-        spec = hook_spec()
-        try:
-            if spec is None:
-                raise RuntimeError("MAILWORKER_STATUS_HOOK is not set")
-            load_hook(spec)(body)
-        except Exception as err:  # noqa: BLE001 - the hook's failure is recorded and retried, never raised
-            error = f"{type(err).__name__}: {err}"[:2000]
+        error = call_hook(body, settings.callback_hook_timeout)
     elif endpoint is None:
         error, retryable = "the endpoint was removed", False
     elif not endpoint.enabled:
         error, retryable = f"the endpoint is disabled ({endpoint.disabled_reason or 'by the operator'})", False
     else:
-        code, error, retryable, disable = _post(endpoint, row.event_id, body)
+        code, error, retryable, disable = _post(endpoint, row.event_id, body, settings)
     duration_ms = int((time.monotonic() - started) * 1000)
-    return _record(delivery_id, row.attempts + 1, code, error, retryable, disable, duration_ms,
+    return _record(delivery_id, token, row.attempts + 1, code, error, retryable, disable, duration_ms,
                    endpoint.id if endpoint is not None else None)
 
 
-def _post(endpoint: Any, msg_id: str, body: dict[str, Any]) -> tuple[int | None, str | None, bool, bool]:
+def _post(endpoint: Any, msg_id: str, body: dict[str, Any],
+          settings: Settings) -> tuple[int | None, str | None, bool, bool]:
     """POST the signed body: (status code, error, retryable, disable the endpoint)."""
-    import requests
-
     payload = encode(body)
     headers = signing.headers(endpoints.signing_secrets(endpoint), msg_id, int(time.time()), payload)
     headers["user-agent"] = "mailworker-callbacks"
     try:
-        response = requests.post(endpoint.url, data=payload, headers=headers, allow_redirects=False,
-                                 timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
-    except requests.RequestException as err:
-        return None, f"{type(err).__name__}: network error", True, False
-    code = response.status_code
-    response.close()
+        answer = http.post(endpoint.url, payload, headers, seconds=settings.callback_timeout,
+                           allowed=settings.callback_allowed_networks)
+    except http.Failure as failure:
+        return None, failure.message, failure.retryable, False
+    code = answer.status
+    said = f": {answer.excerpt}" if answer.excerpt else ""
     if 200 <= code < 300:
         return code, None, False, False
     if code == 410:
-        return code, "410 Gone: the endpoint is disabled", False, True
+        return code, f"410 Gone: the endpoint is disabled{said}", False, True
     if code == 429 or code >= 500:
-        return code, f"HTTP {code}", True, False
-    return code, f"HTTP {code}: refused (not retried)", False, False
+        return code, f"HTTP {code}{said}", True, False
+    return code, f"HTTP {code}: refused (not retried){said}", False, False
 
 
-def _record(delivery_id: int, attempt: int, code: int | None, error: str | None, retryable: bool, disable: bool,
-            duration_ms: int, endpoint_id: int | None) -> str:
+def _record(delivery_id: int, token: datetime, attempt: int, code: int | None, error: str | None, retryable: bool,
+            disable: bool, duration_ms: int, endpoint_id: int | None) -> str:
+    """Store the attempt, and the delivery's new state while the attempt still holds it (``locked_until`` is
+    still its ``token``: a replay that restarted the delivery meanwhile decides its state instead)."""
     now = utcnow()
     schedule = retry_schedule()
     next_at: datetime | None = None
@@ -256,12 +288,15 @@ def _record(delivery_id: int, attempt: int, code: int | None, error: str | None,
     with get_engine().begin() as conn:
         conn.execute(insert(CA).values(delivery_id=delivery_id, attempted_at=now, status_code=code,
                                        duration_ms=duration_ms, error=error, next_attempt_at=next_at))
-        conn.execute(update(CD).where(CD.c.id == delivery_id).values(
+        held = conn.execute(update(CD).where(CD.c.id == delivery_id, CD.c.locked_until == token).values(
             state=state, attempts=attempt, next_attempt_at=next_at, locked_until=None, last_status_code=code,
-            last_error=error, delivered_at=now if state == DELIVERED else None))
+            last_error=error, delivered_at=now if state == DELIVERED else None)).rowcount
         if disable and endpoint_id is not None:
             conn.execute(update(CE).where(CE.c.id == endpoint_id).values(
                 enabled=False, disabled_reason=f"answered 410 Gone at {now.isoformat()}"))
+    if held != 1:
+        log.info("callback delivery=%s attempt=%d: restarted while in flight (a replay); this attempt is stored, "
+                 "the delivery's state is the new run's", delivery_id, attempt)
     level = logging.INFO if state != DEAD else logging.WARNING
     log.log(level, "callback delivery=%s attempt=%d state=%s status=%s error=%s", delivery_id, attempt, state,
             code, error)

@@ -1,4 +1,8 @@
-"""The operator's side of HTTP callbacks: endpoints with encrypted secrets (``mailworker callbacks``)."""
+"""The operator's side of HTTP callbacks: endpoints with encrypted secrets (``mailworker callbacks``).
+
+A URL is accepted only when its host resolves to public addresses (or to ``CALLBACK_ALLOWED_NETWORKS``): see
+:mod:`worker.callbacks.http`, which checks the address again on every attempt. Show a URL with
+:func:`mask_endpoint_url`: one may carry credentials (``https://user:password@host/``)."""
 
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker.callbacks import signing
+from worker.callbacks.http import AddressRefused, check_host
 from worker.callbacks.outbox import EVENT_TYPES
-from worker.infrastructure.config import get_settings
+from worker.infrastructure.config import MASK, get_settings, mask_url
 from worker.infrastructure.crypto import decrypt_settings, encrypt_settings
 from worker.infrastructure.models import CallbackEndpoint, utcnow
 
@@ -35,10 +40,34 @@ def _decrypt(token: str) -> str:
     return str(decrypt_settings(token, get_settings().require_encryption_keys())["secret"])
 
 
+def mask_endpoint_url(url: str) -> str:
+    """The URL as it may be shown (CLI, console, logs): a password in it masked (``user:***@host``), and a lone
+    user part too (``***@host``: often a token)."""
+    masked = mask_url(url)
+    if masked != url:
+        return masked
+    scheme, sep, rest = url.partition("://")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end)
+    if not sep or at < 0:
+        return url
+    return f"{scheme}://{MASK}{rest[at:]}"
+
+
 def check_url(url: str) -> str:
-    parts = urlsplit(url)
+    """``url`` when it is an http(s) URL whose host resolves to allowed addresses only (public ones, or
+    ``CALLBACK_ALLOWED_NETWORKS``); else ``ValueError`` with one line saying why (the URL masked)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"{mask_endpoint_url(url)!r} is not a usable URL (bad port or brackets)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{url!r} is not an http(s) URL")
+        raise ValueError(f"{mask_endpoint_url(url)!r} is not an http(s) URL")
+    try:
+        check_host(parts.hostname, port, get_settings().callback_allowed_networks)
+    except AddressRefused as err:
+        raise ValueError(str(err)) from None
     return url
 
 

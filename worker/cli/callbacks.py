@@ -60,8 +60,10 @@ def callbacks() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 def callbacks_add(url: str, events: str | None, as_json: bool) -> None:
-    """Register an endpoint; prints its id and its signing secret (shown once; stored encrypted)."""
-    from worker.callbacks.endpoints import add_endpoint
+    """Register an endpoint; prints its id and its signing secret (shown once; stored encrypted).
+
+    Its host must resolve to public addresses only, unless CALLBACK_ALLOWED_NETWORKS allows the range."""
+    from worker.callbacks.endpoints import add_endpoint, mask_endpoint_url
     from worker.infrastructure.db import session_scope
 
     wanted = [e.strip() for e in events.split(",") if e.strip()] if events else None
@@ -70,7 +72,7 @@ def callbacks_add(url: str, events: str | None, as_json: bool) -> None:
             created = add_endpoint(session, url, wanted)
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
-    emit({"id": created.id, "url": created.url, "secret": created.secret}, as_json,
+    emit({"id": created.id, "url": mask_endpoint_url(created.url), "secret": created.secret}, as_json,
          lambda d: f"endpoint {d['id']} {d['url']}\nsecret {d['secret']}\n"
                    "(store the secret now: it is not shown again)")
 
@@ -80,11 +82,12 @@ def callbacks_add(url: str, events: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 def callbacks_list(dead: bool, as_json: bool) -> None:
-    """Endpoints with their pending, delivered and dead deliveries (never their secrets)."""
+    """Endpoints with their pending, delivered and dead deliveries (never their secrets; passwords in URLs
+    masked)."""
     from sqlalchemy import func, select
 
     from worker.callbacks.dispatcher import dead_letters
-    from worker.callbacks.endpoints import list_endpoints
+    from worker.callbacks.endpoints import list_endpoints, mask_endpoint_url
     from worker.infrastructure.db import session_scope
     from worker.infrastructure.models import CallbackDelivery
 
@@ -99,7 +102,7 @@ def callbacks_list(dead: bool, as_json: bool) -> None:
             select(CallbackDelivery.endpoint_id, CallbackDelivery.state, func.count())
             .where(CallbackDelivery.kind == "http")
             .group_by(CallbackDelivery.endpoint_id, CallbackDelivery.state)).all()}
-        rows = [{"id": e.id, "url": e.url, "events": e.events or "all", "enabled": e.enabled,
+        rows = [{"id": e.id, "url": mask_endpoint_url(e.url), "events": e.events or "all", "enabled": e.enabled,
                  "disabled_reason": e.disabled_reason, "rotating": e.previous_until is not None,
                  **{state: counts.get((e.id, state), 0) for state in ("pending", "delivered", "dead")}}
                 for e in list_endpoints(session)]

@@ -16,6 +16,7 @@ Secrets never appear in ``repr(settings)``: secret fields print as ``'***'`` and
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -191,6 +192,26 @@ def _opt(name: str) -> str | None:
     return raw or None
 
 
+def _positive(name: str, default: float) -> float:
+    value = _float(name, default)
+    if not 0 < value < float("inf"):
+        raise ConfigurationError(f"{name} must be a number of seconds above 0, got {value:g}")
+    return value
+
+
+def _networks(name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """Comma-separated CIDRs (``10.0.0.0/8,fd00::/8``; a bare address is one host); one line naming ``name``
+    for an entry that is not one."""
+    out = []
+    for part in _list(name):
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ConfigurationError(f"{name}: {part!r} is not a network; expected comma-separated CIDRs like "
+                                     "10.0.0.0/8,fd00::/8") from None
+    return tuple(out)
+
+
 #: Fields whose values are secrets: ``repr`` shows only whether they are set.
 SECRET_FIELDS = frozenset({"smtp2go_api_key", "smtp2go_webhook_secrets", "smtp_password", "settings_encryption_keys"})
 #: URL fields: ``repr`` masks the password inside them.
@@ -237,6 +258,11 @@ class Settings:
     sweep_interval: float
     sweep_republish_after: float
     retention_days: int
+    #: Status callbacks: the total deadline of one HTTP attempt, the Python hook's time limit, and the address
+    #: ranges callback URLs may reach besides public addresses.
+    callback_timeout: float = 10.0
+    callback_hook_timeout: float = 10.0
+    callback_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def __repr__(self) -> str:
         parts = []
@@ -387,6 +413,9 @@ def load_settings() -> Settings:
         sweep_interval=_float("SWEEP_INTERVAL", 15.0),
         sweep_republish_after=_float("SWEEP_REPUBLISH_AFTER", 300.0),
         retention_days=_int("RETENTION_DAYS", 90),
+        callback_timeout=_positive("CALLBACK_TIMEOUT", 10.0),
+        callback_hook_timeout=_positive("CALLBACK_HOOK_TIMEOUT", 10.0),
+        callback_allowed_networks=_networks("CALLBACK_ALLOWED_NETWORKS"),
     )
     settings.validate()
     return settings

@@ -18,3 +18,14 @@ def record(body: dict[str, Any]) -> None:
             failed_once.add(event_id)
             raise RuntimeError("the application's database is away (first call of each event)")
         calls.append(body)
+
+
+#: ``stall``: set when it is called; it returns when ``release`` is set (or after 10 s).
+stalled = threading.Event()
+release = threading.Event()
+
+
+def stall(body: dict[str, Any]) -> None:
+    """A hook that hangs (its database is locked, say) until the test releases it."""
+    stalled.set()
+    release.wait(10)
