@@ -7,7 +7,9 @@ through ``departing``), then one transition of :mod:`worker.sending.lifecycle` p
 
 - :class:`Accepted` -> ``record_accepted`` (a relay's per-recipient 4xx stay queued and are retried alone);
 - :class:`NotSent`, retryable -> ``retry_later`` with backoff until the transport's budget is used up, then the
-  next transport (SMTP2Go -> relay) or ``fail``; permanent -> the next transport or ``fail``. A transport that
+  next transport (SMTP2Go -> relay) or ``fail``; permanent -> the next transport or ``fail``; ``unbuildable``
+  (the request could not be built, before anything left) -> ``fail`` at once: the message itself is at fault,
+  nothing departed, so nothing is parked, retried or handed to another transport. A transport that
   declined before anything left (SMTP2Go's breaker open, a rate-limit pause) spent no attempt: the relay sends
   this attempt when the outcome allows it (``relay_this_attempt``; the message keeps SMTP2Go), else the message
   waits as long as the transport said (``retry_later``, or ``hold`` when an operator problem opened the breaker);
@@ -180,6 +182,9 @@ def _attempt(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail,
 
     if isinstance(outcome, Accepted):
         return _accepted(conn, lease, job, transport.kind, outcome, settings)
+    if isinstance(outcome, NotSent) and outcome.unbuildable:
+        lifecycle.fail(conn, lease, outcome.reason)
+        return Outcome(OutcomeKind.FAILED, outcome.reason, transport=transport.kind)
     if isinstance(outcome, Unknown):
         return Outcome(OutcomeKind.PARKED, lifecycle.park_unknown(conn, lease, outcome.reason),
                        transport=transport.kind)

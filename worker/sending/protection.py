@@ -320,6 +320,8 @@ class ProtectedTransport:
         except CredentialsRejected as err:
             open_for_problem(str(err), self.settings)
             raise
+        if isinstance(outcome, NotSent) and outcome.unbuildable:
+            return outcome  # the request was never built: it says nothing about the service
         if isinstance(outcome, Accepted) or (isinstance(outcome, NotSent) and not outcome.retryable):
             record_success(self.settings, gate)  # the service answered: it is up
         elif isinstance(outcome, NotSent) and outcome.rate_limited:

@@ -8,7 +8,8 @@ core never handles keys or passwords. The outcome is one of three plain values:
   it refused for good (``refused``) or asked us to try again later (``deferred``);
 - :class:`NotSent` -- nothing was sent: ``retryable`` says whether the same transport may take it later
   (``retry_after`` when the provider said when), ``refused``/``deferred`` name per-recipient refusals when
-  the provider refused every recipient;
+  the provider refused every recipient; ``unbuildable`` when the message could not even be built into a
+  request (before ``departing``): the message itself is at fault, so it fails;
 - :class:`Unknown` -- the request may have been acted on (a timeout after it left): never resend blindly.
 
 Operator problems (a refused API key, an untrusted relay certificate) are not outcomes: they raise
@@ -16,8 +17,10 @@ Operator problems (a refused API key, an untrusted relay certificate) are not ou
 nothing about the message and must hold it, never fail it.
 
 ``departing`` is called exactly once, just before the message can leave (the delivery core records the
-attempt as in flight there). A transport that answers without sending anything -- a wrapper whose breaker is
-open, a rate limit -- returns :class:`NotSent` without calling it, and the attempt is not counted.
+attempt as in flight there). A transport builds the whole request (MIME message, JSON body) *before* calling it,
+so a build error is never mistaken for a send that may have happened. A transport that answers without sending
+anything -- a wrapper whose breaker is open, a rate limit, a message that cannot be built -- returns
+:class:`NotSent` without calling it, and the attempt is not counted.
 """
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ class NotSent:
     ``relay_may_take``: the transport declined before trying (its breaker is open), not because of this
     message: another transport may send this attempt while the message keeps this one.
     ``problem``: why it declined, when an operator must fix it (a refused key behind an open breaker).
+    ``unbuildable``: the message could not be built into a request, before anything left (see
+    :func:`unbuildable`); sending it again cannot help.
     """
 
     retryable: bool
@@ -134,6 +139,7 @@ class NotSent:
     rate_limited: bool = False
     relay_may_take: bool = False
     problem: str | None = None
+    unbuildable: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +159,16 @@ class MailTransport(Protocol):
     def kind(self) -> Transport: ...
 
     def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome: ...
+
+
+def unbuildable(provider: str, err: Exception) -> NotSent:
+    """The outcome for an error raised while building the request, before anything left the process: not sent,
+    for good. The reason is one line naming the error (a transport's own refusal keeps its description)."""
+    if isinstance(err, DeliveryError):
+        reason = err.describe()
+    else:
+        reason = f"{provider}: the message could not be built, nothing was sent ({type(err).__name__}: {err})"
+    return NotSent(retryable=False, reason=" ".join(reason.split()), unbuildable=True)
 
 
 def outcome_of(err: DeliveryError) -> NotSent | Unknown:

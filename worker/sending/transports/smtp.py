@@ -12,6 +12,9 @@ because the delivery core decides from it whether a resend could duplicate the m
 - *unknown*: :class:`AmbiguousDeliveryError` once the terminating ``<CRLF>.<CRLF>`` was written and no final
   reply came: the relay may have queued the message, and no API can tell us.
 
+The message is built completely (:func:`prepare`: MIME and the DATA bytes) before the transport calls
+``departing``; a message the ``email`` package refuses is reported as not sent, for good, and never connects.
+
 That last distinction is why the transaction is driven step by step (MAIL, RCPT per recipient, DATA, content,
 reply) instead of ``smtplib.SMTP.send_message``, which raises the same exception for a drop before and after the
 final dot. :func:`_transmit` is the one place that boundary is decided.
@@ -42,7 +45,14 @@ from worker.errors import (
 )
 from worker.infrastructure.config import Settings
 from worker.infrastructure.models import Transport
-from worker.sending.transports.base import TRACKING_HEADER, Accepted, Outcome, OutgoingEmail, outcome_of
+from worker.sending.transports.base import (
+    TRACKING_HEADER,
+    Accepted,
+    Outcome,
+    OutgoingEmail,
+    outcome_of,
+    unbuildable,
+)
 
 PROVIDER = "smtp"
 
@@ -231,9 +241,34 @@ def _transmit(client: smtplib.SMTP, payload: bytes) -> str:
                                  provider=PROVIDER)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A message built for the relay, before anything is sent: envelope and the DATA content."""
+
+    message_id: str
+    sender: str
+    rcpts: list[str]
+    international: bool
+    payload: bytes = field(repr=False)
+
+
+def prepare(email: OutgoingEmail) -> Prepared:
+    """Build the MIME message and the exact bytes DATA will carry. Runs before anything leaves the process, so
+    an error here (a header value the ``email`` package refuses, text it cannot encode) means nothing was sent
+    and sending again cannot help (:class:`SmtpTransport` reports it as ``NotSent(unbuildable=True)``)."""
+    mime = build_mime(email)
+    rcpts = _envelope_recipients(email)
+    if not rcpts:
+        raise PermanentDeliveryError("no recipients left to send to", provider=PROVIDER)
+    sender = _bare(email.sender)
+    international = not "".join([sender, *rcpts]).isascii()
+    return Prepared(message_id=str(mime["Message-ID"] or ""), sender=sender, rcpts=rcpts,
+                    international=international, payload=_payload(mime, international))
+
+
 def send(
     *,
-    email: OutgoingEmail,
+    email: OutgoingEmail | Prepared,
     host: str,
     port: int,
     username: str | None = None,
@@ -244,30 +279,25 @@ def send(
 ) -> SmtpSent:
     """Send one message to the relay and report what the relay did with it (see the module docstring).
 
-    Returns :class:`SmtpSent` when the relay took the message for at least one recipient. Raises
-    :class:`RecipientsRefused` when it accepted none (nothing sent; ``refused`` 5xx, ``deferred`` 4xx);
-    :class:`RetryableDeliveryError` for connection problems and 4xx replies (before the content, or after it:
-    the relay said no); :class:`PermanentDeliveryError` for 5xx to MAIL FROM, DATA or the content;
-    :class:`AmbiguousDeliveryError` when the content was written and no final reply came;
-    :class:`CredentialsRejected` for a 5xx to AUTH; :class:`ConfigurationError` for an untrusted certificate or
-    a relay that lacks the STARTTLS / AUTH the settings ask for.
+    ``email`` is built with :func:`prepare` first unless it already was. Returns :class:`SmtpSent` when the
+    relay took the message for at least one recipient. Raises :class:`RecipientsRefused` when it accepted none
+    (nothing sent; ``refused`` 5xx, ``deferred`` 4xx); :class:`RetryableDeliveryError` for connection problems
+    and 4xx replies (before the content, or after it: the relay said no); :class:`PermanentDeliveryError` for 5xx
+    to MAIL FROM, DATA or the content; :class:`AmbiguousDeliveryError` when the content was written and no final
+    reply came; :class:`CredentialsRejected` for a 5xx to AUTH; :class:`ConfigurationError` for an untrusted
+    certificate or a relay that lacks the STARTTLS / AUTH the settings ask for.
     """
-    mime = build_mime(email)
-    rcpts = _envelope_recipients(email)
-    if not rcpts:
-        raise PermanentDeliveryError("no recipients left to send to", provider=PROVIDER)
-    sender = _bare(email.sender)
+    built = email if isinstance(email, Prepared) else prepare(email)
+    sender, rcpts, international, payload = built.sender, built.rcpts, built.international, built.payload
     client: smtplib.SMTP | None = None
     try:
         try:
             client = _connect(host, port, security, timeout, ca_file)
             if username:
                 _authenticate(client, username, password or "")
-            international = not "".join([sender, *rcpts]).isascii()
             if international and not client.has_extn("smtputf8"):
                 raise PermanentDeliveryError("an address needs SMTPUTF8, which the relay does not offer",
                                              provider=PROVIDER)
-            payload = _payload(mime, international)
             options = ["SMTPUTF8", "BODY=8BITMIME"] if international else []
             if client.has_extn("size"):
                 options.append(f"SIZE={len(payload)}")
@@ -298,7 +328,7 @@ def send(
                 client.quit()
             except (smtplib.SMTPException, OSError):
                 client.close()
-    return SmtpSent(message_id=str(mime["Message-ID"] or ""), refused=refused, deferred=deferred)
+    return SmtpSent(message_id=built.message_id, refused=refused, deferred=deferred)
 
 
 @dataclass(frozen=True)
@@ -326,10 +356,14 @@ class SmtpTransport:
                    ca_file=settings.smtp_ca_file)
 
     def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
+        try:
+            built = prepare(email)  # before ``departing``: a message that cannot be built was never sent
+        except Exception as err:  # noqa: BLE001 - whatever the build raised, nothing left the process
+            return unbuildable(PROVIDER, err)
         if departing is not None:
             departing()
         try:
-            sent = send(email=email, host=self.host, port=self.port, username=self.username,
+            sent = send(email=built, host=self.host, port=self.port, username=self.username,
                         password=self.password, security=self.security, timeout=self.timeout, ca_file=self.ca_file)
         except DeliveryError as err:
             return outcome_of(err)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import email.utils
+import json
 import os
 import socket
 import ssl
@@ -57,6 +58,7 @@ from worker.sending.transports.base import (
     Outcome,
     OutgoingEmail,
     outcome_of,
+    unbuildable,
 )
 
 PROVIDER = "smtp2go"
@@ -180,16 +182,26 @@ class _Answer:
     retry_after: float | None
 
 
-def _post(path: str, payload: Mapping[str, Any], *, api_key: str, api_url: str, timeout: float,
+def encode_json(payload: Mapping[str, Any]) -> bytes:
+    """The request body, byte for byte what ``requests.post(json=...)`` would send. Encoded by the caller before
+    the request: inside ``requests`` a value JSON cannot carry (NaN, a set) is an ``InvalidJSONError``, a
+    ``RequestException`` indistinguishable from a request that broke off after it left."""
+    return json.dumps(payload, allow_nan=False).encode("utf-8")
+
+
+def _post(path: str, payload: Mapping[str, Any] | bytes, *, api_key: str, api_url: str, timeout: float,
           connect_timeout: float, verify: bool | str) -> _Answer:
-    """POST JSON to ``{api_url}{path}`` with the key in the header; transport failures raise classified."""
+    """POST JSON (a mapping, or a body already :func:`encode_json`-ed) to ``{api_url}{path}`` with the key in the
+    header; transport failures raise classified."""
     url = f"{api_url.rstrip('/')}{path}"
     proxies, ca_bundle = _environment(url)
+    data = payload if isinstance(payload, bytes) else encode_json(payload)
     try:
         response = _session().post(
             url,
-            json=payload,
-            headers={"X-Smtp2go-Api-Key": api_key, "Accept": "application/json"},
+            data=data,
+            headers={"X-Smtp2go-Api-Key": api_key, "Accept": "application/json",
+                     "Content-Type": "application/json"},
             timeout=(connect_timeout, timeout),
             verify=ca_bundle if verify is True and ca_bundle else verify,
             proxies=proxies,
@@ -391,7 +403,10 @@ class Smtp2GoTransport:
                    options=config.options)
 
     def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
-        payload = build_payload(email, options=self.options)
+        try:  # the whole body before ``departing``: a message that cannot be built was never sent
+            payload = encode_json(build_payload(email, options=self.options))
+        except Exception as err:  # noqa: BLE001 - whatever the build raised, nothing left the process
+            return unbuildable(PROVIDER, err)
         if departing is not None:
             departing()
         try:
