@@ -23,10 +23,14 @@ from sqlalchemy.orm import Session, scoped_session, selectinload
 
 from worker.api.validation import (
     MAX_TOTAL_BYTES,
+    Address,
     check_attachments,
     check_headers,
     check_optional_str,
     check_send_at,
+    check_template_data,
+    check_text,
+    json_size,
     parse_address,
     parse_address_list,
 )
@@ -96,19 +100,28 @@ def enqueue_email(
     idempotency_key = check_optional_str("idempotency_key", idempotency_key, header=False)
     template_id = check_optional_str("template_id", template_id)
     for field_name, body in (("html_body", html_body), ("text_body", text_body)):
-        if body is not None and not isinstance(body, str):
-            raise InvalidEmail(field_name, f"expected a string, got {type(body).__name__}")
-    if template_data is not None and not isinstance(template_data, dict):
-        raise InvalidEmail("template_data", "expected a dict")
+        if body is not None:
+            if not isinstance(body, str):
+                raise InvalidEmail(field_name, f"expected a string, got {type(body).__name__}")
+            check_text(field_name, body)
+    template_data = check_template_data(template_data)
     if not (html_body or text_body or template_id):
         raise InvalidEmail("body", "give html_body, text_body or template_id")
     if template_data is not None and not template_id:
         raise InvalidEmail("template_data", "given without template_id")
+    if reply is not None:
+        for name in extra_headers:
+            if name.lower() == "reply-to":
+                raise InvalidEmail(f"headers[{name}]", "given together with reply_to; a message has one Reply-To")
 
-    size = sum(len(c) for _, c, _ in files) * 4 // 3  # base64 on the wire
-    size += len((html_body or "").encode()) + len((text_body or "").encode()) + len((subject or "").encode())
-    if size >= MAX_TOTAL_BYTES:
-        raise InvalidEmail("attachments", f"message is {size} bytes encoded; the limit is {MAX_TOTAL_BYTES}")
+    size = _encoded_size(
+        attachments=sum(_base64_len(len(c)) + len(f.encode()) + len(m) for f, c, m in files),
+        html_body=len((html_body or "").encode()), text_body=len((text_body or "").encode()),
+        subject=len((subject or "").encode()),
+        headers=sum(len(n) + len(v.encode()) + 4 for n, v in extra_headers.items()),  # "Name: value\r\n"
+        template_data=json_size(template_data) if template_data is not None else 0,
+        to=sum(len(a.formatted.encode()) for a in (*to_list, *cc_list, *bcc_list, from_addr, *_opt(reply))),
+    )
 
     if idempotency_key:
         existing = _find_by_idempotency_key(idempotency_key, caller[0] if caller else None)
@@ -182,6 +195,25 @@ def enqueue_email(
     log.info("email queued tracking_id=%s recipients=%d send_at=%s", tracking_id,
              len(recipients), when.isoformat() if when else "now")
     return tracking_id
+
+
+def _base64_len(n: int) -> int:
+    return 4 * ((n + 2) // 3)
+
+
+def _opt(address: Address | None) -> tuple[Address, ...]:
+    return (address,) if address is not None else ()
+
+
+def _encoded_size(**parts: int) -> int:
+    """The message's size as stored and sent: every part, encoded (UTF-8 text, base64 attachments, JSON
+    ``template_data``). Over SMTP2Go's limit, the error names the largest part, the likeliest culprit."""
+    size = sum(parts.values())
+    if size >= MAX_TOTAL_BYTES:
+        largest = max(parts, key=lambda name: parts[name])
+        raise InvalidEmail(largest, f"the message is {size} bytes encoded ({largest}: {parts[largest]} of them); "
+                                    f"the limit is {MAX_TOTAL_BYTES} bytes")
+    return size
 
 
 def _insert_rows(conn: Connection, message: dict[str, Any], recipients: list[dict[str, Any]],

@@ -6,9 +6,12 @@ Everything that can be checked before a row is written is checked here, so a bad
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from email import policy
 from email.utils import formataddr, getaddresses
 from typing import Any
 
@@ -21,10 +24,24 @@ MAX_ADDRESSES_PER_FIELD = 100
 MAX_TOTAL_BYTES = 50 * 1024 * 1024
 #: RFC 3696's practical ceiling; email-validator's own limits are stricter, this one is the column's promise.
 MAX_ADDRESS_CHARS = 320
-_FORBIDDEN = re.compile(r"[\r\n\x00]")
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
+#: Custom headers per message: far more than any real use, few enough that a runaway dict is refused.
+MAX_CUSTOM_HEADERS = 100
+#: ``template_data`` nesting deeper than this is refused (a cycle would otherwise recurse until it crashes).
+MAX_TEMPLATE_DATA_DEPTH = 64
+#: Exactly the characters ``str.splitlines`` splits on. Python's ``email`` package (the relay's MIME build)
+#: refuses a header value that ``splitlines`` cuts into several lines, so a header value, display name or
+#: attachment filename holding any of these would be accepted here and refused by the transport after the send
+#: began. tests/worker/api/test_header_rules.py checks this list against ``splitlines`` over all of Unicode.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_LINE_BREAK = re.compile(f"[{re.escape(LINE_BREAKS)}]")
+#: A lone surrogate is not a Unicode character: UTF-8 (the database, MIME, JSON for the API) cannot encode it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII except ':' (RFC 5322 ftext); used with fullmatch
+#: RFC 6838 ``type-name "/" subtype-name`` (restricted-name: a letter or digit, then up to 126 of these), no
+#: parameters: the transports put the value into Content-Type as it is.
+_MIME_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 _RESERVED_HEADERS = {"to", "cc", "bcc", "from", "subject", "x-mailworker-id", "content-type",
-                     "content-transfer-encoding", "mime-version"}
+                     "content-transfer-encoding", "mime-version", "date", "message-id"}
 
 
 def format_address(address: str, name: str | None) -> str:
@@ -45,9 +62,29 @@ class Address:
         return format_address(self.address, self.name)
 
 
+def _codepoint(ch: str) -> str:
+    return f"U+{ord(ch):04X}"
+
+
+def check_text(field: str, value: str) -> None:
+    """Text that is stored and sent (a body, a reference, a ``template_data`` string) must be encodable as
+    UTF-8: no lone surrogates."""
+    found = _SURROGATE.search(value)
+    if found:
+        raise InvalidEmail(field, f"contains a lone surrogate ({_codepoint(found.group())}), which is not a "
+                                  "character and cannot be encoded as UTF-8")
+
+
 def check_header_value(field: str, value: str) -> None:
-    if _FORBIDDEN.search(value):
-        raise InvalidEmail(field, "must not contain CR, LF or NUL characters")
+    """A value that goes into a header (subject, custom header, address with display name, attachment
+    filename): one line by the transport's own rule (see :data:`LINE_BREAKS`), no NUL, encodable."""
+    check_text(field, value)
+    found = _LINE_BREAK.search(value)
+    if found:
+        raise InvalidEmail(field, f"contains a line break character ({_codepoint(found.group())}); a header "
+                                  "value must be one line")
+    if "\x00" in value:
+        raise InvalidEmail(field, "contains a NUL character (U+0000), which no header can carry")
 
 
 def split_addresses(text: str) -> list[str]:
@@ -162,17 +199,66 @@ def check_headers(raw: Any) -> dict[str, str]:
         return {}
     if not isinstance(raw, dict):
         raise InvalidEmail("headers", "expected a dict of header name to value")
+    if len(raw) > MAX_CUSTOM_HEADERS:
+        raise InvalidEmail("headers", f"{len(raw)} custom headers given; at most {MAX_CUSTOM_HEADERS} allowed")
     out: dict[str, str] = {}
+    seen: dict[str, str] = {}
     for name, value in raw.items():
-        if not isinstance(name, str) or not _HEADER_NAME.match(name):
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise InvalidEmail("headers", f"invalid header name {name!r}")
         if name.lower() in _RESERVED_HEADERS:
             raise InvalidEmail(f"headers[{name}]", "is set by mailworker; use the matching argument")
+        # Header names are case-insensitive: "Sender" and "sender" are one header, and the ones a message may
+        # carry only once (Sender, Reply-To, ...) would be refused by the MIME build.
+        if name.lower() in seen and policy.default.header_max_count(name) == 1:
+            raise InvalidEmail(f"headers[{name}]", f"the same header as headers[{seen[name.lower()]}], which a "
+                                                   "message may carry only once")
+        seen.setdefault(name.lower(), name)
         if not isinstance(value, str):
             raise InvalidEmail(f"headers[{name}]", "value must be a string")
         check_header_value(f"headers[{name}]", value)
         out[name] = value
     return out
+
+
+def check_template_data(raw: Any) -> dict[str, Any] | None:
+    """``template_data`` is stored as JSON and sent as JSON: only JSON values (str keys, finite numbers, text
+    without lone surrogates). The error names the offending path, e.g. ``template_data['items'][2]``."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidEmail("template_data", f"expected a dict, got {type(raw).__name__}")
+    _check_json("template_data", raw, 0)
+    return raw
+
+
+def _check_json(path: str, value: Any, depth: int) -> None:
+    if depth > MAX_TEMPLATE_DATA_DEPTH:
+        raise InvalidEmail(path, f"nested deeper than {MAX_TEMPLATE_DATA_DEPTH} levels (a cycle?)")
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        check_text(path, value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEmail(path, f"{value!r} is not a JSON number")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_json(f"{path}[{i}]", item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidEmail(path, f"key {key!r} is a {type(key).__name__}; JSON object keys are strings")
+            check_text(f"{path} key {key!r}", key)
+            _check_json(f"{path}[{key!r}]", item, depth + 1)
+    else:
+        raise InvalidEmail(path, f"a {type(value).__name__} is not a JSON value (use str, int, float, bool, None, "
+                                 "list or dict)")
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON in UTF-8 (after :func:`check_template_data`, so it always encodes)."""
+    return len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
 
 
 def check_attachments(raw: Any) -> list[tuple[str, bytes, str]]:
@@ -193,9 +279,9 @@ def check_attachments(raw: Any) -> list[tuple[str, bytes, str]]:
             content = bytes(content)
         if not isinstance(content, bytes):
             raise InvalidEmail(f"{field}.content", "must be bytes")
-        if not isinstance(mimetype, str) or "/" not in mimetype:
-            raise InvalidEmail(f"{field}.mimetype", f"{mimetype!r} is not a MIME type")
-        check_header_value(f"{field}.mimetype", mimetype)
+        if not isinstance(mimetype, str) or not _MIME_TYPE.fullmatch(mimetype):
+            raise InvalidEmail(f"{field}.mimetype", f"{mimetype!r} is not a MIME type: expected type/subtype "
+                                                    "(e.g. application/pdf), without parameters")
         out.append((filename, content, mimetype))
     return out
 
@@ -218,6 +304,8 @@ def check_optional_str(field: str, raw: Any, *, max_len: int = 255, header: bool
         raise InvalidEmail(field, f"expected a string, got {type(raw).__name__}")
     if header:
         check_header_value(field, raw)
+    else:
+        check_text(field, raw)
     if len(raw) > max_len:
         raise InvalidEmail(field, f"longer than {max_len} characters")
     return raw
