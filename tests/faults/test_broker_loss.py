@@ -3,6 +3,8 @@
 These tests never touch the machine's shared Redis: they start a redis-server of their own (no persistence, so
 a restart loses everything, like a flush) and point the workers and this process at it. Recovery is the
 sweeper's job: the database rows are the truth, and rows whose broker message vanished are re-published.
+The last tests keep ``SWEEP_REPUBLISH_AFTER`` at its 300 s default: the loss itself must be noticed at the next
+sweep (the broker epoch marker), so mail moves again within 2 minutes, with nothing sent twice.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REDIS_URL
+from tests.faults import harness
 from tests.faults.harness import (
     Driver,
     PrivateRedis,
@@ -107,3 +110,63 @@ def test_redis_restarted_mid_run(private_redis: PrivateRedis, fake_api: Any,
 def test_redis_flushed_mid_run(private_redis: PrivateRedis, fake_api: Any,
                                workers: Callable[..., WorkerProcess]) -> None:
     _run("redis_flush", _flush, private_redis, fake_api, workers)
+
+
+# ----------------------------------------------------- the loss noticed at once, SWEEP_REPUBLISH_AFTER at 300 s
+
+
+def _wipe(server: PrivateRedis) -> list[str]:
+    """Everything in the (private) Redis is gone, key by key: what a flush or a failover to an empty replica
+    leaves, without FLUSHALL/FLUSHDB."""
+    import redis
+
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        keys = list(client.scan_iter(count=1000))
+        assert keys, "the broker held nothing to lose"
+        client.delete(*keys)
+        assert client.dbsize() == 0
+    finally:
+        client.close()
+    return enqueue_many(3, "after-wipe")
+
+
+@pytest.mark.parametrize("fault", [_wipe, _restart], ids=["flushed", "restarted"])
+def test_lost_broker_noticed_at_the_next_sweep(fault: Callable[[PrivateRedis], list[str]], private_redis: PrivateRedis,
+                                               fake_api: Any, workers: Callable[..., WorkerProcess],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.operations.sweeper import sweep
+
+    republish_after = 300.0  # the default: a publish on record is otherwise left alone for 5 minutes
+    monkeypatch.setitem(harness.FAULT_ENV, "SWEEP_REPUBLISH_AFTER", str(int(republish_after)))
+    fake_api.set_failure(latency=0.02)
+    assert sweep(grace=3, republish_after=republish_after).broker_lost  # a new Redis: the marker is set now
+    ids = enqueue_many(N, f"epoch-{fault.__name__.strip('_')}")
+    before = sweep(grace=3, republish_after=republish_after)
+    assert (before.broker_lost, before.republished) == (False, 0)  # the ordinary path: all on record
+    worker = workers("faultsE", pool="threads", concurrency=8,
+                     env=worker_env(CELERY_BROKER_URL=private_redis.url))
+    deadline = time.monotonic() + 60
+    while len(fake_api.sends) < N // 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sent_before = len(fake_api.sends)
+    assert sent_before < N, "everything was sent before the fault"
+
+    ids += fault(private_redis)
+    lost_at = time.monotonic()
+    first = sweep(grace=3, republish_after=republish_after)
+    assert first.broker_lost, "the sweep after the loss did not notice it"
+    assert first.republished > 0
+    driver = Driver(grace=3, reconcile=True, resend_after=5)
+    supervisor = Supervisor(worker)
+    took = driver.run_until(all_sent(len(ids)), timeout=120 - (time.monotonic() - lost_at),
+                            what=f"all {len(ids)} sent within 2 minutes of the loss", on_tick=supervisor)
+    totals = send_totals(ids, fake_api)
+    report(f"epoch_{fault.__name__.strip('_')}", sent=totals.sent, duplicates=totals.duplicates, lost=totals.lost,
+           sent_before_fault=sent_before, republished_at_once=first.republished,
+           republished_later=driver.totals.republished, recovery_seconds=time.monotonic() - lost_at,
+           driver_seconds=took)
+    assert totals.lost == 0, totals.not_sent
+    assert totals.duplicates == 0, totals.duplicate_ids
+    assert all(fake_api.count_for(tid) == 1 for tid in ids)
+    assert worker.alive, "the worker process died"

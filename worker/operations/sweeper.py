@@ -11,23 +11,37 @@ free, so a row whose publish is on record is left to its broker message:
   message): republished once it has been due for ``grace`` (a few sweep intervals).
 - ``published_at`` is on record and no later write superseded it (``enqueue_email``, ``requeue``, this
   sweeper): its broker message is presumably still waiting in a backlog, so it is republished only when it
-  has been due for ``SWEEP_REPUBLISH_AFTER`` seconds, i.e. the publish was really lost (Redis flushed).
+  has been due for ``SWEEP_REPUBLISH_AFTER`` seconds, i.e. the publish was really lost.
+
+A broker that lost its data (Redis flushed, restarted without persistence, failed over to a replica that missed
+writes) is noticed at the next sweep instead of ``SWEEP_REPUBLISH_AFTER`` later. On a Redis broker the sweeper
+keeps a marker next to the send queue (``<send queue>:broker-epoch``, see :class:`BrokerEpoch`) holding the
+Redis server's ``run_id``: a missing marker (the keys are gone) or another ``run_id`` (another server process)
+means every broker message may be lost. That sweep then forgets every pending row's publish and publishes the
+due ones at once (the rest are published when due, as unpublished rows); the marker is rewritten only after
+that, so a sweep that dies half-way leaves the loss to be noticed again. Publishing a row that still had its
+message is harmless (the claim is atomic); the very first sweep against a Redis (a new deployment, or the first
+after an upgrade) cannot tell "new" from "flushed", so it republishes the backlog once. Other brokers keep the
+ordinary path only.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, not_, or_, select, update
 
 from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import Message, MessageStatus, utcnow
-from worker.sending.publish import publish_send
+from worker.sending.publish import SEND_TASK, broker_write_url, publish_send
 
 log = logging.getLogger(__name__)
+
+_PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING)
 
 
 @dataclass
@@ -35,10 +49,50 @@ class SweepReport:
     scheduled: int = 0
     republished: int = 0
     expired_leases: int = 0
+    broker_lost: bool = False
 
     def as_dict(self) -> dict[str, int]:
         return {"scheduled": self.scheduled, "republished": self.republished,
-                "expired_leases": self.expired_leases}
+                "expired_leases": self.expired_leases, "broker_lost": int(self.broker_lost)}
+
+
+@dataclass
+class BrokerEpoch:
+    """The marker that tells one Redis dataset from the next: key ``<send queue>:broker-epoch`` in the Redis
+    that holds the send queue, valued with that server's ``run_id`` (``INFO server``; ``-`` where INFO is not
+    allowed, which leaves a flush detectable but not a restart with persistence)."""
+
+    client: Any
+    key: str
+    run_id: str
+
+    @classmethod
+    def of_broker(cls) -> BrokerEpoch | None:
+        """The send queue's Redis and its current ``run_id``; None for other brokers (or setups the direct
+        publish does not serve) and when Redis cannot be asked now (the ordinary path then runs alone)."""
+        from worker.sending.publish import _target
+
+        try:
+            target = _target(SEND_TASK, broker_write_url())
+            if target is None:
+                return None
+            try:
+                info: Any = target.client.info("server")
+                run_id = str(info.get("run_id") or "-")
+            except Exception:  # noqa: BLE001 - INFO renamed or forbidden (managed Redis): flushes still show
+                run_id = "-"
+            return cls(target.client, f"{target.queue}:broker-epoch", run_id)
+        except Exception as err:  # noqa: BLE001 - a broker outage: publishes fail too; the next sweep decides
+            log.info("sweep: cannot check the broker for lost messages: %s", type(err).__name__)
+            return None
+
+    def lost(self) -> bool:
+        """Whether the broker may have lost its messages since the marker was written."""
+        seen = self.client.get(self.key)
+        return seen is None or seen.decode() != self.run_id
+
+    def remember(self) -> None:
+        self.client.set(self.key, self.run_id)
 
 
 def sweep(settings: Settings | None = None, *, grace: float | None = None, republish_after: float | None = None,
@@ -55,7 +109,13 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
     due = func.coalesce(Message.next_attempt_at, Message.queued_at)
     on_record = and_(Message.published_at.is_not(None), Message.published_at >= Message.updated_at)
     report = SweepReport()
-    pending = [MessageStatus.QUEUED, MessageStatus.RETRYING]
+    pending = list(_PENDING)
+    epoch = BrokerEpoch.of_broker()
+    if epoch is not None and _lost(epoch):
+        report.broker_lost = True
+        _forget_publishes(now)
+    # After a loss every unpublished row due soon goes now (no grace: nothing is left to wait for), with its ETA.
+    unpublished_due = soon if report.broker_lost else stale
     with session_scope() as session:
         scheduled = session.execute(
             select(Message.id, Message.next_attempt_at)
@@ -64,12 +124,12 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
                    Message.next_attempt_at > stale)
             .limit(batch)
         ).all()
-        lost = session.scalars(
-            select(Message.id)
+        lost = session.execute(
+            select(Message.id, due)
             .where(
                 Message.status.in_(pending),
                 Message.ambiguous_since.is_(None),
-                or_(and_(not_(on_record), due <= stale), and_(on_record, due <= now - republish_td)),
+                or_(and_(not_(on_record), due <= unpublished_due), and_(on_record, due <= now - republish_td)),
             )
             .limit(batch)
         ).all()
@@ -80,14 +140,22 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
             .limit(batch)
         ).all()
     published: list[str] = []
+    failed = 0
     for tracking_id, eta in scheduled:
         if publish_send(tracking_id, eta=eta if eta and eta > now else None):
             published.append(tracking_id)
             report.scheduled += 1
-    for tracking_id in lost:
-        if publish_send(tracking_id):
+        else:
+            failed += 1
+    already = set(published)
+    for tracking_id, when in lost:
+        if tracking_id in already:
+            continue
+        if publish_send(tracking_id, eta=when if _aware(when) > now else None):
             published.append(tracking_id)
             report.republished += 1
+        else:
+            failed += 1
     for tracking_id in expired:
         if publish_send(tracking_id):
             published.append(tracking_id)
@@ -104,4 +172,47 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
                     .execution_options(synchronize_session=False)
                 )
         log.info("sweep published %s", report.as_dict())
+    if report.broker_lost and epoch is not None and not failed:
+        # Only now: a sweep that died or could not publish leaves the loss to be noticed again next time.
+        try:
+            epoch.remember()
+        except Exception as err:  # noqa: BLE001 - noticed again at the next sweep: more duplicates, none lost
+            log.info("sweep: cannot write the broker epoch marker: %s", type(err).__name__)
     return report
+
+
+def _lost(epoch: BrokerEpoch) -> bool:
+    try:
+        lost = epoch.lost()
+    except Exception as err:  # noqa: BLE001 - the broker is unreachable now: nothing can be republished anyway
+        log.info("sweep: cannot check the broker for lost messages: %s", type(err).__name__)
+        return False
+    if lost:
+        log.warning("sweep: the broker lost its data (Redis flushed, restarted or failed over: the marker %s is "
+                    "missing or names another server); every queued message is published again now", epoch.key)
+    return lost
+
+
+def _forget_publishes(now: datetime) -> None:
+    """Every pending row published before ``now`` is unpublished again: its broker message may be gone.
+
+    One statement over the whole backlog, so the database remembers the loss even if this sweep stops here:
+    the rows due now are published by this sweep, later ones when due, and any left over by a later sweep.
+    ``updated_at`` keeps its value (no onupdate bump). Ambiguous rows are reconciliation's, never republished.
+    """
+    with session_scope() as session:
+        result: Any = session.execute(
+            update(Message)
+            .where(Message.status.in_(_PENDING), Message.ambiguous_since.is_(None),
+                   Message.published_at.is_not(None), Message.published_at <= now)
+            .values(published_at=None, updated_at=Message.updated_at)
+            .execution_options(synchronize_session=False)
+        )
+    log.info("sweep: %d queued message(s) to publish again after the broker loss", result.rowcount)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives back naive UTC datetimes from ``coalesce`` (the column type is lost); compare as UTC."""
+    from datetime import UTC
+
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from tests.conftest import SEND_QUEUE
+from tests.conftest import QUEUE_PREFIX, SEND_QUEUE
 from worker import enqueue_email
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import Message, MessageStatus, utcnow
@@ -31,6 +31,13 @@ def _enqueue_with_broker_down(monkeypatch: pytest.MonkeyPatch, subject: str) -> 
     with monkeypatch.context() as patch:  # nothing listens on port 1: the publish fails, the row is stored
         patch.setattr(publish.app.conf, "broker_write_url", "redis://127.0.0.1:1/0")
         return enqueue_email("a@example.com", subject, text_body="b")
+
+
+def _sweeper_has_run() -> None:
+    """The sweeper has run against this broker before (its epoch marker is in place): what these tests check
+    is the ordinary path, not the first sweep against a Redis (which cannot tell a new one from a flushed one)."""
+    sweep()
+    assert not sweep().broker_lost
 
 
 def _set(tracking_id: str, **values: Any) -> None:
@@ -56,6 +63,7 @@ def test_published_row_left_alone_failed_publish_repaired(backend: str, request:
                                                           redis_client: Any,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     request.getfixturevalue(backend)
+    _sweeper_has_run()
     waiting = enqueue_email("a@example.com", "in the backlog", text_body="b")
     lost = _enqueue_with_broker_down(monkeypatch, "publish failed")
     _age(waiting, 120)  # both well past the grace: only the publish on record tells them apart
@@ -73,8 +81,9 @@ def test_published_row_left_alone_failed_publish_repaired(backend: str, request:
 def test_publish_really_lost_is_repaired_after_republish_after(backend: str, request: pytest.FixtureRequest,
                                                                redis_client: Any) -> None:
     request.getfixturevalue(backend)
+    _sweeper_has_run()
     tid = enqueue_email("a@example.com", "flushed", text_body="b")
-    redis_client.delete(SEND_QUEUE)  # Redis flushed: the broker message is gone, published_at still says sent
+    redis_client.delete(SEND_QUEUE)  # its broker message is gone, the broker kept its data (the marker stays)
     _age(tid, 200)
     assert sweep(grace=10, republish_after=300).republished == 0  # could still be waiting in a backlog
     _age(tid, 400)
@@ -85,6 +94,7 @@ def test_publish_really_lost_is_repaired_after_republish_after(backend: str, req
 def test_republish_after_comes_from_settings(db: str, redis_client: Any, base_env: pytest.MonkeyPatch) -> None:
     from worker.infrastructure.config import reset_settings
 
+    _sweeper_has_run()
     tid = enqueue_email("a@example.com", "flushed", text_body="b")
     redis_client.delete(SEND_QUEUE)
     _age(tid, 30)
@@ -97,6 +107,7 @@ def test_republish_after_comes_from_settings(db: str, redis_client: Any, base_en
 def test_row_written_after_its_publish_is_repaired_after_the_grace(db: str, redis_client: Any) -> None:
     """An attempt after the publish consumed that broker message (e.g. a retry left to the sweeper, or a
     parked message released by reconciliation): the old publish no longer counts."""
+    _sweeper_has_run()
     tid = enqueue_email("a@example.com", "retry", text_body="b")
     redis_client.delete(SEND_QUEUE)
     published = utcnow() - timedelta(seconds=600)
@@ -116,3 +127,91 @@ def test_far_send_at_is_scheduled_not_republished(db: str, redis_client: Any) ->
     with session_scope() as session:
         row = session.get(Message, tid)
         assert row is not None and row.published_at is not None
+
+
+# ------------------------------------------------------------------------- a broker that lost its data
+
+EPOCH_KEY = f"{SEND_QUEUE}:broker-epoch"
+
+
+def _wipe_broker(redis_client: Any) -> None:
+    """Redis lost everything this session had in it (a flush, as far as we may: only our own keys)."""
+    keys = list(redis_client.scan_iter(f"{QUEUE_PREFIX}*"))
+    assert EPOCH_KEY.encode() in keys
+    redis_client.delete(*keys)
+
+
+def test_no_broker_loss_still_waits_republish_after(db: str, redis_client: Any) -> None:
+    """The ordinary case: the broker kept its data (marker in place), so a publish on record waits the full
+    SWEEP_REPUBLISH_AFTER (300 s by default) before it is published again."""
+    _sweeper_has_run()
+    tid = enqueue_email("a@example.com", "waiting", text_body="b")
+    redis_client.delete(SEND_QUEUE)
+    _age(tid, 290)
+    report = sweep(grace=0)
+    assert (report.broker_lost, report.republished) == (False, 0)
+    _age(tid, 310)
+    assert sweep(grace=0).republished == 1
+    assert _queued(redis_client) == Counter({tid: 1})
+
+
+@pytest.mark.parametrize("backend", ["db", "sqlite_db"])
+def test_flushed_broker_is_noticed_and_everything_pending_published_at_once(
+        backend: str, request: pytest.FixtureRequest, redis_client: Any) -> None:
+    request.getfixturevalue(backend)
+    _sweeper_has_run()
+    queued = enqueue_email("a@example.com", "queued", text_body="b")
+    retry_soon = enqueue_email("b@example.com", "retry soon", text_body="b")
+    retry_later = enqueue_email("c@example.com", "retry later", text_body="b")
+    _set(retry_soon, status=MessageStatus.RETRYING, next_attempt_at=utcnow() + timedelta(seconds=5))
+    _set(retry_later, status=MessageStatus.RETRYING, next_attempt_at=utcnow() + timedelta(hours=1))
+    assert _queued(redis_client) == Counter({queued: 1, retry_soon: 1, retry_later: 1})
+    assert sweep(grace=60).republished == 0  # all on record, seconds old: nothing to do
+    _wipe_broker(redis_client)
+
+    report = sweep(grace=60)  # SWEEP_REPUBLISH_AFTER stays 300 s, the rows are seconds old
+
+    assert report.broker_lost and report.republished == 2
+    assert _queued(redis_client) == Counter({queued: 1, retry_soon: 1})
+    with session_scope() as session:  # the later one is unpublished now: published when due, not 300 s after
+        later = session.get(Message, retry_later)
+        assert later is not None and later.published_at is None
+        soon = session.get(Message, retry_soon)
+        assert soon is not None and soon.published_at is not None
+    again = sweep(grace=60)  # noticed once: the marker is back
+    assert (again.broker_lost, again.republished) == (False, 0)
+    assert redis_client.get(EPOCH_KEY) is not None
+
+
+def test_restarted_broker_is_noticed_by_its_run_id(db: str, redis_client: Any) -> None:
+    """A restart with persistence keeps the marker but not the last writes: the server's run_id tells."""
+    _sweeper_has_run()
+    run_id = redis_client.info("server")["run_id"]
+    assert redis_client.get(EPOCH_KEY) == run_id.encode()
+    tid = enqueue_email("a@example.com", "after restart", text_body="b")
+    redis_client.delete(SEND_QUEUE)
+    redis_client.set(EPOCH_KEY, "0" * 40)  # written by the server process before the restart
+
+    report = sweep(grace=60)
+
+    assert report.broker_lost and report.republished == 1
+    assert _queued(redis_client) == Counter({tid: 1})
+    assert redis_client.get(EPOCH_KEY) == run_id.encode()
+
+
+def test_ambiguous_rows_are_not_republished_after_a_loss(db: str, redis_client: Any) -> None:
+    _sweeper_has_run()
+    tid = enqueue_email("a@example.com", "maybe sent", text_body="b")
+    _set(tid, status=MessageStatus.RETRYING, ambiguous_since=utcnow(), next_attempt_at=utcnow())
+    _wipe_broker(redis_client)
+    report = sweep(grace=0)
+    assert report.broker_lost and report.republished == 0 and _queued(redis_client) == Counter()
+
+
+def test_other_brokers_keep_the_ordinary_path(db: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.operations.sweeper import BrokerEpoch
+    from worker.sending import publish
+
+    monkeypatch.setattr(publish.app.conf, "broker_write_url", "memory://")
+    assert BrokerEpoch.of_broker() is None
+    assert sweep().broker_lost is False
