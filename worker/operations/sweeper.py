@@ -129,7 +129,9 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
             .where(
                 Message.status.in_(pending),
                 Message.ambiguous_since.is_(None),
-                or_(and_(not_(on_record), due <= unpublished_due), and_(on_record, due <= now - republish_td)),
+                or_(and_(not_(on_record), due <= unpublished_due),
+                    # a publish on record is repeated once it is SWEEP_REPUBLISH_AFTER old, not on every sweep
+                    and_(on_record, due <= now - republish_td, Message.published_at <= now - republish_td)),
             )
             .limit(batch)
         ).all()

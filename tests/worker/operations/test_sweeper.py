@@ -155,6 +155,20 @@ def test_no_broker_loss_still_waits_republish_after(db: str, redis_client: Any) 
     assert _queued(redis_client) == Counter({tid: 1})
 
 
+def test_an_overdue_row_is_republished_once_per_republish_after_not_every_sweep(db: str, redis_client: Any) -> None:
+    """A backlog older than SWEEP_REPUBLISH_AFTER is republished once, then again only when that publish is itself
+    SWEEP_REPUBLISH_AFTER old: every sweep (15 s) must not add another copy of every overdue row."""
+    _sweeper_has_run()
+    tid = enqueue_email("a@example.com", "long overdue", text_body="b")
+    redis_client.delete(SEND_QUEUE)
+    _age(tid, 3600)
+    assert sweep(grace=0).republished == 1
+    assert sweep(grace=0).republished == 0 and sweep(grace=0).republished == 0
+    assert _queued(redis_client) == Counter({tid: 1})
+    _set(tid, published_at=utcnow() - timedelta(seconds=310))
+    assert sweep(grace=0).republished == 1
+
+
 @pytest.mark.parametrize("backend", ["db", "sqlite_db"])
 def test_flushed_broker_is_noticed_and_everything_pending_published_at_once(
         backend: str, request: pytest.FixtureRequest, redis_client: Any) -> None:
