@@ -84,6 +84,48 @@ def explain(err: BaseException) -> str | None:
     return None
 
 
+class FlagError(click.ClickException):
+    """A mistake on the command line itself (a flag missing, empty or wrong), found by the command rather than
+    by click's parser: one line naming the flag, exit code 2 like click's own usage errors."""
+
+    exit_code = 2
+
+
+class JsonError(click.ClickException):
+    """An error of a ``--json`` command: printed as ``{"error": "..."}`` on stdout, so that stdout holds JSON
+    whatever happens (the ``note:`` lines stay text on stderr); the exit code is the original error's."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # type: ignore[misc]  # a class default in click; per error here
+
+    def show(self, file: Any = None) -> None:
+        click.echo(json.dumps({"error": self.message}, ensure_ascii=True), file=file)
+
+
+def wants_json(args: list[str]) -> bool:
+    """Whether a command line asks for JSON (``--json`` before any ``--``): decided on the raw arguments, so a
+    command line that does not even parse answers in JSON too."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
+def as_json_error(err: click.ClickException) -> JsonError:
+    """``err`` as the JSON object a ``--json`` caller reads (usage errors included, without the usage text)."""
+    if isinstance(err, JsonError):
+        return err
+    return JsonError(one_line(err.format_message()), err.exit_code)
+
+
+def _is_usage_error(err: BaseException) -> bool:
+    return isinstance(err, (click.UsageError, FlagError)) or (
+        isinstance(err, JsonError) and isinstance(err.__cause__, (click.UsageError, FlagError)))
+
+
 def one_line_errors(func: F) -> F:
     """Turn expected errors (configuration, bad input, an unusable or unreachable database) into one line on
     stderr and exit code 1: never a traceback for a mistake the user can fix."""
@@ -104,16 +146,42 @@ def one_line_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_NOTES_SHOWN = "mailworker.stack_notes_shown"
+
+
+def use_stack() -> None:
+    """Say which stack (database and broker) the running command talks to: once per invocation, on stderr.
+
+    A command calls this just before it first uses the settings (database, broker), after checking its own
+    flags: ``--help`` and a usage error print no note. :func:`friendly_errors` calls it too when a command
+    finished (or failed other than on its usage) without calling it.
+    """
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.find_root().meta if ctx is not None else {}
+    if meta.get(_NOTES_SHOWN):
+        return
+    meta[_NOTES_SHOWN] = True
+    for note in stack_notes():
+        click.echo(f"note: {printable(note)}", err=True)
+
+
 def friendly_errors(func: F) -> F:
-    """For commands that use the database or broker: say which stack they talk to (one line on stderr when it
-    is not the obvious one), then run with :func:`one_line_errors`."""
+    """For commands that use the database or broker: say which stack they talk to (:func:`use_stack`: one line
+    on stderr when it is not the obvious one, never for a usage error), and run with :func:`one_line_errors`."""
     inner = one_line_errors(func)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        for note in stack_notes():
-            click.echo(f"note: {printable(note)}", err=True)
-        return inner(*args, **kwargs)
+        try:
+            result = inner(*args, **kwargs)
+        except click.exceptions.Exit:  # an exit code the command chose (e.g. Ctrl-C): nothing to add
+            raise
+        except BaseException as err:
+            if not _is_usage_error(err) and not isinstance(err, KeyboardInterrupt):
+                use_stack()
+            raise
+        use_stack()
+        return result
 
     return wrapper  # type: ignore[return-value]
 

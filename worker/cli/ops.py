@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from worker.cli.common import emit, friendly_errors, parse_duration, parse_when, printable
+from worker.cli.common import FlagError, emit, friendly_errors, parse_duration, parse_when, printable, use_stack
 
 
 def register(main: click.Group) -> None:
@@ -30,7 +30,7 @@ def _check_name(name: str) -> None:
     from worker.infrastructure.modules import SMTP2GO
 
     if name != SMTP2GO:
-        raise click.ClickException(f"unknown module {name!r} (known: {SMTP2GO})")
+        raise FlagError(f"unknown module {name!r} (known: {SMTP2GO})")
 
 
 @module.command("show")
@@ -44,6 +44,7 @@ def module_show(name: str, as_json: bool) -> None:
     from worker.infrastructure.modules import masked, smtp2go_config
 
     _check_name(name)
+    use_stack()
     with session_scope() as session:
         cfg = smtp2go_config(session, get_settings())
     data = {
@@ -81,6 +82,7 @@ def _toggle(name: str, enabled: bool) -> None:
     from worker.infrastructure.modules import set_module_enabled
 
     _check_name(name)
+    use_stack()
     with session_scope() as session:
         set_module_enabled(session, name, enabled)
     click.echo(f"{name} {'enabled' if enabled else 'disabled'}")
@@ -126,6 +128,7 @@ def module_set(name: str, pairs: tuple[str, ...]) -> None:
             values[key] = value.lower() == "true"
         else:
             values[key] = value or None
+    use_stack()
     with session_scope() as session:
         update_module_settings(session, name, values)
     click.echo(f"{name}: updated {', '.join(sorted(values))}")
@@ -150,6 +153,7 @@ def module_rotate() -> None:
     from worker.infrastructure.db import session_scope
     from worker.infrastructure.models import IntegrationModule
 
+    use_stack()
     keys = get_settings().require_encryption_keys()
     count = 0
     with session_scope() as session:
@@ -186,6 +190,7 @@ def stats(since: str | None, until: str | None, as_json: bool) -> None:
     from worker.tracking.stats import get_email_stats
 
     start, end = parse_when(since), parse_when(until)
+    use_stack()
     data = get_email_stats(since=start, until=end)
     data = {"since": start.isoformat(timespec="seconds") if start else None,
             "until": end.isoformat(timespec="seconds") if end else None, **data}
@@ -211,6 +216,7 @@ def suppressions_list(search: str | None, limit: int, offset: int, as_json: bool
     from worker.infrastructure.db import session_scope
     from worker.tracking.suppressions import list_suppressions
 
+    use_stack()
     with session_scope() as session:
         rows = list_suppressions(session, limit=limit, offset=offset, search=search)
     emit(rows, as_json, lambda rs: "\n".join(
@@ -226,6 +232,7 @@ def suppressions_add(address: str, reason: str) -> None:
     from worker.infrastructure.db import session_scope
     from worker.tracking.suppressions import add_suppression
 
+    use_stack()
     with session_scope() as session:
         added = add_suppression(session, address, reason)
     click.echo(printable(f"{address}: {'suppressed' if added else 'already suppressed'}"))
@@ -239,6 +246,7 @@ def suppressions_remove(address: str) -> None:
     from worker.infrastructure.db import session_scope
     from worker.tracking.suppressions import remove_suppression
 
+    use_stack()
     with session_scope() as session:
         removed = remove_suppression(session, address)
     if not removed:
@@ -269,7 +277,9 @@ def requeue(ids: tuple[str, ...], failed: bool, stuck: bool, held: bool, since: 
 
     if not ids and not failed and not stuck and not held and not include_ambiguous:
         raise click.UsageError("give tracking ids, --failed, --stuck, --held or --include-ambiguous")
-    result = run(list(ids) or None, failed=failed, stuck=stuck, held=held, since=parse_when(since),
+    start = parse_when(since)
+    use_stack()
+    result = run(list(ids) or None, failed=failed, stuck=stuck, held=held, since=start,
                  include_ambiguous=include_ambiguous, dry_run=dry_run)
 
     def render(r: dict[str, Any]) -> str:
@@ -292,7 +302,9 @@ def purge(older_than: str, dry_run: bool, as_json: bool) -> None:
     callbacks created before it that are delivered or dead letters, with their deliveries and attempts."""
     from worker.operations.maintenance import purge as run
 
-    result = run(parse_duration(older_than), dry_run=dry_run)
+    cutoff = parse_duration(older_than)
+    use_stack()
+    result = run(cutoff, dry_run=dry_run)
     emit(result.as_dict(), as_json, lambda r: (
         f"{'would purge' if r['dry_run'] else 'purged'} {r['messages']} message(s), "
         f"{r['attachments']} attachment(s), {r['events']} event(s), {r['status_events']} status event(s), "

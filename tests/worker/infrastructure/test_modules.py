@@ -104,8 +104,8 @@ def test_cli_send_and_status(db: str, redis_client: Any) -> None:
     tid = json.loads(sent.output)["id"]
     shown = runner.invoke(main, ["status", tid])
     assert shown.exit_code == 0 and "queued" in shown.output and "a@example.com" in shown.output
-    bad = runner.invoke(main, ["send", "--to", "nope", "--text", "x"])
-    assert bad.exit_code == 1 and "to:" in bad.output and "Traceback" not in bad.output
+    bad = runner.invoke(main, ["send", "--to", "nope", "--subject", "hi", "--text", "x"])
+    assert bad.exit_code == 1 and "--to:" in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(main, ["status", "no-such-id"])
     assert missing.exit_code == 1 and "no email" in missing.output
 
