@@ -180,7 +180,23 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
             epoch.remember()
         except Exception as err:  # noqa: BLE001 - noticed again at the next sweep: more duplicates, none lost
             log.info("sweep: cannot write the broker epoch marker: %s", type(err).__name__)
+    if epoch is not None:
+        _heartbeat(epoch, now, settings.sweep_interval)
     return report
+
+
+def heartbeat_key(send_queue: str) -> str:
+    """``<send queue>:sweep-heartbeat``: the time of the last completed sweep (ISO), read by the console."""
+    return f"{send_queue}:sweep-heartbeat"
+
+
+def _heartbeat(epoch: BrokerEpoch, now: datetime, interval: float) -> None:
+    """Record that a sweep completed (beat is alive), next to the epoch marker; it expires on its own."""
+    try:
+        epoch.client.set(heartbeat_key(epoch.key.removesuffix(":broker-epoch")), now.isoformat(),
+                         ex=max(3600, int(interval * 40)))
+    except Exception as err:  # noqa: BLE001 - only the console's beat health misses it
+        log.info("sweep: cannot write the heartbeat: %s", type(err).__name__)
 
 
 def _lost(epoch: BrokerEpoch) -> bool:
