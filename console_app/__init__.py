@@ -12,8 +12,9 @@ a reverse proxy, ``CONSOLE_TRUSTED_PROXIES`` says how many proxies' ``X-Forwarde
 
 ``test_config`` keys (all optional): ``basic_auth`` ("user:password", replaces the environment),
 ``metrics_public``, ``publisher`` (callable taking a tracking id, instead of publishing to the broker),
-``protection_state`` (callable returning the breaker/pause dict), ``clock`` (monotonic seconds for the login
-throttle), anything else is copied into ``app.config``.
+``protection_state`` (callable returning the breaker/pause dict), ``health`` (callable returning a
+:class:`console_app.health.Health`, instead of asking the broker and the workers), ``clock`` (monotonic seconds
+for the login throttle), anything else is copied into ``app.config``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["ConsoleConfigError", "ConsoleSettings", "create_app"]
 if TYPE_CHECKING:
     from flask import Flask
 
-_KNOWN_KEYS = {"basic_auth", "metrics_public", "publisher", "protection_state", "clock"}
+_KNOWN_KEYS = {"basic_auth", "metrics_public", "publisher", "protection_state", "health", "clock"}
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -47,6 +48,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.extensions["mailworker_console_hooks"] = {
         "publisher": test_config.get("publisher"),
         "protection_state": test_config.get("protection_state"),
+        "health": test_config.get("health"),
     }
     app.extensions["mailworker_console_throttle"] = security.install(app, settings, clock=test_config.get("clock"))
     if settings.trusted_proxies:

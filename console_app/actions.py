@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.orm import Session
 
+from console_app.charts import fmt_time
 from worker.errors import InvalidEmail
 from worker.infrastructure.db import get_engine, session_scope
 from worker.infrastructure.models import (
@@ -84,7 +85,7 @@ def retry_preview(message: Message) -> Preview:
         return Preview(False, "it is parked: its last send may have landed. Reconciliation settles it before any "
                               "second send; it is never resent blindly from the console")
     if message.status == MessageStatus.RETRYING and message.held_since is not None:
-        due = message.next_attempt_at.isoformat(timespec="seconds") if message.next_attempt_at else "its cool-down"
+        due = fmt_time(message.next_attempt_at) if message.next_attempt_at else "its cool-down"
         return Preview(True, changes=[
             f"next attempt: now, instead of {due}",
             "status stays retrying until a worker takes it; if the operator problem is not fixed it is held again",
@@ -179,7 +180,7 @@ def release_preview(session: Session, address: str) -> tuple[Suppression | None,
                Recipient.status == RecipientStatus.QUEUED,
                Message.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING])).limit(20)))
     changes = [f"{addr} comes off the suppression list (it was added as {entry.reason} on "
-               f"{entry.created_at.isoformat(timespec='seconds')})",
+               f"{fmt_time(entry.created_at)})",
                "mail to it is sent again from now on; messages already suppressed stay suppressed"]
     if entry.reason in {suppressions.REASON_SPAM, suppressions.REASON_HARD_BOUNCE, suppressions.REASON_REJECT}:
         changes.append(f"careful: {entry.reason} suppressions protect the sender's reputation")

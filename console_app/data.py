@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, defer, selectinload
 
+from console_app.charts import fmt_time
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import (
     AuditEntry,
@@ -22,13 +23,16 @@ from worker.infrastructure.models import (
 from worker.infrastructure.redaction import redact
 from worker.tracking.stats import get_email_stats
 
-#: Overview tiles, in order: (key, label). ``parked`` and ``held`` are retrying mail in a special state;
-#: ``retrying`` counts the rest.
+#: Overview tiles, in order: (key, label), one per status, so the tiles add up to the total. ``parked`` (the
+#: send's outcome is unknown, waiting for reconciliation) and ``held`` (an operator problem holds it) are retrying
+#: mail in a special state (or statuses of their own, where the send path records them so); ``retrying`` counts
+#: the rest. A status not listed here gets a tile of its own after these.
 TILES = (
     ("queued", "Queued"), ("sending", "Sending"), ("retrying", "Retrying"),
-    ("parked", "Waiting for reconciliation"), ("held", "Held (operator problem)"),
+    ("parked", "Parked (waiting for reconciliation)"), ("held", "Held (operator problem)"),
     ("sent", "Sent"), ("delivered", "Delivered"), ("bounced", "Bounced"), ("complained", "Complained"),
     ("rejected", "Rejected"), ("failed", "Failed"), ("suppressed", "Suppressed"),
+    ("cancelled", "Cancelled"), ("expired", "Expired"),
 )
 
 #: The hourly chart's outcome groups: (key, label, statuses).
@@ -38,7 +42,8 @@ OUTCOMES = (
     ("pending", "queued / retrying", (MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.RETRYING)),
     ("bounced", "bounced / complained / rejected",
      (MessageStatus.BOUNCED, MessageStatus.COMPLAINED, MessageStatus.REJECTED)),
-    ("failed", "failed / suppressed", (MessageStatus.FAILED, MessageStatus.SUPPRESSED)),
+    ("failed", "failed / suppressed / cancelled / expired",
+     (MessageStatus.FAILED, MessageStatus.SUPPRESSED, MessageStatus.CANCELLED, MessageStatus.EXPIRED)),
 )
 _OUTCOME_OF = {status: key for key, _label, statuses in OUTCOMES for status in statuses}
 
@@ -68,7 +73,8 @@ def window(label: str, term: str, since: datetime, thresholds: Any) -> Window:
     with session_scope() as session:
         special = _special_counts(session, since)
     counts = dict(stats["by_status"])
-    counts.update(special)
+    for key in ("parked", "held"):
+        counts[key] = counts.get(key, 0) + special[key]
     counts["retrying"] = max(0, counts.get("retrying", 0) - special["parked"] - special["held"])
     sent = stats["sent_total"]
     warnings = {
@@ -76,7 +82,10 @@ def window(label: str, term: str, since: datetime, thresholds: Any) -> Window:
         "bounce": sent > 0 and stats["bounce_rate"] > thresholds.warn_bounce_above,
         "spam": sent > 0 and stats["spam_rate"] > thresholds.warn_spam_above,
     }
-    return Window(label, term, stats, [(key, name, counts.get(key, 0)) for key, name in TILES], warnings)
+    known = {key for key, _name in TILES}
+    tiles = [(key, name, counts.get(key, 0)) for key, name in TILES]
+    tiles += [(key, key.capitalize(), n) for key, n in sorted(counts.items()) if key not in known]
+    return Window(label, term, stats, tiles, warnings)
 
 
 def _hour_expr(session: Session) -> Any:
@@ -128,7 +137,7 @@ def hourly_chart(session: Session, now: datetime | None = None, hours: int = 24)
             segments.append({"key": key, "label": label, "count": n, "y": round(y, 1), "h": round(size, 1)})
         bars.append({"x": round(left + i * step + 1, 1), "w": round(step - 2, 1), "segments": segments,
                      "total": totals[i], "hour": h.strftime("%H:00"), "show_label": i % 3 == 0,
-                     "title": f"{h.strftime('%Y-%m-%d %H:00')} UTC: {totals[i]}"})
+                     "title": f"{fmt_time(h)} + 1 h: {totals[i]}"})
     grid = [(round(height - bottom - plot * f, 1), round(maximum * f)) for f in (0.5, 1.0)]
     return Chart(width, height, bars, [(k, label) for k, label, _s in OUTCOMES], maximum, grid)
 
@@ -171,11 +180,48 @@ def protection_state(hook: Callable[[], dict[str, Any]] | None = None) -> dict[s
 @dataclass
 class TimelineEntry:
     at: datetime
-    kind: str  # css class: enqueued, attempt, accepted, problem, event, audit, final
+    kind: str  # css class: enqueued, attempt, accepted, problem, event, audit, final, ended
     title: str
     detail: str | None = None
     recipient: str | None = None
     raw: str | None = None
+    #: Where it sits among entries of the same moment: what caused what (enqueued, then the send, then what the
+    #: provider reported about it).
+    rank: float = 0.0
+    #: It cannot have happened before this (a provider event before the acceptance it reports on is a clock that
+    #: counts whole seconds, not an event before its cause).
+    floor: datetime | None = None
+
+
+#: Provider events of one moment, in the order one leads to the next.
+_EVENT_RANK = {"processed": 0, "delivered": 1, "bounce": 1, "reject": 1, "open": 2, "click": 3, "spam": 4,
+               "unsubscribe": 5, "resubscribe": 6}
+#: Message states that end it without any transport accepting it; their entry is not an error.
+ENDED = {MessageStatus.CANCELLED: "Cancelled", MessageStatus.EXPIRED: "Expired"}
+
+
+def ended_at(session: Session, message: Message) -> datetime | None:
+    """When a cancelled or expired message ended: its status event's time (written in the same transaction as
+    the change), else its last write."""
+    if message.status not in ENDED:
+        return None
+    from worker.infrastructure.models import StatusEvent
+
+    at = session.scalar(select(StatusEvent.occurred_at).where(
+        StatusEvent.message_id == message.id, StatusEvent.status == message.status.value)
+        .order_by(StatusEvent.seq.desc()).limit(1))
+    return at or message.updated_at
+
+
+def causal_order(entries: list[TimelineEntry]) -> list[TimelineEntry]:
+    """Time order, except that nothing is shown before its cause: each entry's time is taken as at least its
+    ``floor``, and entries of the same moment go by ``rank``."""
+    def key(item: tuple[int, TimelineEntry]) -> tuple[datetime, float, datetime, int]:
+        i, e = item
+        effective = max(e.at, e.floor) if e.floor is not None else e.at
+        return effective, e.rank, e.at, i
+
+    return [e for _i, e in sorted(enumerate(entries), key=key)]
 
 
 def _redacted_json(value: Any) -> str:
@@ -196,8 +242,11 @@ def _attachment_content() -> Any:
     return Attachment.content
 
 
-def timeline(message: Message, audit: list[AuditEntry]) -> list[TimelineEntry]:
+def timeline(message: Message, audit: list[AuditEntry], ended: datetime | None = None) -> list[TimelineEntry]:
+    """The message's story in causal order. ``ended``: when a cancelled or expired message ended
+    (:func:`ended_at`)."""
     m = message
+    q = m.queued_at
     entries: list[TimelineEntry] = []
     bits = [f"{len(m.recipients)} recipient(s)", f"{m.size_bytes:,} bytes"]
     if m.reference:
@@ -206,17 +255,28 @@ def timeline(message: Message, audit: list[AuditEntry]) -> list[TimelineEntry]:
         bits.append(f"idempotency key {m.idempotency_key}")
     if m.template_id:
         bits.append(f"template {m.template_id}")
-    entries.append(TimelineEntry(m.queued_at, "enqueued", "Enqueued", "; ".join(bits)))
-    if m.send_at:
-        entries.append(TimelineEntry(m.send_at, "enqueued", "Scheduled send time"))
+    entries.append(TimelineEntry(q, "enqueued", "Enqueued", "; ".join(bits), rank=0))
+    end_time = ended or (m.updated_at if m.status in ENDED else None)
+    never_due = m.send_at is not None and end_time is not None and m.send_at > end_time and m.sent_at is None
+    if m.send_at and not never_due:
+        entries.append(TimelineEntry(m.send_at, "enqueued", "Scheduled send time", rank=1, floor=q))
     if m.held_since:
         entries.append(TimelineEntry(m.held_since, "problem", "Held by an operator problem",
-                                     redact(m.last_error or "") or None))
+                                     redact(m.last_error or "") or None, rank=2, floor=q))
     if m.ambiguous_since:
         where = m.inflight_transport.value if m.inflight_transport else "a transport"
         entries.append(TimelineEntry(m.ambiguous_since, "problem", "Parked: the send's outcome is unknown",
                                      f"{where} may have accepted the last attempt; reconciliation settles it "
-                                     "before any second send"))
+                                     "before any second send", rank=2, floor=q))
+    if m.status in ENDED and end_time is not None:
+        if m.status == MessageStatus.CANCELLED:
+            detail = redact(m.last_error or "") or "taken back before any transport was handed it"
+        else:
+            when = fmt_time(m.expires_at) if m.expires_at else "its expiry time"
+            detail = f"not handed to a transport by {when}"
+        if never_due and m.send_at is not None:
+            detail += f"; it was scheduled for {fmt_time(m.send_at)} and was never sent"
+        entries.append(TimelineEntry(end_time, "ended", ENDED[m.status], detail, rank=5, floor=q))
     if m.sent_at:
         transport = m.transport.value if m.transport else "a transport"
         provider = m.smtp2go_message_id or m.message_id_header or "-"
@@ -225,19 +285,21 @@ def timeline(message: Message, audit: list[AuditEntry]) -> list[TimelineEntry]:
                   f"{m.smtp_attempts}); {latency:.1f}s after it was enqueued")
         if m.fallback_reason:
             detail += f"; fell back to the relay because: {redact(m.fallback_reason)}"
-        entries.append(TimelineEntry(m.sent_at, "accepted", f"Accepted by {transport}", detail))
+        entries.append(TimelineEntry(m.sent_at, "accepted", f"Accepted by {transport}", detail, rank=3, floor=q))
     if m.reconciled_at:
-        entries.append(TimelineEntry(m.reconciled_at, "attempt", "Checked against SMTP2Go's activity"))
+        entries.append(TimelineEntry(m.reconciled_at, "attempt", "Checked against SMTP2Go's activity", rank=4,
+                                     floor=q))
     if m.failed_at:
         detail = (f"{m.attempts} attempt(s) (SMTP2Go API {m.api_attempts}, relay {m.smtp_attempts}): "
                   f"{redact(m.last_error or '')}")
         if m.fallback_reason:
             detail += f"; fell back to the relay because: {redact(m.fallback_reason)}"
-        entries.append(TimelineEntry(m.failed_at, "final", "Failed: gave up", detail))
+        entries.append(TimelineEntry(m.failed_at, "final", "Failed: gave up", detail, rank=5, floor=q))
     for rcpt in m.recipients:
         if rcpt.rejected_at and not any(e.recipient == rcpt.address for e in m.events):
             entries.append(TimelineEntry(rcpt.rejected_at, "final", "Refused by the transport",
-                                         redact(rcpt.error or ""), rcpt.address))
+                                         redact(rcpt.error or ""), rcpt.address, rank=5, floor=q))
+    accepted = m.sent_at or q
     for event in m.events:
         bits = []
         if event.bounce_type:
@@ -255,12 +317,12 @@ def timeline(message: Message, audit: list[AuditEntry]) -> list[TimelineEntry]:
         entries.append(TimelineEntry(event.occurred_at, "event", f"{event.event_type.value}"
                                      + (f" ({event.raw_event})" if event.raw_event and
                                         event.raw_event != event.event_type.value else ""),
-                                     "; ".join(bits) or None, event.recipient, raw))
+                                     "; ".join(bits) or None, event.recipient, raw,
+                                     rank=6 + _EVENT_RANK.get(event.event_type.value, 7) / 10, floor=accepted))
     for entry in audit:
         entries.append(TimelineEntry(entry.created_at, "audit", f"Operator {entry.actor}: {entry.action}",
-                                     f"{entry.outcome}. Reason: {redact(entry.reason)}"))
-    entries.sort(key=lambda e: e.at)
-    return entries
+                                     f"{entry.outcome}. Reason: {redact(entry.reason)}", rank=4.5, floor=q))
+    return causal_order(entries)
 
 
 def audit_for(session: Session, tracking_id: str) -> list[AuditEntry]:
@@ -294,3 +356,93 @@ def headers_for(message: Message) -> list[tuple[str, str]]:
     for name, value in (message.headers or {}).items():
         rows.append((name, redact(str(value))))
     return rows
+
+
+# --------------------------------------------------------------------------------------------- attempts
+
+#: A send attempt's outcome as shown (the send path's words -> the page's).
+ATTEMPT_OUTCOMES = {"in_flight": "in flight", "accepted": "accepted", "not_sent": "not sent", "refused": "refused",
+                    "unknown": "unknown (parked)", "held": "held"}
+
+
+@dataclass
+class AttemptRow:
+    at: datetime | None
+    provider: str
+    outcome: str
+    finished_at: datetime | None = None
+    error: str | None = None
+    provider_message_id: str | None = None
+    latency_ms: int | None = None
+
+    @property
+    def outcome_label(self) -> str:
+        return ATTEMPT_OUTCOMES.get(self.outcome, self.outcome)
+
+    @property
+    def bad(self) -> bool:
+        return self.outcome in {"refused", "not_sent"}
+
+
+def _field(row: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(row, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+def attempt_model() -> Any | None:
+    """The send path's attempts table (one row per attempt), where this version has one."""
+    from worker.infrastructure import models
+
+    return getattr(models, "Attempt", None)
+
+
+def attempts_for(session: Session, tracking_id: str) -> list[AttemptRow] | None:
+    """Every send attempt of one message, oldest first, as ``get_email_status`` lists them; None when the
+    database keeps no per-attempt rows (only counters and the last error)."""
+    model = attempt_model()
+    if model is None:
+        return None
+    owner = _field(model, "message_id", "tracking_id")
+    order = [c for c in (_field(model, "at", "started_at", "created_at"), getattr(model, "id", None)) if c is not None]
+    rows = session.scalars(select(model).where(owner == tracking_id).order_by(*order))
+    out = []
+    for row in rows:
+        at = _field(row, "at", "started_at", "created_at")
+        finished = _field(row, "finished_at", "ended_at")
+        latency = _field(row, "latency_ms")
+        if latency is None and at is not None and finished is not None:
+            latency = int((finished - at).total_seconds() * 1000)
+        error = _field(row, "error", "detail")
+        out.append(AttemptRow(at=at, provider=_text(_field(row, "provider", "transport")) or "-",
+                              outcome=_text(_field(row, "outcome")) or "unknown", finished_at=finished,
+                              error=redact(str(error)) if error else None,
+                              provider_message_id=_text(_field(row, "provider_message_id")),
+                              latency_ms=int(latency) if latency is not None else None))
+    return out
+
+
+def provider_of(message: Message) -> tuple[str | None, str | None]:
+    """(provider, provider message id): the send path's own columns where it records them, else the transport
+    and SMTP2Go's email_id."""
+    provider = _text(getattr(message, "provider", None)) or (message.transport.value if message.transport else None)
+    provider_id = _text(getattr(message, "provider_message_id", None)) or message.smtp2go_message_id
+    return provider, provider_id
+
+
+def shown_status(message: Any) -> str:
+    """The status as the console names it: ``parked`` and ``held`` are states of their own."""
+    status = _text(message.status) or "-"
+    if status == "retrying" and getattr(message, "ambiguous_since", None) is not None:
+        return "parked"
+    if status == "retrying" and getattr(message, "held_since", None) is not None:
+        return "held"
+    return status

@@ -139,7 +139,9 @@ def _recipient_is(address: str, dialect: str) -> ColumnElement[bool]:
 
 
 def _status_condition(statuses: list[str]) -> ColumnElement[bool]:
-    real = [MessageStatus(s) for s in statuses if s not in PSEUDO_STATUSES]
+    values = {s.value for s in MessageStatus}
+    # parked/held: retrying with a mark, or statuses of their own where the send path records them so
+    real = [MessageStatus(s) for s in statuses if s not in PSEUDO_STATUSES or s in values]
     parts: list[ColumnElement[bool]] = []
     if real:
         parts.append(Message.status.in_(real))

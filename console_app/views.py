@@ -24,7 +24,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers.response import Response as BaseResponse
 
-from console_app import actions, data, query
+from console_app import actions, charts, data, health, query
 from console_app.security import BODY_CSP
 from console_app.settings import ConsoleSettings
 from worker.infrastructure.db import session_scope
@@ -49,7 +49,7 @@ def _hook(name: str) -> Any:
 
 
 def _when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+    return charts.fmt_time(value)
 
 
 def _age(seconds: float | None) -> str:
@@ -79,6 +79,7 @@ def register_filters(app: Flask) -> None:
     app.jinja_env.filters["when"] = _when
     app.jinja_env.filters["age"] = _age
     app.jinja_env.filters["pct"] = _pct
+    app.jinja_env.filters["shown_status"] = data.shown_status
     app.jinja_env.filters["srcdoc"] = _srcdoc
     app.jinja_env.filters["redact"] = lambda v: redact(str(v)) if v is not None else ""
     app.jinja_env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
@@ -106,9 +107,21 @@ def overview() -> str:
     with session_scope() as session:
         chart = data.hourly_chart(session, now)
         oldest = data.oldest_waiting(session, now)
+        trend = charts.trend_data(session, now)
+        latency = charts.latency_data(session, now)
     protection = data.protection_state(_hook("protection_state"))
     return render_template("overview.html", windows=[day, week], chart=chart, oldest=oldest, protection=protection,
-                           settings=settings)
+                           settings=settings, health=_health(), trend=trend, trend_svg=charts.trend(trend),
+                           latency=latency, latency_svg=charts.latency(latency))
+
+
+def _health() -> health.Health:
+    hook = _hook("health")
+    if hook is not None:
+        result: health.Health = hook()
+        return result
+    cache = current_app.extensions.setdefault("mailworker_console_health_cache", health.new_cache())
+    return health.snapshot(cache=cache)
 
 
 @bp.get("/messages")
@@ -148,9 +161,13 @@ def message(tracking_id: str) -> str:
             abort(404, f"no email with tracking id {tracking_id}")
         audit = data.audit_for(session, tracking_id)
         supp = data.suppressions_for(session, m)
-        return render_template("message.html", m=m, timeline=data.timeline(m, audit), audit=audit,
-                               suppressions=supp, headers=data.headers_for(m), retry=actions.retry_preview(m),
-                               cancel=actions.cancel_preview(m))
+        ended = data.ended_at(session, m)
+        provider, provider_id = data.provider_of(m)
+        return render_template("message.html", m=m, shown=data.shown_status(m),
+                               timeline=data.timeline(m, audit, ended), audit=audit, suppressions=supp,
+                               headers=data.headers_for(m), retry=actions.retry_preview(m),
+                               cancel=actions.cancel_preview(m), attempts=data.attempts_for(session, m.id),
+                               ended=ended, provider=provider, provider_id=provider_id)
 
 
 # ------------------------------------------------------------------------------------------------ actions
@@ -160,6 +177,11 @@ def _done(text: str) -> None:
     """What an action did, shown once on the page it redirects to (a flashed message in the signed session
     cookie: never text from the query string, which any link could set)."""
     flash(f"Done: {text[:500]}", "ok")
+
+
+#: The confirm page's two buttons per action: (do it, go back without doing it).
+BUTTONS = {"retry": ("Retry this email", "Back"), "cancel": ("Cancel this email", "Keep it"),
+           "release": ("Release this address", "Keep it suppressed")}
 
 
 def _message_action(tracking_id: str, name: str, run: Callable[[str], str],
@@ -180,8 +202,9 @@ def _message_action(tracking_id: str, name: str, run: Callable[[str], str],
             abort(404, f"no email with tracking id {tracking_id}")
         return render_template("confirm.html", title=f"{name.capitalize()} {m.id}", preview=preview_of(m),
                                error=error, action=url_for(f"console.{name}", tracking_id=m.id),
-                               back=url_for("console.message", tracking_id=m.id), hidden={},
-                               subject=f"{m.subject or '(no subject)'}: {m.status.value}"), 400 if error else 200
+                               back=url_for("console.message", tracking_id=m.id), hidden={}, buttons=BUTTONS[name],
+                               subject=f"{m.subject or '(no subject)'}: {data.shown_status(m)}"), \
+            400 if error else 200
 
 
 @bp.route("/messages/<tracking_id>/retry", methods=["GET", "POST"])
@@ -220,6 +243,7 @@ def release() -> tuple[str, int] | BaseResponse:
                 else url_for("console.suppressions_page"))
         return render_template("confirm.html", title=f"Release suppression of {address}", preview=preview,
                                error=error, action=url_for("console.release"), back=back, hidden=hidden,
+                               buttons=BUTTONS["release"],
                                subject=f"{entry.reason}: {redact(entry.detail or '')}" if entry else None), \
             400 if error else 200
 

@@ -33,6 +33,13 @@ BAD_AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USER}:wrong".encode(
 PROTECTION = {"available": True, "breaker": "closed", "problem": None, "failures": 0, "paused_for": 0.0}
 
 
+def healthy() -> Any:
+    """What the overview shows of a stack whose worker and beat run (tests of the probe itself use the real one)."""
+    from console_app.health import Health, QueueHealth
+
+    return Health(True, [QueueHealth("mailworker.send", 0, 1)], ["celery@test"], 3.0, 15.0)
+
+
 @pytest.fixture(autouse=True)
 def console_secret_file(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The console's generated key goes to the test's own directory (never the checkout's var/), and no key
@@ -84,7 +91,7 @@ def console_factory(database: str) -> Callable[..., Console]:
             return True
 
         app = create_app({"basic_auth": f"{USER}:{PASSWORD}", "TESTING": True, "publisher": publish,
-                          "protection_state": lambda: state, **config})
+                          "protection_state": lambda: state, "health": healthy, **config})
         console = Console(app)
         console.published = published
         app.extensions["test_protection"] = state

@@ -75,7 +75,7 @@ def test_overview_tiles_rates_chart_and_state(console: Console) -> None:
         return re.findall(r'<span class="n">(\d+)</span><span class="l">' + re.escape(label) + "</span>", page)
 
     assert tile("Delivered") == ["3", "3"]
-    assert tile("Waiting for reconciliation") == ["1", "1"]
+    assert tile("Parked (waiting for reconciliation)") == ["1", "1"]
     assert tile("Held (operator problem)") == ["1", "1"]
     assert tile("Retrying") == ["0", "0"]
     assert tile("Queued") == ["0", "1"]  # queued 30 h ago: in the week, not the day
