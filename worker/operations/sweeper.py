@@ -37,7 +37,7 @@ from sqlalchemy import and_, func, not_, or_, select, update
 from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import Message, MessageStatus, utcnow
-from worker.sending.publish import SEND_TASK, broker_write_url, publish_send
+from worker.sending.publish import publish_send
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +68,20 @@ class BrokerEpoch:
 
     @classmethod
     def of_broker(cls) -> BrokerEpoch | None:
-        """The send queue's Redis and its current ``run_id``; None for other brokers (or setups the direct
-        publish does not serve) and when Redis cannot be asked now (the ordinary path then runs alone)."""
-        from worker.sending.publish import _target
+        """The send queue's Redis and its current ``run_id``; None for brokers that are not a plain Redis
+        URL and when Redis cannot be asked now (the ordinary path then runs alone)."""
+        from worker.sending.publish import broker_redis, send_queue
 
         try:
-            target = _target(SEND_TASK, broker_write_url())
-            if target is None:
+            client = broker_redis()
+            if client is None:
                 return None
             try:
-                info: Any = target.client.info("server")
+                info: Any = client.info("server")
                 run_id = str(info.get("run_id") or "-")
             except Exception:  # noqa: BLE001 - INFO renamed or forbidden (managed Redis): flushes still show
                 run_id = "-"
-            return cls(target.client, f"{target.queue}:broker-epoch", run_id)
+            return cls(client, f"{send_queue()}:broker-epoch", run_id)
         except Exception as err:  # noqa: BLE001 - a broker outage: publishes fail too; the next sweep decides
             log.info("sweep: cannot check the broker for lost messages: %s", type(err).__name__)
             return None

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, Update, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Table, Update, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from worker.callbacks import outbox
@@ -66,54 +66,15 @@ _END_ATTEMPT: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "
                                 "inflight_transport": None}
 
 
-def _update_by_pk() -> Update:
-    """``UPDATE messages ...``, through the primary key on MariaDB (the caller adds ``WHERE id = ...``).
+def _update(tracking_id: str) -> Update:
+    """``UPDATE messages ... WHERE id = :tracking_id``, through the primary key on MariaDB.
 
     Left to itself, MariaDB's optimizer may run such an UPDATE as a range over ``ix_messages_status`` (the
     secondary index entries carry the id), locking that index's entry before the row. Two writers of one message
     then lock in opposite orders, one by the row, one by the index, and deadlock (seen with duplicate publishes:
     a take-over attempt against the owner's ``record_accepted``). Every writer here goes row first.
     """
-    return update(messages).with_hint("FORCE INDEX (PRIMARY)", dialect_name="mysql")
-
-
-def _update(tracking_id: str) -> Update:
-    """``UPDATE messages ... WHERE id = :tracking_id`` through the primary key (the transitions off the send
-    path; the send path's statements below are built once, with bound parameters)."""
-    return _update_by_pk().where(messages.c.id == tracking_id)
-
-
-# --------------------------------------------------------------------------- the send path's statements
-#
-# The statements every delivery runs are built once, here, with bound parameters. SQLAlchemy memoizes a
-# statement object's cache key, so executing a prebuilt statement skips building the expression tree and its
-# cache key on every call -- that construction was ~40% of ``deliver()``'s CPU (cProfile of 300 deliveries,
-# docs/benchmarks.md). The SQL is the same as building them inline.
-
-
-def _p(name: str, column: str) -> Any:
-    """A bound parameter typed like ``messages.<column>`` (enum and UTC datetime conversion apply)."""
-    return bindparam(name, type_=messages.c[column].type)
-
-
-def _claim_statement(*, takeover: bool) -> Update:
-    values: dict[str, Any] = {"status": MessageStatus.SENDING, "lease_owner": _p("owner", "lease_owner"),
-                              "lease_expires_at": _p("expires", "lease_expires_at"),
-                              "updated_at": _p("now", "updated_at")}
-    where: tuple[Any, ...]
-    if takeover:  # its last worker's lease expired while it was sending (and it is not past its expiry unsent)
-        where = (messages.c.status == MessageStatus.SENDING,
-                 messages.c.lease_expires_at < _p("due", "lease_expires_at"),
-                 or_(messages.c.expires_at.is_(None), messages.c.expires_at > _p("due", "expires_at"),
-                     messages.c.inflight_since.is_not(None), messages.c.sent_at.is_not(None)))
-        values["crashes"] = messages.c.crashes + 1
-    else:  # queued or retrying, not parked, due, not past its expiry unsent
-        where = (messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
-                 messages.c.ambiguous_since.is_(None),
-                 or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= _p("due", "next_attempt_at")),
-                 or_(messages.c.expires_at.is_(None), messages.c.expires_at > _p("due", "expires_at"),
-                     messages.c.sent_at.is_not(None)))
-    return _update_by_pk().where(messages.c.id == bindparam("tid"), *where).values(values)
+    return update(messages).with_hint("FORCE INDEX (PRIMARY)", dialect_name="mysql").where(messages.c.id == tracking_id)
 
 
 #: Never handed to a transport: not in flight, not parked, no recipient accepted yet. ``cancel`` and ``expire``
@@ -121,64 +82,16 @@ def _claim_statement(*, takeover: bool) -> Update:
 #: worker died before the in-flight mark, for ``expire``).
 _UNSENT = (messages.c.ambiguous_since.is_(None), messages.c.inflight_since.is_(None), messages.c.sent_at.is_(None))
 _WAITING = messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING])
-
-#: The claim's third statement, run only when neither claim matched: a message past its ``expires_at`` that was
-#: never handed to a transport becomes ``expired`` (waiting, or sending under a lease that ran out).
-_EXPIRE = _update_by_pk().where(
-    messages.c.id == bindparam("tid"), *_UNSENT,
-    messages.c.expires_at.is_not(None), messages.c.expires_at <= _p("due", "expires_at"),
-    or_(_WAITING, and_(messages.c.status == MessageStatus.SENDING,
-                       messages.c.lease_expires_at < _p("due", "lease_expires_at")))
-).values({"status": MessageStatus.EXPIRED, "lease_owner": None, "lease_expires_at": None,
-          "inflight_transport": None, "next_attempt_at": None, "held_since": None,
-          "last_error": "expired: its expires_at passed before it was handed to a transport",
-          "updated_at": _p("now", "updated_at")})
-_RECIPIENTS_ENDED = (update(recipients)
-                     .where(recipients.c.message_id == bindparam("tid"), recipients.c.status == RecipientStatus.QUEUED)
-                     .values(status=bindparam("rstatus", type_=recipients.c.status.type)))
-
-
-_CLAIM_FRESH = _claim_statement(takeover=False)
-_CLAIM_TAKEOVER = _claim_statement(takeover=True)
-
-
-class _Add(int):
-    """A value for :func:`_write`: ``column = column + n`` (n may be negative)."""
-
-
-class _Coalesce:
-    """A value for :func:`_write`: ``column = COALESCE(column, value)`` (keep what is there)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _kind(value: Any) -> str:
-    return "add" if isinstance(value, _Add) else "coalesce" if isinstance(value, _Coalesce) else "set"
-
-
-#: Fenced UPDATEs by the shape of their SET clause ((column, kind) pairs): a handful of shapes in all.
-_fenced: dict[tuple[tuple[str, str], ...], Update] = {}
-
-
-def _fenced_update(shape: tuple[tuple[str, str], ...]) -> Update:
-    statement = _fenced.get(shape)
-    if statement is None:
-        sets: dict[str, Any] = {}
-        for column, kind in shape:
-            param = _p(f"v_{column}", column)
-            sets[column] = (messages.c[column] + bindparam(f"v_{column}") if kind == "add"
-                            else func.coalesce(messages.c[column], param) if kind == "coalesce" else param)
-        statement = _update_by_pk().where(
-            messages.c.id == bindparam("tid"), messages.c.lease_owner == bindparam("owner"),
-            messages.c.status == MessageStatus.SENDING).values(sets)
-        _fenced[shape] = statement  # one atomic assignment: threads may race to build the same one
-    return statement
-
-
 _PARKED = (messages.c.status == MessageStatus.RETRYING, messages.c.ambiguous_since.is_not(None))
+
+
+def _not_expired(now: datetime) -> Any:
+    return or_(messages.c.expires_at.is_(None), messages.c.expires_at > now, messages.c.sent_at.is_not(None))
+
+
+def _end_recipients(conn: Connection, tracking_id: str, status: RecipientStatus) -> None:
+    conn.execute(update(recipients).where(recipients.c.message_id == tracking_id,
+                                          recipients.c.status == RecipientStatus.QUEUED).values(status=status))
 
 
 def _attempt_counter(transport: Transport) -> str:
@@ -226,31 +139,38 @@ def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: floa
     end, so a database outage in between leaves the message simply due.
     """
     now = utcnow()
-    params = {"tid": tracking_id, "owner": owner, "expires": now + timedelta(seconds=lease_seconds),
-              "now": now, "due": now}
-    if conn.execute(_CLAIM_FRESH, params).rowcount == 1:
+    take: dict[str, Any] = {"status": MessageStatus.SENDING, "lease_owner": owner, "updated_at": now,
+                            "lease_expires_at": now + timedelta(seconds=lease_seconds)}
+    fresh = _update(tracking_id).where(
+        _WAITING, messages.c.ambiguous_since.is_(None), _not_expired(now),
+        or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now))
+    if conn.execute(fresh.values(take)).rowcount == 1:
         return Lease(tracking_id, owner, ClaimKind.FRESH)
-    if conn.execute(_CLAIM_TAKEOVER, params).rowcount == 1:
+    # its last worker's lease expired while it was sending (and it is not past its expiry unsent)
+    takeover = _update(tracking_id).where(
+        messages.c.status == MessageStatus.SENDING, messages.c.lease_expires_at < now,
+        or_(_not_expired(now), messages.c.inflight_since.is_not(None)))
+    if conn.execute(takeover.values({**take, "crashes": messages.c.crashes + 1})).rowcount == 1:
         return Lease(tracking_id, owner, ClaimKind.TAKEOVER)
-    if conn.execute(_EXPIRE, params).rowcount == 1:
-        conn.execute(_RECIPIENTS_ENDED, {"tid": tracking_id, "rstatus": RecipientStatus.EXPIRED})
+    expire = _update(tracking_id).where(
+        *_UNSENT, messages.c.expires_at.is_not(None), messages.c.expires_at <= now,
+        or_(_WAITING, and_(messages.c.status == MessageStatus.SENDING, messages.c.lease_expires_at < now)))
+    if conn.execute(expire.values(
+            status=MessageStatus.EXPIRED, lease_owner=None, lease_expires_at=None, inflight_transport=None,
+            next_attempt_at=None, held_since=None, updated_at=now,
+            last_error="expired: its expires_at passed before it was handed to a transport")).rowcount == 1:
+        _end_recipients(conn, tracking_id, RecipientStatus.EXPIRED)
         _emit_message_event(conn, tracking_id, MessageStatus.EXPIRED, now)
         log.info("final state expired tracking_id=%s (never handed to a transport)", tracking_id)
     return None
 
 
 def _write(conn: Connection, lease: Lease, values: dict[str, Any]) -> None:
-    """One fenced UPDATE of the leased message; :class:`LeaseLost` when the lease is no longer ours.
-
-    ``values`` maps columns to plain values, :class:`_Add` (increment) or :class:`_Coalesce` (keep if set).
-    """
-    values = {**values, "updated_at": utcnow()}
-    shape = tuple(sorted((column, _kind(value)) for column, value in values.items()))
-    params: dict[str, Any] = {f"v_{column}": value.value if isinstance(value, _Coalesce) else value
-                              for column, value in values.items()}
-    params["tid"] = lease.tracking_id
-    params["owner"] = lease.owner
-    if conn.execute(_fenced_update(shape), params).rowcount != 1:
+    """One UPDATE of the leased message, fenced by the lease owner; :class:`LeaseLost` when it is no longer ours.
+    ``values`` maps columns to values or SQL expressions (``messages.c.attempts + 1``)."""
+    fenced = _update(lease.tracking_id).where(messages.c.lease_owner == lease.owner,
+                                              messages.c.status == MessageStatus.SENDING)
+    if conn.execute(fenced.values({**values, "updated_at": utcnow()})).rowcount != 1:
         conn.rollback()
         raise LeaseLost(f"tracking_id={lease.tracking_id}: the lease of {lease.owner} was taken over")
 
@@ -285,7 +205,8 @@ def mark_in_flight(conn: Connection, lease: Lease, transport: Transport, *, leas
     now = utcnow()
     _write(conn, lease, {"inflight_transport": transport, "inflight_since": now,
                          "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                         "attempts": _Add(1), counter: _Add(1)})
+                         "attempts": messages.c.attempts + 1,
+                         counter: messages.c[counter] + 1})
     conn.commit()
 
 
@@ -310,10 +231,11 @@ def suppress_recipients(conn: Connection, lease: Lease, recipient_ids: list[int]
                      .values(status=RecipientStatus.SUPPRESSED, error="address is on the suppression list"))
 
 
-#: Every recipient still queued is sent (the common acceptance: no relay deferrals).
-_RECIPIENTS_SENT = (update(recipients)
-                    .where(recipients.c.message_id == bindparam("tid"), recipients.c.status == RecipientStatus.QUEUED)
-                    .values(status=RecipientStatus.SENT, sent_at=bindparam("now", type_=recipients.c.sent_at.type)))
+def _recipients_sent(conn: Connection, tracking_id: str, now: datetime) -> None:
+    """Every recipient still queued is sent (the common acceptance: no relay deferrals)."""
+    conn.execute(update(recipients).where(recipients.c.message_id == tracking_id,
+                                          recipients.c.status == RecipientStatus.QUEUED)
+                 .values(status=RecipientStatus.SENT, sent_at=now))
 
 
 def record_accepted(conn: Connection, lease: Lease, transport: Transport, provider_id: str, *,
@@ -331,7 +253,7 @@ def record_accepted(conn: Connection, lease: Lease, transport: Transport, provid
         assert retry_at is not None
         text = "; ".join(f"{a}: {why}" for a, why in deferred.items())
         _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.RETRYING, "transport": transport,
-                             "sent_at": _Coalesce(now), "next_attempt_at": retry_at,
+                             "sent_at": func.coalesce(messages.c.sent_at, now), "next_attempt_at": retry_at,
                              "last_error": f"relay deferred {len(deferred)} recipient(s), retrying them: {text}"})
     else:
         _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "transport": transport,
@@ -344,7 +266,7 @@ def record_accepted(conn: Connection, lease: Lease, transport: Transport, provid
                             func.lower(recipients.c.address).not_in({a.lower() for a in deferred}))
                      .values(status=RecipientStatus.SENT, sent_at=now))
     else:
-        conn.execute(_RECIPIENTS_SENT, {"tid": lease.tracking_id, "now": now})
+        _recipients_sent(conn, lease.tracking_id, now)
     if not deferred:  # a message with deferred recipients is sent (the event) once the last of them is
         _emit_message_event(conn, lease.tracking_id, MessageStatus.SENT, now, transport=transport.value,
                             rejected=sorted(refused) if refused else None)
@@ -383,9 +305,9 @@ def hold(conn: Connection, lease: Lease, problem: str, retry_at: datetime, *,
     the problem, so a revoked key does not use up the message's retry budget."""
     values: dict[str, Any] = {**_END_ATTEMPT, "status": MessageStatus.RETRYING, "next_attempt_at": retry_at,
                               "last_error": f"held: {problem}",
-                              "held_since": _Coalesce(utcnow())}
+                              "held_since": func.coalesce(messages.c.held_since, utcnow())}
     if refund is not None:
-        values[_attempt_counter(refund)] = _Add(-1)
+        values[_attempt_counter(refund)] = messages.c[_attempt_counter(refund)] - 1
     _write(conn, lease, values)
 
 
@@ -427,7 +349,7 @@ def settle_accepted(conn: Connection, tracking_id: str, *, transport: Transport,
     ).rowcount == 1
     if not settled:
         return False
-    conn.execute(_RECIPIENTS_SENT, {"tid": tracking_id, "now": now})
+    _recipients_sent(conn, tracking_id, now)
     _emit_message_event(conn, tracking_id, MessageStatus.SENT, now, transport=transport.value)
     _apply_early_events(conn, tracking_id, _email_id(transport, provider_id))
     log.info("parked message settled as sent tracking_id=%s transport=%s provider_id=%s", tracking_id,
@@ -467,7 +389,7 @@ def cancel(conn: Connection, tracking_id: str, *, note: str = "cancelled by the 
                  "last_error": note, "updated_at": now})
     ).rowcount == 1
     if done:
-        conn.execute(_RECIPIENTS_ENDED, {"tid": tracking_id, "rstatus": RecipientStatus.CANCELLED})
+        _end_recipients(conn, tracking_id, RecipientStatus.CANCELLED)
         _emit_message_event(conn, tracking_id, MessageStatus.CANCELLED, now)
         log.info("final state cancelled tracking_id=%s", tracking_id)
     return done

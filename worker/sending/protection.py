@@ -55,20 +55,6 @@ _lock = threading.Lock()
 _clients: dict[str, Any] = {}
 _warned = False
 
-#: How long a process trusts an "all clear" read (no pause, breaker closed, no failures counted) before it
-#: reads Redis again. At hundreds of sends a second this turns one Redis round trip per send into a few per
-#: second; a pause or breaker set by *another* process is seen within this time (this process's own failures
-#: and 429s drop the cached verdict at once).
-CLEAR_SECONDS = 0.1
-#: (monotonic deadline, the settings it was read for) of the last all-clear read; None when not clear.
-_clear: tuple[float, Settings] | None = None
-
-
-def _forget_clear() -> None:
-    global _clear
-    _clear = None
-
-
 @dataclass(frozen=True)
 class Gate:
     """What to do before an API send: ``ok``, ``paused`` (429 reset pending) or ``open`` (breaker)."""
@@ -113,11 +99,7 @@ def _fail_open(err: Exception) -> None:
 
 def before_api_send(settings: Settings | None = None) -> Gate:
     """Ask the breaker and the rate limit whether this worker may call SMTP2Go now."""
-    global _clear
     settings = settings or get_settings()
-    clear = _clear
-    if clear is not None and clear[1] is settings and time.monotonic() < clear[0]:
-        return Gate("ok", failures=False)
     client = _redis(settings)
     if client is None:
         return Gate("ok")
@@ -140,8 +122,6 @@ def before_api_send(settings: Settings | None = None) -> Gate:
             if not client.set(_prefix() + "trial", "1", nx=True, ex=max(5, int(settings.smtp2go_timeout) + 5)):
                 return Gate("open", 1.0, problem=problem)
             trial = True
-        if not pause_until and not opened_until and not seen and settings.smtp2go_rate_limit <= 0:
-            _clear = (time.monotonic() + CLEAR_SECONDS, settings)
         if settings.smtp2go_rate_limit > 0:
             wait = _take_token(client, settings, now)
             if wait > 0:
@@ -187,7 +167,6 @@ def record_success(settings: Settings | None = None, gate: Gate | None = None) -
 
 def record_failure(settings: Settings | None = None, gate: Gate | None = None) -> bool:
     """Count a retryable API failure; returns True when this failure opened the breaker."""
-    _forget_clear()
     settings = settings or get_settings()
     client = _redis(settings)
     if client is None:
@@ -212,7 +191,6 @@ def record_failure(settings: Settings | None = None, gate: Gate | None = None) -
 def open_for_problem(problem: str, settings: Settings | None = None) -> None:
     """An operator problem (SMTP2Go refused the API key): open the breaker at once, remembering why, so every
     worker holds (or relays) its mail and only one trial request per cool-down meets the bad key."""
-    _forget_clear()
     settings = settings or get_settings()
     client = _redis(settings)
     if client is None:
@@ -240,7 +218,6 @@ def _open(client: Any, settings: Settings, now: float, why: str, *, problem: str
 
 def pause_for_rate_limit(seconds: float, settings: Settings | None = None) -> None:
     """A 429: every worker waits until the reset (the longest pause wins)."""
-    _forget_clear()
     settings = settings or get_settings()
     client = _redis(settings)
     if client is None:
@@ -277,7 +254,6 @@ def state(settings: Settings | None = None) -> dict[str, Any]:
 
 def reset(settings: Settings | None = None) -> None:
     """Forget every protection state (operators after an incident; tests)."""
-    _forget_clear()
     settings = settings or get_settings()
     client = _redis(settings)
     if client is not None:
