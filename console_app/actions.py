@@ -77,7 +77,7 @@ def retry_preview(message: Message) -> Preview:
         return Preview(True, changes=[
             "status: failed -> queued",
             f"recipients failed -> queued: {', '.join(failed) or 'none'} (rejected and suppressed ones stay)",
-            f"attempt counters reset (SMTP2Go API {message.api_attempts} -> 0, relay {message.smtp_attempts} -> 0),"
+            f"attempt counters reset ({message.attempts} -> 0),"
             " the SMTP2Go API is tried again first",
             "a send task is published now",
         ])
@@ -126,7 +126,7 @@ def retry(tracking_id: str, *, actor: str, reason: str,
     outcome = _message_action(
         tracking_id, action="retry", actor=actor, reason=reason, preview_of=retry_preview, run=run,
         snapshot=lambda m: {"status": m.status.value, "held": m.held_since is not None,
-                            "api_attempts": m.api_attempts, "smtp_attempts": m.smtp_attempts})
+                            "attempts": m.attempts})
     if outcome == "requeued":
         if publisher is None:
             from worker.sending.publish import publish_send
@@ -144,7 +144,8 @@ def cancel_preview(message: Message) -> Preview:
     if not waiting:
         return Preview(False, f"only queued, scheduled, retrying or held messages can be cancelled; this one is "
                               f"{message.status.value}")
-    if message.ambiguous_since is not None or message.inflight_transport is not None:
+    if message.ambiguous_since is not None or getattr(message, "inflight_transport", None) is not None \
+            or message.inflight_since is not None:
         return Preview(False, "a transport may already have it (it is parked or in flight): too late to cancel")
     if any(r.status not in (RecipientStatus.QUEUED, RecipientStatus.SUPPRESSED) for r in message.recipients):
         return Preview(False, "some recipients were already handed to a transport: too late to cancel")

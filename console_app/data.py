@@ -169,7 +169,10 @@ def oldest_waiting(session: Session, now: datetime | None = None) -> Oldest | No
 def protection_state(hook: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
     if hook is not None:
         return hook()
-    from worker.sending.protection import state
+    try:  # the providers' breaker (per provider; the default one is SMTP2Go's), else the older single module
+        from worker.providers.breaker import state
+    except ImportError:
+        from worker.sending.protection import state  # type: ignore[no-redef]
 
     return state()
 
@@ -264,7 +267,7 @@ def timeline(message: Message, audit: list[AuditEntry], ended: datetime | None =
         entries.append(TimelineEntry(m.held_since, "problem", "Held by an operator problem",
                                      redact(m.last_error or "") or None, rank=2, floor=q))
     if m.ambiguous_since:
-        where = m.inflight_transport.value if m.inflight_transport else "a transport"
+        where = _text(getattr(m, "inflight_transport", None)) or _text(getattr(m, "provider", None)) or "a transport"
         entries.append(TimelineEntry(m.ambiguous_since, "problem", "Parked: the send's outcome is unknown",
                                      f"{where} may have accepted the last attempt; reconciliation settles it "
                                      "before any second send", rank=2, floor=q))
@@ -278,11 +281,11 @@ def timeline(message: Message, audit: list[AuditEntry], ended: datetime | None =
             detail += f"; it was scheduled for {fmt_time(m.send_at)} and was never sent"
         entries.append(TimelineEntry(end_time, "ended", ENDED[m.status], detail, rank=5, floor=q))
     if m.sent_at:
-        transport = m.transport.value if m.transport else "a transport"
+        transport = _text(getattr(m, "provider", None)) or _text(m.transport) or "a transport"
         provider = m.smtp2go_message_id or m.message_id_header or "-"
         latency = (m.sent_at - m.queued_at).total_seconds()
-        detail = (f"provider id {provider}; {m.attempts} attempt(s) (SMTP2Go API {m.api_attempts}, relay "
-                  f"{m.smtp_attempts}); {latency:.1f}s after it was enqueued")
+        detail = (f"provider id {provider}; {m.attempts} attempt(s){per_transport(m)}; {latency:.1f}s after it was "
+                  "enqueued")
         if m.fallback_reason:
             detail += f"; fell back to the relay because: {redact(m.fallback_reason)}"
         entries.append(TimelineEntry(m.sent_at, "accepted", f"Accepted by {transport}", detail, rank=3, floor=q))
@@ -290,7 +293,7 @@ def timeline(message: Message, audit: list[AuditEntry], ended: datetime | None =
         entries.append(TimelineEntry(m.reconciled_at, "attempt", "Checked against SMTP2Go's activity", rank=4,
                                      floor=q))
     if m.failed_at:
-        detail = (f"{m.attempts} attempt(s) (SMTP2Go API {m.api_attempts}, relay {m.smtp_attempts}): "
+        detail = (f"{m.attempts} attempt(s){per_transport(m)}: "
                   f"{redact(m.last_error or '')}")
         if m.fallback_reason:
             detail += f"; fell back to the relay because: {redact(m.fallback_reason)}"
@@ -433,7 +436,7 @@ def attempts_for(session: Session, tracking_id: str) -> list[AttemptRow] | None:
 def provider_of(message: Message) -> tuple[str | None, str | None]:
     """(provider, provider message id): the send path's own columns where it records them, else the transport
     and SMTP2Go's email_id."""
-    provider = _text(getattr(message, "provider", None)) or (message.transport.value if message.transport else None)
+    provider = _text(getattr(message, "provider", None)) or _text(message.transport)
     provider_id = _text(getattr(message, "provider_message_id", None)) or message.smtp2go_message_id
     return provider, provider_id
 
@@ -446,3 +449,9 @@ def shown_status(message: Any) -> str:
     if status == "retrying" and getattr(message, "held_since", None) is not None:
         return "held"
     return status
+
+
+def per_transport(message: Any) -> str:
+    """`` (SMTP2Go API n, relay m)`` where the database counts attempts per transport, else nothing."""
+    api, smtp = getattr(message, "api_attempts", None), getattr(message, "smtp_attempts", None)
+    return f" (SMTP2Go API {api}, relay {smtp})" if api is not None and smtp is not None else ""

@@ -141,7 +141,8 @@ def snapshot(celery: Any | None = None, *, cache: _Cache | None = None, sweep_in
     for name, depth in zip(names, depths, strict=True):
         consumers = None if active is None else sum(1 for qs in active.values() if name in qs)
         queues.append(QueueHealth(name, depth, consumers))
-    workers = None if active is None else sorted(active)
+    # Only workers of this deployment: another one sharing the broker answers the broadcast too.
+    workers = None if active is None else sorted(w for w, qs in active.items() if set(qs) & set(names))
     return Health(True, queues, workers, age, sweep_interval)
 
 

@@ -33,9 +33,11 @@ from worker.infrastructure.models import (
     Message,
     MessageStatus,
     TrackingEvent,
-    Transport,
     utcnow,
 )
+
+#: The transports every status is reported for (0 when none), plus "none" (not accepted by any).
+TRANSPORTS = ("smtp", "smtp2go")
 
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_SAMPLE = 50_000
@@ -69,10 +71,10 @@ class _Collector:
                                    labels=["status", "transport"])
         counts: dict[tuple[str, str], int] = {}
         for status in MessageStatus:
-            for transport in [*(t.value for t in Transport), "none"]:
+            for transport in [*TRANSPORTS, "none"]:
                 counts[(status.value, transport)] = 0
         for status, transport, n in by:
-            counts[(status.value, transport.value if transport else "none")] = int(n)
+            counts[(status.value, str(getattr(transport, "value", transport)) if transport else "none")] = int(n)
         for (status_value, transport_value), n in sorted(counts.items()):
             emails.add_metric([status_value, transport_value], n)
         yield emails

@@ -80,6 +80,8 @@ def register_filters(app: Flask) -> None:
     app.jinja_env.filters["age"] = _age
     app.jinja_env.filters["pct"] = _pct
     app.jinja_env.filters["shown_status"] = data.shown_status
+    app.jinja_env.filters["per_transport"] = data.per_transport
+    app.jinja_env.filters["tname"] = lambda v: data._text(v) or ""
     app.jinja_env.filters["srcdoc"] = _srcdoc
     app.jinja_env.filters["redact"] = lambda v: redact(str(v)) if v is not None else ""
     app.jinja_env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)

@@ -1,6 +1,7 @@
 """A real browser: Debian's chromium (headless, through chromedriver and Selenium) against ``mailworker console``
-served by gunicorn: the overview, a search, a retry with its reason and the audit row, and a message whose HTML
-body tries to script the console (the sandboxed iframe stops it).
+served by gunicorn, with a real Celery worker running and a sweep done: the overview (health, tiles, charts), a
+search, a retry with its reason and the audit row, a cancel, and a message whose HTML body tries to script the
+console (the sandboxed iframe stops it).
 
 ``CONSOLE_SCREENSHOT_DIR=docs`` keeps the screenshots (docs/console-overview.png, docs/console-message.png).
 """
@@ -14,15 +15,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 from tests.console.conftest import PASSWORD, USER, add_attachment, add_event, make_message
-from worker.infrastructure.models import EventType, MessageStatus, utcnow
+from worker.infrastructure.models import EventType, MessageStatus, RecipientStatus, utcnow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -87,7 +89,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--no-first-run",
-                "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
@@ -100,6 +102,74 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         driver.quit()
 
 
+@pytest.fixture
+def running_worker(console_server: str, tmp_path: Path) -> Iterator[None]:
+    """``celery -A worker worker`` on every queue (as the Procfile runs it), on the console's database, until
+    the console sees it; then one sweep, so beat's heartbeat is fresh."""
+    from console_app import health
+    from worker import app
+    from worker.operations.sweeper import sweep
+
+    queues = ",".join(q.name for q in app.conf.task_queues)
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker", "worker", "--pool", "threads",
+                             "--concurrency", "2", "--queues", queues, "--hostname", f"browser-test-{os.getpid()}@%h",
+                             "--without-gossip", "--without-mingle", "--loglevel", "WARNING"], cwd=PROJECT,
+                            env={**os.environ, "PYTHONPATH": str(PROJECT)}, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or health.snapshot(app).workers, timeout=40)
+        assert proc.poll() is None, (tmp_path / "worker.log").read_text()
+        # the console reuses the workers' answer for a few seconds: wait until its overview has the new one
+        wait_until(lambda: "1 running</p>" in requests.get(console_server + "/", auth=(USER, PASSWORD), timeout=5).text,
+                   timeout=30, interval=0.5)
+        sweep()
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def _history() -> None:
+    """A week of realistic mail: a few dozen a day, most delivered within seconds, some bounces and failures."""
+    now = utcnow()
+    n = 0
+    for day in range(7):
+        for i in range(18 + 7 * (day % 3)):
+            n += 1
+            queued = now - timedelta(days=day, minutes=37 * i + 5)
+            if queued > now - timedelta(minutes=2):
+                continue
+            latency = 0.6 + (n % 7) * 0.35 + (9.0 if n % 23 == 0 else 0.0)
+            status = (MessageStatus.BOUNCED if n % 17 == 0 else MessageStatus.SENT if n % 5 == 0
+                      else MessageStatus.DELIVERED)
+            make_message(status, to=f"customer{n}@example.com", subject=f"Order {1000 + n} confirmed",
+                         queued_at=queued, sent_at=queued + timedelta(seconds=latency),
+                         email_delivered_at=queued + timedelta(seconds=latency + 2)
+                         if status == MessageStatus.DELIVERED else None,
+                         transport="smtp" if n % 11 == 0 else "smtp2go",
+                         reference=f"order:{1000 + n}")
+    make_message(MessageStatus.RETRYING, to="dana@example.com", subject="Invoice 2231",
+                 ambiguous_since=now - timedelta(minutes=3), inflight_since=now - timedelta(minutes=3))
+    make_message(MessageStatus.CANCELLED, to="erin@example.com", subject="Reminder: your trial ends",
+                 recipient_status=RecipientStatus.CANCELLED, last_error="cancelled by the application")
+
+
+def _after_submit(driver: Any, selector: str) -> Any:
+    """The element on the page a form's redirect leads to (a click returns before that page has loaded)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, 15).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR,
+                                                                                           selector)))
+
+
 def _keep(driver: Any, name: str, tmp_path: Path) -> None:
     driver.save_screenshot(str(tmp_path / name))
     target = os.environ.get("CONSOLE_SCREENSHOT_DIR")
@@ -107,9 +177,11 @@ def _keep(driver: Any, name: str, tmp_path: Path) -> None:
         shutil.copy(tmp_path / name, Path(target) / name)
 
 
-def test_overview_search_retry_and_a_sandboxed_body(console_server: str, browser: Any, tmp_path: Path) -> None:
+def test_overview_search_retry_and_a_sandboxed_body(console_server: str, running_worker: None, browser: Any,
+                                                    tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
+    _history()
     now = utcnow()
     delivered = make_message(MessageStatus.DELIVERED, to="alice@example.com", subject="Reset your password",
                              html_body=HOSTILE_HTML, reference="password_reset:42", email_delivered_at=now)
@@ -124,7 +196,16 @@ def test_overview_search_retry_and_a_sandboxed_body(console_server: str, browser
     browser.get(console_server + "/")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Overview"
     assert browser.find_elements(By.CSS_SELECTOR, "svg.chart rect")
-    assert "Failed" in browser.find_element(By.CSS_SELECTOR, ".tiles").text
+    tiles = browser.find_element(By.CSS_SELECTOR, ".tiles").text
+    assert all(label in tiles for label in ("Failed", "Cancelled", "Expired", "Parked", "Held"))
+    assert "1 running" in browser.find_element(By.ID, "workers").text
+    assert "beat: last sweep" in browser.find_element(By.ID, "beat").text
+    assert "nothing consumes it" not in browser.find_element(By.ID, "queues").text
+    assert "No rate-limit pause" in browser.find_element(By.ID, "pause").text
+    assert browser.find_elements(By.CSS_SELECTOR, "#trend svg rect.o-delivered")
+    assert browser.find_elements(By.CSS_SELECTOR, "#latency svg circle.l-p95")
+    main = browser.find_element(By.TAG_NAME, "main")
+    assert main.size["width"] > 1300  # the page uses the window's width
     _keep(browser, "console-overview.png", tmp_path)
 
     search = browser.find_element(By.CSS_SELECTOR, "header form.quick input[name=q]")
@@ -138,7 +219,7 @@ def test_overview_search_retry_and_a_sandboxed_body(console_server: str, browser
     assert "status: failed -> queued" in browser.find_element(By.CSS_SELECTOR, "ul.changes").text
     browser.find_element(By.ID, "reason").send_keys("relay fixed (ticket 77)")
     browser.find_element(By.CSS_SELECTOR, "form.confirm button[type=submit]").click()
-    assert "Done: retry: requeued" in browser.find_element(By.CSS_SELECTOR, ".notice.ok").text
+    assert "Done: retry: requeued" in _after_submit(browser, ".notice.ok").text
     audit = browser.find_element(By.XPATH, "//h2[text()='Audit log']/following-sibling::table").text
     assert "operator" in audit and "retry" in audit and "relay fixed (ticket 77)" in audit
 
@@ -150,7 +231,20 @@ def test_overview_search_retry_and_a_sandboxed_body(console_server: str, browser
     assert browser.title != "pwned" and "Reset your password" in browser.title
     timeline = browser.find_element(By.CSS_SELECTOR, "ol.timeline").text
     assert "delivered" in timeline and "alice@example.com" in timeline
+    assert timeline.index("Enqueued") < timeline.index("Accepted by") < timeline.index("delivered")
+    assert "Cancel is not offered yet" not in browser.find_element(By.TAG_NAME, "main").text
     _keep(browser, "console-message.png", tmp_path)
     browser.switch_to.frame(frame)
     assert browser.find_element(By.TAG_NAME, "h1").text == "Reset your password"
     browser.switch_to.default_content()
+
+    later = make_message(MessageStatus.QUEUED, to="frank@example.com", subject="Your weekly digest",
+                         send_at=now + timedelta(days=1), next_attempt_at=now + timedelta(days=1))
+    browser.get(f"{console_server}/messages/{later}")
+    browser.find_element(By.LINK_TEXT, "Cancel…").click()
+    assert browser.find_element(By.LINK_TEXT, "Keep it")
+    browser.find_element(By.ID, "reason").send_keys("customer unsubscribed from the digest")
+    browser.find_element(By.XPATH, "//button[text()='Cancel this email']").click()
+    assert "Done: cancel: cancelled" in _after_submit(browser, ".notice.ok").text
+    page = browser.find_element(By.TAG_NAME, "main").text
+    assert "Last error" not in page and "Scheduled send time" not in page and "was never sent" in page
