@@ -1,15 +1,16 @@
 """Celery settings only (loaded with ``app.config_from_object("celeryconfig")``).
 
-Application settings live in ``worker/infrastructure/config.py``; this module reads just what Celery needs.
+Application settings live in ``worker/infrastructure/config.py``; this module reads just what Celery needs,
+through the settings definition (``worker/infrastructure/settings_spec.py``: parsers, defaults, documentation),
+which imports nothing heavy because Celery loads this module before anything else of ours has configured.
 """
-
-import os
 
 from kombu import Exchange, Queue
 
-broker_url = (
-    os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-)
+from worker.infrastructure.settings_spec import broker_url as _broker_url
+from worker.infrastructure.settings_spec import read
+
+broker_url = _broker_url()[1]
 
 # JSON only: task arguments are plain ids and event dicts, never pickled objects.
 task_serializer = "json"
@@ -26,7 +27,7 @@ worker_prefetch_multiplier = 1
 # Redis redelivers an unacked message after the visibility timeout; it must exceed the longest retry delay
 # (SEND_RETRY_BACKOFF_MAX, 600 s by default) and the longest ETA we publish (60 s), or tasks run twice.
 broker_transport_options = {
-    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600")),
+    "visibility_timeout": read("CELERY_VISIBILITY_TIMEOUT"),
     "socket_timeout": 5,
     "socket_connect_timeout": 3,
     "retry_on_timeout": True,
@@ -37,13 +38,13 @@ broker_connection_timeout = 4
 task_publish_retry = True
 task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 1}
 
-send_queue = os.environ.get("MAILWORKER_SEND_QUEUE", "mailworker.send")
-events_queue = os.environ.get("MAILWORKER_EVENTS_QUEUE", "mailworker.events")
-maintenance_queue = os.environ.get("MAILWORKER_MAINTENANCE_QUEUE", "mailworker.maintenance")
+send_queue: str = read("MAILWORKER_SEND_QUEUE")
+events_queue: str = read("MAILWORKER_EVENTS_QUEUE")
+maintenance_queue: str = read("MAILWORKER_MAINTENANCE_QUEUE")
 # Status callbacks (HTTP endpoints, the Python hook) on a queue of their own: a slow receiver never delays a send.
 # Named after the send queue's prefix unless set, so a deployment that renames its queues renames this one too.
-callbacks_queue = (os.environ.get("MAILWORKER_CALLBACKS_QUEUE")
-                   or f"{send_queue.rpartition('.')[0] or 'mailworker'}.callbacks")
+callbacks_queue: str = (read("MAILWORKER_CALLBACKS_QUEUE")
+                        or f"{send_queue.rpartition('.')[0] or 'mailworker'}.callbacks")
 # Each queue is bound with its own name as routing key, so two deployments (or test runs) that share one
 # Redis database with different queue names never receive each other's tasks.
 _exchange = Exchange("mailworker", type="direct")
@@ -67,7 +68,7 @@ task_routes = {
 # switches them on remotely while it runs (its --enable_events, on by default; `celery -A worker control
 # enable_events` does the same). MAILWORKER_TASK_EVENTS=1 starts workers with them on. Task arguments shown
 # are ids, never secrets or bodies. No `task-sent` events: publishing stays one LPUSH.
-worker_send_task_events = os.environ.get("MAILWORKER_TASK_EVENTS", "0").strip().lower() in {"1", "true", "yes", "on"}
+worker_send_task_events: bool = read("MAILWORKER_TASK_EVENTS")
 task_send_sent_event = False
 task_track_started = True
 # The maintenance tasks (a sweep every SWEEP_INTERVAL, a reconcile every minute: ~7,000 a day) send no task
@@ -78,11 +79,11 @@ task_annotations = {name: {"send_events": False}
                                  "mailworker.dispatch_callbacks")}
 
 beat_schedule = {
-    "sweep": {"task": "mailworker.sweep", "schedule": float(os.environ.get("SWEEP_INTERVAL", "15"))},
+    "sweep": {"task": "mailworker.sweep", "schedule": read("SWEEP_INTERVAL")},
     "purge": {"task": "mailworker.purge", "schedule": 24 * 3600.0},
-    "reconcile": {"task": "mailworker.reconcile", "schedule": float(os.environ.get("RECONCILE_INTERVAL", "60"))},
+    "reconcile": {"task": "mailworker.reconcile", "schedule": read("RECONCILE_INTERVAL")},
     "callbacks": {"task": "mailworker.dispatch_callbacks",
-                  "schedule": float(os.environ.get("CALLBACK_DISPATCH_INTERVAL", "5"))},
+                  "schedule": read("CALLBACK_DISPATCH_INTERVAL")},
 }
 
 timezone = "UTC"

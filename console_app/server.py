@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from flask import Flask
+
+from worker.infrastructure.settings_spec import read
 
 
 def serve(app: Flask, *, host: str, port: int, workers: int = 1, threads: int = 4) -> None:
@@ -16,7 +17,7 @@ def serve(app: Flask, *, host: str, port: int, workers: int = 1, threads: int = 
         def load_config(self) -> None:
             options = {"bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
                        "timeout": 60, "accesslog": "-", "errorlog": "-",
-                       "loglevel": os.environ.get("LOG_LEVEL", "info").lower(),
+                       "loglevel": read("LOG_LEVEL").lower(),
                        "access_log_format": '%(h)s "%(r)s" %(s)s %(b)s %(L)ss'}
             for key, value in options.items():
                 self.cfg.set(key, value)

@@ -4,6 +4,9 @@ The key that signs the console's cookie and CSRF tokens never comes from the pas
 ``CONSOLE_SECRET_KEY`` when set, else a random key generated once and kept in ``CONSOLE_SECRET_FILE`` (mode
 0600; every console process on the host reads the same file, so their tokens agree). Consoles on several hosts
 behind one address need the same ``CONSOLE_SECRET_KEY``.
+
+Every variable is declared (parser, default, meaning) in :mod:`worker.infrastructure.settings_spec`; the fields of
+:class:`ConsoleSettings` are filled from the settings declared with that ``field``.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from __future__ import annotations
 import os
 import secrets
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from worker.errors import ConfigurationError
+from worker.infrastructure import settings_spec as spec
 from worker.infrastructure.paths import PROJECT_ROOT
+from worker.infrastructure.settings_spec import origin_of
+
+__all__ = ["DEFAULT_SECRET_FILE", "MIN_SECRET_FILE_CHARS", "MIN_SECRET_KEY_CHARS", "ConsoleConfigError",
+           "ConsoleSettings", "load_console_settings", "origin_of", "parse_basic_auth", "stored_secret"]
 
 DEFAULT_SECRET_FILE = PROJECT_ROOT / "var" / "console-secret-key"
 #: The shortest key accepted from CONSOLE_SECRET_FILE (a generated one is 64 hex characters).
@@ -49,87 +57,6 @@ class ConsoleSettings:
     #: Failed logins from one client address within ``login_failure_window`` seconds before it gets 429.
     login_max_failures: int = 10
     login_failure_window: float = 60.0
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ConsoleConfigError(f"{name}={raw!r} is not a boolean (true/false)")
-
-
-def _float(name: str) -> tuple[float, str] | None:
-    """The variable as a number, with its raw text for messages; None when it is unset or blank."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        return float(raw), raw
-    except ValueError:
-        raise ConsoleConfigError(f"{name}={raw!r} is not a number") from None
-
-
-def _fraction(name: str, default: float) -> float:
-    parsed = _float(name)
-    if parsed is None:
-        return default
-    value, raw = parsed
-    if value > 1:  # "5" means 5 %
-        value /= 100
-    if not 0 <= value <= 1:
-        raise ConsoleConfigError(f"{name}={raw!r} must be between 0 and 1 (or a percentage)")
-    return value
-
-
-def _number(name: str, default: float) -> float:
-    parsed = _float(name)
-    if parsed is None:
-        return default
-    value, raw = parsed
-    if value <= 0:
-        raise ConsoleConfigError(f"{name}={raw!r} must be positive")
-    return value
-
-
-def _count(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    text = raw.strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) < minimum:
-        raise ConsoleConfigError(f"{name}={raw!r} must be a whole number ({minimum} or more)")
-    return int(text)
-
-
-def origin_of(url: str) -> tuple[str, str, int] | None:
-    """``(scheme, host, port)`` of an http(s) origin or URL, the port made explicit; None if it is not one."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in {"http", "https"} or not parts.hostname:
-        return None
-    return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
-
-
-def _origins(name: str) -> tuple[str, ...]:
-    found: list[str] = []
-    for item in os.environ.get(name, "").split(","):
-        text = item.strip().rstrip("/")
-        if not text:
-            continue
-        parts = urlsplit(text)
-        if origin_of(text) is None or parts.path or parts.query or parts.fragment or parts.username:
-            raise ConsoleConfigError(f"{name}: {item.strip()!r} is not an origin (https://host or https://host:port)")
-        found.append(text)
-    return tuple(found)
 
 
 def _read_secret_file(path: Path) -> bytes:
@@ -173,13 +100,13 @@ def stored_secret(path: Path) -> bytes:
 
 
 def _secret_key() -> bytes:
-    explicit = os.environ.get("CONSOLE_SECRET_KEY", "").strip()
+    explicit = spec.raw("CONSOLE_SECRET_KEY")
     if explicit:
         if len(explicit) < MIN_SECRET_KEY_CHARS:
             raise ConsoleConfigError(f"CONSOLE_SECRET_KEY is shorter than {MIN_SECRET_KEY_CHARS} characters: use a "
                                      "long random value (python -c 'import secrets; print(secrets.token_hex(32))')")
         return explicit.encode()
-    configured = os.environ.get("CONSOLE_SECRET_FILE", "").strip()
+    configured = spec.raw("CONSOLE_SECRET_FILE")
     return stored_secret(Path(configured) if configured else DEFAULT_SECRET_FILE)
 
 
@@ -194,19 +121,11 @@ def parse_basic_auth(raw: str | None) -> tuple[str, str]:
 
 
 def load_console_settings(*, basic_auth: str | None = None, metrics_public: bool | None = None) -> ConsoleSettings:
-    user, password = parse_basic_auth(basic_auth if basic_auth is not None else os.environ.get("CONSOLE_BASIC_AUTH"))
-    return ConsoleSettings(
-        username=user,
-        password=password,
-        secret_key=_secret_key(),
-        metrics_public=_bool("METRICS_PUBLIC", False) if metrics_public is None else metrics_public,
-        warn_delivery_below=_fraction("CONSOLE_WARN_DELIVERY_BELOW", 0.95),
-        warn_bounce_above=_fraction("CONSOLE_WARN_BOUNCE_ABOVE", 0.05),
-        warn_spam_above=_fraction("CONSOLE_WARN_SPAM_ABOVE", 0.001),
-        warn_oldest_queued_seconds=_number("CONSOLE_WARN_OLDEST_QUEUED_SECONDS", 600),
-        page_size=int(_number("CONSOLE_PAGE_SIZE", 50)),
-        trusted_proxies=_count("CONSOLE_TRUSTED_PROXIES", 0),
-        trusted_origins=_origins("CONSOLE_TRUSTED_ORIGINS"),
-        login_max_failures=_count("CONSOLE_LOGIN_MAX_FAILURES", 10, minimum=1),
-        login_failure_window=_number("CONSOLE_LOGIN_FAILURE_WINDOW", 60),
-    )
+    user, password = parse_basic_auth(basic_auth if basic_auth is not None else spec.raw("CONSOLE_BASIC_AUTH"))
+    try:
+        values = spec.read_fields(f.name for f in fields(ConsoleSettings))
+    except ConfigurationError as err:
+        raise ConsoleConfigError(str(err)) from None
+    if metrics_public is not None:
+        values["metrics_public"] = metrics_public
+    return ConsoleSettings(username=user, password=password, secret_key=_secret_key(), **values)

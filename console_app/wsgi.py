@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from console_app import create_app
 from worker.infrastructure.redaction import install
+from worker.infrastructure.settings_spec import read
 
-install(None, level=os.environ.get("LOG_LEVEL", "INFO").upper())
+install(None, level=read("LOG_LEVEL").upper())
 
 app = create_app()

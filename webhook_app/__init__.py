@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -78,9 +77,10 @@ def configure_logging(logger: logging.Logger | None = None) -> None:
     """
     from worker.infrastructure.config import load_receiver_settings
     from worker.infrastructure.redaction import RedactingFilter, install
+    from worker.infrastructure.settings_spec import read
 
     target = logger or logging.getLogger()
-    install(target, level=os.environ.get("LOG_LEVEL", "INFO").upper())
+    install(target, level=read("LOG_LEVEL").upper())
     secrets = _log_secrets(load_receiver_settings())
     for handler in target.handlers:
         for filt in handler.filters:

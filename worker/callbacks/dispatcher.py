@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from worker.infrastructure.models import (
     StatusEvent,
     utcnow,
 )
+from worker.infrastructure.settings_spec import read, setting
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,16 +64,16 @@ PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 DELIVER_TASK, HOOK_TASK = "mailworker.deliver_callback", "mailworker.status_hook"
 
 #: Seconds before attempt 2, 3, ... (Standard Webhooks' suggested schedule): 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
-#: 10 h -- eight attempts over about 27 hours.
-RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+#: 10 h -- eight attempts over about 27 hours. The default of ``CALLBACK_RETRY_SCHEDULE`` (settings_spec).
+RETRY_SCHEDULE: tuple[float, ...] = setting("CALLBACK_RETRY_SCHEDULE").default
 #: How long a published delivery task may wait in the queue for a worker before the dispatcher publishes it
 #: again (a late copy is harmless: :func:`deliver` finds the delivery taken or done).
 QUEUE_WAIT = 300.0
 
 
 def retry_schedule() -> tuple[float, ...]:
-    raw = os.environ.get("CALLBACK_RETRY_SCHEDULE", "").strip()
-    return tuple(float(x) for x in raw.split(",") if x.strip()) if raw else RETRY_SCHEDULE
+    """``CALLBACK_RETRY_SCHEDULE``, else :data:`RETRY_SCHEDULE` (its declared default)."""
+    return tuple(read("CALLBACK_RETRY_SCHEDULE"))
 
 
 def attempt_seconds(settings: Settings) -> float:

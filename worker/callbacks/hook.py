@@ -9,16 +9,17 @@ timed-out call may still complete, and the retry then delivers the same event ag
 from __future__ import annotations
 
 import importlib
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from worker.infrastructure.settings_spec import raw
 
 _hooks: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
 
 def hook_spec() -> str | None:
-    return os.environ.get("MAILWORKER_STATUS_HOOK", "").strip() or None
+    return raw("MAILWORKER_STATUS_HOOK")
 
 
 def load_hook(spec: str) -> Callable[[dict[str, Any]], Any]:

@@ -1,8 +1,11 @@
-"""Settings, read from the environment in one place.
+"""Settings, built in one place from the one definition of every variable (:mod:`.settings_spec`).
 
 Every other module asks :func:`get_settings` instead of reading ``os.environ`` so that defaults, parsing and
-the error for a missing secret live together. Settings are cached; tests (and the CLI, after it changes the
-environment) call :func:`reset_settings`.
+the error for a missing secret live together. Which variables exist, how each is parsed, its default and its
+documentation are declared in :mod:`worker.infrastructure.settings_spec`; this module turns those declarations
+into the typed :class:`Settings` (and the receiver's :class:`ReceiverSettings`) and adds the checks that need
+more than one variable or a library (database drivers, broker transports). Settings are cached; tests (and the
+CLI, after it changes the environment) call :func:`reset_settings`.
 
 Loading validates: a missing ``DATABASE_URL``, a URL of the wrong shape or for a driver that is not installed,
 a broker URL no transport understands -- each is one :class:`~worker.errors.ConfigurationError` line naming the
@@ -22,32 +25,18 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 from worker.errors import ConfigurationError
+from worker.infrastructure import settings_spec as spec
 from worker.infrastructure.paths import PROJECT_ROOT
+from worker.infrastructure.settings_spec import DEFAULT_BROKER_URL, DEFAULT_SMTP2GO_API_URL, MASK, mask_url
 
 DEFAULT_SQLITE_PATH = PROJECT_ROOT / "var" / "mailworker.db"
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_SMTP2GO_API_URL = "https://api.smtp2go.com/v3"
 #: What a MySQL/MariaDB URL looks like (the driver that ships with mailworker, and the charset emoji need).
 MYSQL_URL_EXAMPLE = "mysql+pymysql://USER:PASSWORD@HOST/mailworker?charset=utf8mb4"
 _SUPPORTED_BACKENDS = ("mysql", "mariadb", "sqlite")
-MASK = "***"
 
-
-def mask_url(url: str) -> str:
-    """``scheme://user:***@host/...``: the URL with its password (if it has one) masked; anything else as is.
-
-    Also safe on strings that are not valid URLs (error messages quote them): a password with an unencoded
-    ``/``, ``?`` or ``#`` is hidden up to the last ``@``.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, end) if "@" in rest[:end] else rest.rfind("@")
-    user, colon, password = rest[:at].partition(":")
-    if not colon or not password:
-        return url
-    return f"{scheme}://{user}:{MASK}{rest[at:]}"
+__all__ = ["DEFAULT_BROKER_URL", "DEFAULT_SMTP2GO_API_URL", "MASK", "PROJECT_ROOT", "ReceiverSettings", "Settings",
+           "apply_dev_env", "check_api_url", "check_broker_url", "check_database_url", "embedded_database_url",
+           "get_settings", "load_receiver_settings", "load_settings", "mask_url", "reset_settings"]
 
 
 def embedded_database_url() -> str:
@@ -151,76 +140,16 @@ def check_broker_url(value: str, name: str = "CELERY_BROKER_URL") -> str:
     return value
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError as err:
-        raise ConfigurationError(f"{name} must be a whole number, got {raw!r}") from err
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError as err:
-        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from err
-
-
-def _bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in {"1", "true", "yes", "on"}:
-        return True
-    if raw in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
-
-
-def _list(name: str) -> tuple[str, ...]:
-    raw = os.environ.get(name, "")
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _opt(name: str) -> str | None:
-    raw = os.environ.get(name, "").strip()
-    return raw or None
-
-
-def _positive(name: str, default: float) -> float:
-    value = _float(name, default)
-    if not 0 < value < float("inf"):
-        raise ConfigurationError(f"{name} must be a number of seconds above 0, got {value:g}")
-    return value
-
-
-def _networks(name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """Comma-separated CIDRs (``10.0.0.0/8,fd00::/8``; a bare address is one host); one line naming ``name``
-    for an entry that is not one."""
-    out = []
-    for part in _list(name):
-        try:
-            out.append(ipaddress.ip_network(part, strict=False))
-        except ValueError:
-            raise ConfigurationError(f"{name}: {part!r} is not a network; expected comma-separated CIDRs like "
-                                     "10.0.0.0/8,fd00::/8") from None
-    return tuple(out)
-
-
-#: Fields whose values are secrets: ``repr`` shows only whether they are set.
-SECRET_FIELDS = frozenset({"smtp2go_api_key", "smtp2go_webhook_secrets", "smtp_password", "settings_encryption_keys"})
-#: URL fields: ``repr`` masks the password inside them.
-URL_FIELDS = frozenset({"database_url", "broker_url"})
+#: Fields whose values are secrets: ``repr`` shows only whether they are set (the spec's ``secret`` flag).
+SECRET_FIELDS = frozenset(s.field for s in spec.declared() if s.secret and s.field)
+#: URL fields: ``repr`` masks the password inside them (the spec's ``url`` flag).
+URL_FIELDS = frozenset(s.field for s in spec.declared() if s.url and s.field)
 
 
 @dataclass(frozen=True, repr=False)
 class Settings:
-    """Everything mailworker reads from its environment. ``repr`` masks secrets and passwords in URLs."""
+    """Everything the workers, the CLI and applications read from the environment: each field is filled by the
+    setting declared with that ``field`` in :mod:`.settings_spec`. ``repr`` masks secrets and URL passwords."""
 
     database_url: str
     broker_url: str
@@ -265,17 +194,7 @@ class Settings:
     callback_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def __repr__(self) -> str:
-        parts = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in SECRET_FIELDS:
-                shown = repr(MASK) if value else repr(value)
-            elif f.name in URL_FIELDS:
-                shown = repr(mask_url(value))
-            else:
-                shown = repr(value)
-            parts.append(f"{f.name}={shown}")
-        return f"Settings({', '.join(parts)})"
+        return spec.masked_repr(self)
 
     __str__ = __repr__
 
@@ -316,7 +235,7 @@ def apply_dev_env() -> None:
     Only on the embedded default (no DATABASE_URL), and the real environment always wins. It runs before
     ``celeryconfig`` is imported (``worker/__init__.py``), because Celery reads the broker URL at import time.
     """
-    if os.environ.get("DATABASE_URL", "").strip():
+    if spec.raw("DATABASE_URL"):
         return
     from worker.infrastructure.devenv import load_dev_env
 
@@ -326,9 +245,8 @@ def apply_dev_env() -> None:
 
 def _broker_url() -> str:
     """``CELERY_BROKER_URL``, else ``REDIS_URL``, else the default; checked, with errors naming the variable."""
-    name = "CELERY_BROKER_URL" if _opt("CELERY_BROKER_URL") else "REDIS_URL" if _opt("REDIS_URL") else ""
-    url = _opt(name) if name else None
-    return check_broker_url(url, name) if name and url else DEFAULT_BROKER_URL
+    name, url = spec.broker_url()
+    return check_broker_url(url, name) if name else url
 
 
 @dataclass(frozen=True, repr=False)
@@ -344,10 +262,7 @@ class ReceiverSettings:
     database_url: str | None
 
     def __repr__(self) -> str:
-        return (f"ReceiverSettings(broker_url={mask_url(self.broker_url)!r}, smtp2go_webhook_secrets="
-                f"{MASK if self.smtp2go_webhook_secrets else ()!r}, allow_unauthenticated_webhooks="
-                f"{self.allow_unauthenticated_webhooks!r}, webhook_max_body_bytes={self.webhook_max_body_bytes!r}, "
-                f"database_url={mask_url(self.database_url) if self.database_url else None!r})")
+        return spec.masked_repr(self)
 
     __str__ = __repr__
 
@@ -355,68 +270,25 @@ class ReceiverSettings:
 def load_receiver_settings() -> ReceiverSettings:
     """Read the receiver's settings now (uncached) and validate them; a missing ``DATABASE_URL`` is fine, a bad
     one is the same one-line error as everywhere else."""
-    database_url = _opt("DATABASE_URL")
-    return ReceiverSettings(
-        broker_url=_broker_url(),
-        smtp2go_webhook_secrets=_list("SMTP2GO_WEBHOOK_SECRET"),
-        allow_unauthenticated_webhooks=_bool("MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS", False),
-        webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),
-        database_url=check_database_url(database_url) if database_url else None,
-    )
+    values = spec.read_fields(f.name for f in fields(ReceiverSettings))
+    values["broker_url"] = _broker_url()
+    if values["database_url"] is not None:
+        check_database_url(values["database_url"])
+    return ReceiverSettings(**values)
 
 
 def load_settings() -> Settings:
     """Read the environment now (uncached) and validate it."""
     apply_dev_env()
-    database_url = _opt("DATABASE_URL")
-    if database_url is None:
+    if spec.raw("DATABASE_URL") is None:
         raise _missing_database_url()
-    check_database_url(database_url)
-    broker_url = _broker_url()
-    security = (os.environ.get("SMTP_SECURITY") or "starttls").strip().lower()
-    if security not in {"starttls", "ssl", "none"}:
-        raise ConfigurationError(f"SMTP_SECURITY must be starttls, ssl or none, got {security!r}")
-    settings = Settings(
-        database_url=database_url,
-        broker_url=broker_url,
-        smtp2go_api_key=_opt("SMTP2GO_API_KEY"),
-        smtp2go_api_url=check_api_url((_opt("SMTP2GO_API_URL") or DEFAULT_SMTP2GO_API_URL).rstrip("/")),
-        smtp2go_webhook_secrets=_list("SMTP2GO_WEBHOOK_SECRET"),
-        allow_unauthenticated_webhooks=_bool("MAILWORKER_ALLOW_UNAUTHENTICATED_WEBHOOKS", False),
-        smtp_host=_opt("SMTP_HOST"),
-        smtp_port=_int("SMTP_PORT", 465 if security == "ssl" else 587),
-        smtp_username=_opt("SMTP_USERNAME"),
-        smtp_password=_opt("SMTP_PASSWORD"),
-        smtp_security=security,
-        smtp_timeout=_float("SMTP_TIMEOUT", 30.0),
-        smtp_ca_file=_opt("SMTP_CA_FILE"),
-        mail_default_sender=_opt("MAIL_DEFAULT_SENDER"),
-        settings_encryption_keys=_list("SETTINGS_ENCRYPTION_KEY"),
-        send_max_retries=_int("SEND_MAX_RETRIES", 5),
-        smtp_max_retries=_int("SMTP_MAX_RETRIES", 5),
-        send_retry_backoff=_float("SEND_RETRY_BACKOFF", 10.0),
-        send_retry_backoff_max=_float("SEND_RETRY_BACKOFF_MAX", 600.0),
-        smtp2go_timeout=_float("SMTP2GO_TIMEOUT", 30.0),
-        smtp2go_connect_timeout=_float("SMTP2GO_CONNECT_TIMEOUT", 5.0),
-        smtp2go_ca_file=_opt("SMTP2GO_CA_FILE"),
-        smtp2go_rate_limit=_float("SMTP2GO_RATE_LIMIT", 0.0),
-        smtp2go_breaker_threshold=_int("SMTP2GO_BREAKER_THRESHOLD", 5),
-        smtp2go_breaker_window=_float("SMTP2GO_BREAKER_WINDOW", 30.0),
-        smtp2go_breaker_cooldown=_float("SMTP2GO_BREAKER_COOLDOWN", 30.0),
-        send_lease_seconds=_int("SEND_LEASE_SECONDS", 180),
-        max_task_crashes=_int("SEND_MAX_CRASHES", 3),
-        smtp_unknown_resend_after=_float("SMTP_UNKNOWN_RESEND_AFTER", 600.0),
-        reconcile_resend_after=_float("RECONCILE_RESEND_AFTER", 600.0),
-        module_cache_seconds=_float("MODULE_CACHE_SECONDS", 5.0),
-        db_pool_size=_int("DB_POOL_SIZE", 0),
-        webhook_max_body_bytes=_int("WEBHOOK_MAX_BODY_BYTES", 1024 * 1024),
-        sweep_interval=_float("SWEEP_INTERVAL", 15.0),
-        sweep_republish_after=_float("SWEEP_REPUBLISH_AFTER", 300.0),
-        retention_days=_int("RETENTION_DAYS", 90),
-        callback_timeout=_positive("CALLBACK_TIMEOUT", 10.0),
-        callback_hook_timeout=_positive("CALLBACK_HOOK_TIMEOUT", 10.0),
-        callback_allowed_networks=_networks("CALLBACK_ALLOWED_NETWORKS"),
-    )
+    values = spec.read_fields(f.name for f in fields(Settings))
+    check_database_url(values["database_url"])
+    values["broker_url"] = _broker_url()
+    values["smtp2go_api_url"] = check_api_url(values["smtp2go_api_url"].rstrip("/"))
+    if values["smtp_port"] is None:
+        values["smtp_port"] = 465 if values["smtp_security"] == "ssl" else 587
+    settings = Settings(**values)
     settings.validate()
     return settings
 

@@ -14,13 +14,14 @@ import shlex
 from pathlib import Path
 
 from worker.infrastructure.paths import PROJECT_ROOT
+from worker.infrastructure.settings_spec import raw
 
 DEV_ENV_VAR = "MAILWORKER_DEV_ENV_FILE"
 
 
 def dev_env_path() -> Path:
     """Where a running ``mailworker dev`` publishes its settings (``MAILWORKER_DEV_ENV_FILE`` overrides)."""
-    return Path(os.environ.get(DEV_ENV_VAR) or PROJECT_ROOT / "var" / "dev.env")
+    return Path(raw(DEV_ENV_VAR) or PROJECT_ROOT / "var" / "dev.env")
 
 
 def load_dev_env(path: Path | None = None) -> dict[str, str]:
