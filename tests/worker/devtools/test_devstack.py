@@ -555,6 +555,8 @@ def test_a_killed_stacks_leftovers_are_named_and_stopped(tmp_path: Path) -> None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(10)  # a supervisor pid that is gone
     leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    cmdline = Path(f"/proc/{leftover.pid}/cmdline")
+    wait_until(lambda: b"time.sleep(120)" in cmdline.read_bytes(), 10, message="the leftover running its program")
     record = tmp_path / "dev.children"
     record.write_text(f"#pid={dead.pid}\n{leftover.pid} {Path(sys.executable).name}\n")
     assert clean_leftovers(record) == (dead.pid, 1)
