@@ -45,11 +45,14 @@ maintenance_queue: str = read("MAILWORKER_MAINTENANCE_QUEUE")
 # Named after the send queue's prefix unless set, so a deployment that renames its queues renames this one too.
 callbacks_queue: str = (read("MAILWORKER_CALLBACKS_QUEUE")
                         or f"{send_queue.rpartition('.')[0] or 'mailworker'}.callbacks")
+# The bulk lane (``enqueue_many``'s mail) has a queue and a pool of its own (``mailworker worker``), so bulk mail
+# never waits in front of transactional mail.
+bulk_queue: str = read("MAILWORKER_BULK_QUEUE") or f"{send_queue.rpartition('.')[0] or 'mailworker'}.bulk"
 # Each queue is bound with its own name as routing key, so two deployments (or test runs) that share one
 # Redis database with different queue names never receive each other's tasks.
 _exchange = Exchange("mailworker", type="direct")
 task_queues = tuple(Queue(name, _exchange, routing_key=name)
-                    for name in (send_queue, events_queue, maintenance_queue, callbacks_queue))
+                    for name in (send_queue, events_queue, maintenance_queue, callbacks_queue, bulk_queue))
 task_default_queue = send_queue
 task_default_exchange = "mailworker"
 task_default_routing_key = send_queue

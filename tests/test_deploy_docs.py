@@ -191,18 +191,20 @@ def test_unit_runs_what_the_procfile_runs(name: str) -> None:
     assert compare(name, procfile()[name], unit) == []
 
 
-@pytest.mark.parametrize(("edit", "problem"), [
-    (("%%h", "%h"), "systemd specifier %h"),  # Celery's %h written the shell's way: systemd puts a home dir there
-    (("--concurrency ${CALLBACK_CONCURRENCY}", "--concurrency 8"), "ExecStart"),
-    (("Environment=CALLBACK_CONCURRENCY=8", "Environment=CALLBACK_CONCURRENCY=4"), "CALLBACK_CONCURRENCY=8"),
-    (("Environment=MALLOC_ARENA_MAX=2\n", ""), "MALLOC_ARENA_MAX=2"),
-    (("/opt/mailworker/venv/bin/celery", "/usr/bin/celery"), "not a program of"),
+@pytest.mark.parametrize(("unit", "edit", "problem"), [
+    ("beat", ("--schedule ${BEAT_SCHEDULE_FILE}", "--schedule var/schedule"), "ExecStart"),
+    ("beat", ("Environment=BEAT_SCHEDULE_FILE=var/celerybeat-schedule", "Environment=BEAT_SCHEDULE_FILE=var/other"),
+     "BEAT_SCHEDULE_FILE=var/celerybeat-schedule"),
+    ("worker", ("Environment=MALLOC_ARENA_MAX=2\n", ""), "MALLOC_ARENA_MAX=2"),
+    ("worker", ("worker --loglevel INFO", "worker --lanes bulk --loglevel INFO"), "ExecStart"),
+    ("beat", ("/opt/mailworker/venv/bin/celery", "/usr/bin/celery"), "not a program of"),
+    ("beat", ("--loglevel INFO", "--loglevel INFO --hostname beat@%h"), "systemd specifier %h"),
 ])
-def test_the_comparison_sees_a_unit_that_drifted(edit: tuple[str, str], problem: str) -> None:
+def test_the_comparison_sees_a_unit_that_drifted(unit: str, edit: tuple[str, str], problem: str) -> None:
     """The normalisation is not so loose that a real difference passes."""
-    text = (UNITS / "mailworker-callbacks.service").read_text()
+    text = (UNITS / f"mailworker-{unit}.service").read_text()
     assert edit[0] in text
-    problems = compare("callbacks", procfile()["callbacks"], read_unit(text.replace(edit[0], edit[1])))
+    problems = compare(unit, procfile()[unit], read_unit(text.replace(edit[0], edit[1])))
     assert any(problem in p for p in problems), problems
 
 

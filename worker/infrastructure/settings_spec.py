@@ -694,6 +694,9 @@ declare(
     Setting("MAILWORKER_CALLBACKS_QUEUE", "celery", (
         "The status callbacks queue's name; unset, it follows the send queue's prefix."),
         read_by=(*CELERY_READERS, "dev"), doc_default="`<send queue prefix>.callbacks`"),
+    Setting("MAILWORKER_BULK_QUEUE", "celery", (
+        "The bulk lane's queue name (`enqueue_many`'s mail); unset, it follows the send queue's prefix."),
+        read_by=(*CELERY_READERS, "dev"), doc_default="`<send queue prefix>.bulk`"),
     Setting("MAILWORKER_TASK_EVENTS", "celery", (
         "`true` starts workers with Celery task events on. Off by default because Flower turns them on while it "
         "runs (docs/operations.md, Flower)."), boolean, False, read_by=("worker", "dev")),
@@ -701,10 +704,12 @@ declare(
     Setting("PORT", "processes", "The web process's port when `WEB_BIND` is unset.", integer(minimum=1), 8000,
             read_by=("web",)),
     Setting("WORKER_CONCURRENCY", "processes", (
-        "Threads per `worker` process; run one worker process per core."), integer(minimum=1), 16,
-        read_by=("Procfile",)),
-    Setting("CALLBACK_CONCURRENCY", "processes", "Threads of the `callbacks` process.", integer(minimum=1), 8,
-            read_by=("Procfile",)),
+        "Threads of the transactional lane (send, events, maintenance queues) of `mailworker worker`; run one "
+        "worker process per core."), integer(minimum=1), 16, read_by=("worker",)),
+    Setting("CALLBACK_CONCURRENCY", "processes", "Threads of the callbacks lane (`mailworker worker`).",
+            integer(minimum=1), 8, read_by=("worker",)),
+    Setting("BULK_CONCURRENCY", "processes", "Threads of the bulk lane (`mailworker worker`).",
+            integer(minimum=1), 4, read_by=("worker",)),
     Setting("MALLOC_ARENA_MAX", "processes", (
         "glibc malloc arenas of the Celery processes (fewer arenas: less memory for many threads)."),
         integer(minimum=1), 2, read_by=("Procfile",)),

@@ -1,9 +1,9 @@
-"""A slow callback receiver never stops mail: the Procfile's processes, started as a platform would start them.
+"""A slow callback receiver never stops mail: the Procfile's ``worker`` process, started as a platform would.
 
-The ``worker`` and ``callbacks`` lines of the Procfile run as real Celery worker processes (two threads each) on
-the test's Redis and MariaDB. A receiver that takes each callback and never answers holds every thread of the
-callbacks process; an email enqueued meanwhile is still sent at once, because no sending thread serves the
-callbacks queue.
+``mailworker worker`` runs every lane as a real Celery worker process of its own (two threads each here) on the
+test's Redis and MariaDB. A receiver that takes each callback and trickles its answer holds every thread of the
+callbacks lane; an email enqueued meanwhile is still sent at once, because no sending thread serves the
+callbacks queue. The supervisor's own promises (stop together, die together) are tested here too.
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ PROJECT = Path(__file__).resolve().parents[3]
 
 
 def procfile_command(name: str, env: dict[str, str]) -> list[str]:
-    """The Procfile's ``name`` line as argv: variables expanded from ``env``, the queue names this test
-    session's own, ``celery`` taken from this virtualenv."""
+    """The Procfile's ``name`` line as argv: variables expanded from ``env``, ``mailworker`` and ``celery`` taken
+    from this virtualenv (the queue names come from the environment: this test session's own)."""
     line = next(text.split(":", 1)[1] for text in (PROJECT / "Procfile").read_text().splitlines()
                 if text.startswith(f"{name}:"))
     line = re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m.group(1)) or (m.group(2) or ""), line)
-    line = line.replace("mailworker.", f"{QUEUE_PREFIX}.")
     argv = shlex.split(line)
-    argv[argv.index("celery")] = str(Path(sys.executable).with_name("celery"))
+    for program in ("mailworker", "celery"):
+        if program in argv:
+            argv[argv.index(program)] = str(Path(sys.executable).with_name(program))
     return argv
 
 
@@ -109,13 +110,12 @@ def test_stuck_callback_receivers_do_not_delay_a_send(db: str, fake_api: Any, re
     base_env.setenv("CALLBACK_TIMEOUT", "90")  # the receiver holds longer than the test: only isolation helps
     reset_settings()
     env = {**os.environ, "CELERY_BROKER_URL": REDIS_URL, "WORKER_CONCURRENCY": "2", "CALLBACK_CONCURRENCY": "2",
-           "PYTHONPATH": str(PROJECT)}
+           "BULK_CONCURRENCY": "1", "PYTHONPATH": str(PROJECT)}
     receiver = StuckReceiver()
     try:
         with session_scope() as session:
             endpoints.add_endpoint(session, receiver.url, ["email.sent"])
-        with procfile_process("worker", env, tmp_path / "worker.log"), \
-                procfile_process("callbacks", env, tmp_path / "callbacks.log"):
+        with procfile_process("worker", env, tmp_path / "worker.log"):
             first = [enqueue_email(f"user{i}@example.com", "hi", text_body="x") for i in range(4)]
             for tracking_id in first:
                 wait_until(lambda: status_of(tracking_id) == "sent", 40,  # noqa: B023 - awaited in this iteration
@@ -132,12 +132,59 @@ def test_stuck_callback_receivers_do_not_delay_a_send(db: str, fake_api: Any, re
         receiver.close()
 
 
-def test_procfile_serves_callbacks_apart_from_sending() -> None:
-    """No Procfile process serves both a sending queue and the callbacks queue; one serves callbacks."""
-    env = {"WORKER_CONCURRENCY": "16", "CALLBACK_CONCURRENCY": "8"}
-    queues = {}
-    for name in ("worker", "callbacks"):
-        argv = procfile_command(name, env)
-        queues[name] = set(argv[argv.index("--queues") + 1].split(","))
-    assert f"{QUEUE_PREFIX}.send" in queues["worker"] and f"{QUEUE_PREFIX}.callbacks" not in queues["worker"]
-    assert queues["callbacks"] == {f"{QUEUE_PREFIX}.callbacks"}
+def test_every_lane_has_a_pool_of_its_own() -> None:
+    """The Procfile's worker serves every lane, and no lane's pool serves another lane's queue."""
+    from worker.operations.lanes import LANES, lanes
+
+    argv = procfile_command("worker", {})
+    assert argv[-3:] == ["worker", "--loglevel", "INFO"]  # no --lanes: every lane
+    chosen = {lane.name: set(lane.queues) for lane in lanes()}
+    assert tuple(chosen) == LANES
+    assert chosen["transactional"] == {f"{QUEUE_PREFIX}.send", f"{QUEUE_PREFIX}.events",
+                                       f"{QUEUE_PREFIX}.maintenance"}
+    assert chosen["bulk"] == {f"{QUEUE_PREFIX}.bulk"} and chosen["callbacks"] == {f"{QUEUE_PREFIX}.callbacks"}
+    with pytest.raises(ValueError, match="--lanes: unknown lane fast"):
+        lanes(("transactional", "fast"))
+
+
+def _lane_pids(supervisor: int, count: int) -> list[Any]:
+    import psutil
+
+    def found() -> list[Any] | None:
+        children = [c for c in psutil.Process(supervisor).children() if "celery" in " ".join(c.cmdline())]
+        return children if len(children) == count else None
+
+    return wait_until(found, 30, message=f"{count} lanes started")  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_the_lanes_stop_together_and_die_with_the_supervisor(redis_client: Any, tmp_path: Path) -> None:
+    import psutil
+
+    env = {**os.environ, "CELERY_BROKER_URL": REDIS_URL, "WORKER_CONCURRENCY": "1", "CALLBACK_CONCURRENCY": "1",
+           "BULK_CONCURRENCY": "1", "PYTHONPATH": str(PROJECT)}
+    gone = lambda procs: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in procs)  # noqa: E731
+
+    # SIGTERM: every lane gets it (Celery's warm shutdown) and the supervisor exits 0 once they are all gone.
+    with procfile_process("worker", env, tmp_path / "term.log") as proc:
+        lanes = _lane_pids(proc.pid, 3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        wait_until(lambda: gone(lanes), 30, message="every lane stopped")
+
+    # One lane dies on its own: the supervisor stops the others and exits non-zero, so the platform restarts all.
+    with procfile_process("worker", env, tmp_path / "crash.log") as proc:
+        lanes = _lane_pids(proc.pid, 3)
+        lanes[0].kill()
+        assert proc.wait(60) != 0
+        wait_until(lambda: gone(lanes), 30, message="the other lanes stopped")
+
+    # The supervisor killed with SIGKILL cannot forward anything: its lanes are armed to die with it.
+    argv = procfile_command("worker", env) + ["--lanes", "bulk,callbacks"]
+    with (tmp_path / "kill.log").open("wb") as out:
+        proc = subprocess.Popen(argv, cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        lanes = _lane_pids(proc.pid, 2)
+        proc.kill()
+        proc.wait(10)
+        wait_until(lambda: gone(lanes), 30, message="the lanes gone with their supervisor")

@@ -176,11 +176,11 @@ def test_bootstrap_run_installs_no_test_tools(tmp_path: Path) -> None:
     script, log = _fake_checkout(tmp_path)
     subprocess.run(["bash", str(script), "run"], check=True, capture_output=True, timeout=30)
     installs = [line for line in log.read_text().splitlines() if "install" in line and "-e" in line]
-    assert installs == ["-m pip install -q -e ."]
+    assert installs == ["-m pip install -q -e .[dev]"]  # the dev stack's own tools, never the test tools
     subprocess.run(["bash", str(script), "run"], check=True, capture_output=True, timeout=30)  # idempotent
     assert len([line for line in log.read_text().splitlines() if "-e" in line]) == 1
     subprocess.run(["bash", str(script), "test"], check=True, capture_output=True, timeout=30)
-    assert log.read_text().splitlines()[-1] == "-m pip install -q -e .[test]"
+    assert log.read_text().splitlines()[-1] == "-m pip install -q -e .[test,dev]"
     log.unlink()
     subprocess.run(["bash", str(script), "run"], check=True, capture_output=True, timeout=30)
     assert not log.exists()  # a test install covers running
@@ -235,7 +235,7 @@ def test_dev_stack_takes_its_own_redis_db_and_queues(tmp_path: Path, monkeypatch
     from worker.devtools.devstack.stack import DEV_REDIS_DBS, dev_queue_prefix, dev_redis_db
 
     for name in ("CELERY_BROKER_URL", "REDIS_URL", "MAILWORKER_SEND_QUEUE", "MAILWORKER_EVENTS_QUEUE",
-                 "MAILWORKER_MAINTENANCE_QUEUE", "MAILWORKER_CALLBACKS_QUEUE"):
+                 "MAILWORKER_MAINTENANCE_QUEUE", "MAILWORKER_CALLBACKS_QUEUE", "MAILWORKER_BULK_QUEUE"):
         monkeypatch.delenv(name, raising=False)
     if not port_open("127.0.0.1", 6379):
         pytest.skip("needs a Redis on 6379 (make test starts one)")
@@ -247,7 +247,7 @@ def test_dev_stack_takes_its_own_redis_db_and_queues(tmp_path: Path, monkeypatch
     assert "already on 127.0.0.1:6379" in said and f"DB {db}" in said and f"{prefix}.*" in said
     worker = next(c for c in stack._children() if c.name == "worker")
     queues = worker.argv[worker.argv.index("-Q") + 1].split(",")
-    assert queues == [f"{prefix}.send", f"{prefix}.events", f"{prefix}.maintenance"]
+    assert queues == [f"{prefix}.send", f"{prefix}.events", f"{prefix}.maintenance", f"{prefix}.bulk"]
     shared = stack.shared_settings()  # other shells publish to the same queues
     assert shared["MAILWORKER_SEND_QUEUE"] == f"{prefix}.send"
     assert shared["CELERY_BROKER_URL"] == f"redis://127.0.0.1:6379/{db}"

@@ -43,7 +43,7 @@ MAILWORKER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-c", LAUN
 _SCRUB = ("DATABASE_URL", "REDIS_URL", "SMTP2GO_API_KEY", "SMTP2GO_API_URL", "SMTP2GO_WEBHOOK_SECRET",
           "SMTP_HOST", "SMTP_PORT", "SMTP_SECURITY", "MAIL_DEFAULT_SENDER", "FLOWER_BASIC_AUTH",
           "MAILWORKER_SEND_QUEUE", "MAILWORKER_EVENTS_QUEUE", "MAILWORKER_MAINTENANCE_QUEUE",
-          "MAILWORKER_CALLBACKS_QUEUE", "MAILWORKER_TASK_EVENTS", "SETTINGS_ENCRYPTION_KEY",
+          "MAILWORKER_CALLBACKS_QUEUE", "MAILWORKER_BULK_QUEUE", "MAILWORKER_TASK_EVENTS", "SETTINGS_ENCRYPTION_KEY",
           "CALLBACK_ALLOWED_NETWORKS")
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -114,7 +114,7 @@ def test_plan_simulator_sink_and_shared_settings(tmp_path: Path, monkeypatch: py
     worker_queues = children["worker"].argv[children["worker"].argv.index("-Q") + 1].split(",")
     callback_queues = children["callbacks"].argv[children["callbacks"].argv.index("-Q") + 1].split(",")
     prefix = stack.queue_prefix
-    assert worker_queues == [f"{prefix}.send", f"{prefix}.events", f"{prefix}.maintenance"]
+    assert worker_queues == [f"{prefix}.send", f"{prefix}.events", f"{prefix}.maintenance", f"{prefix}.bulk"]
     assert callback_queues == [f"{prefix}.callbacks"]
     assert stack.child_env["MAILWORKER_CALLBACKS_QUEUE"] == f"{prefix}.callbacks"
     # gunicorn's access log never prints the Basic-auth user (%(u)s): it is a secret when in the webhook URL.

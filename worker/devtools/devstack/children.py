@@ -21,22 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from worker.operations.lanes import guarded
+
 STOP_TIMEOUT = 10.0
-#: Runs before the child's program (then execs it): arm SIGKILL on the supervisor's death, and give up if the
-#: supervisor is already gone. Inline, so nothing is imported (no ``worker`` package side effects) on the way.
-_DIE_WITH_PARENT = ("import ctypes,os,sys\n"
-                    "ctypes.CDLL(None).prctl(1, 9)\n"  # PR_SET_PDEATHSIG, SIGKILL
-                    "os.getppid() == int(sys.argv[1]) or sys.exit(1)\n"
-                    "os.execvp(sys.argv[2], sys.argv[2:])")
-
-
-def guarded(argv: list[str]) -> list[str]:
-    """``argv`` run so that it dies with this process (Linux); elsewhere ``argv`` as it is."""
-    if not sys.platform.startswith("linux"):
-        return argv
-    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *argv]
-
-
 class Output:
     """Serialises lines from many threads onto one stream, children's as ``name | line``."""
 

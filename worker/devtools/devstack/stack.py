@@ -43,10 +43,13 @@ CLAIM_SECONDS = 30
 #: print for ever; an email's own tasks are still shown.
 QUIET_LINES = re.compile(r"mailworker\.(sweep|reconcile|purge|dispatch_callbacks)\b")
 QUEUE_VARS = {"MAILWORKER_SEND_QUEUE": "send", "MAILWORKER_EVENTS_QUEUE": "events",
-              "MAILWORKER_MAINTENANCE_QUEUE": "maintenance", "MAILWORKER_CALLBACKS_QUEUE": "callbacks"}
-#: The queues the stack's ``worker`` child consumes; the callbacks queue has a child of its own (as in the
-#: Procfile), so a slow callback receiver or hook never takes a sending thread.
-SENDER_QUEUE_VARS = ("MAILWORKER_SEND_QUEUE", "MAILWORKER_EVENTS_QUEUE", "MAILWORKER_MAINTENANCE_QUEUE")
+              "MAILWORKER_MAINTENANCE_QUEUE": "maintenance", "MAILWORKER_CALLBACKS_QUEUE": "callbacks",
+              "MAILWORKER_BULK_QUEUE": "bulk"}
+#: The queues the stack's ``worker`` child consumes (one pool: a laptop needs no reserved capacity); the callbacks
+#: queue has a child of its own, as its lane has a pool of its own in production, so a slow callback receiver or
+#: hook never takes a sending thread.
+SENDER_QUEUE_VARS = ("MAILWORKER_SEND_QUEUE", "MAILWORKER_EVENTS_QUEUE", "MAILWORKER_MAINTENANCE_QUEUE",
+                     "MAILWORKER_BULK_QUEUE")
 #: Callback endpoints a developer adds point at their own machine: the dev stack allows loopback on purpose.
 DEV_CALLBACK_NETWORKS = "127.0.0.0/8,::1/128"
 #: A Fernet key for module settings and callback secrets, generated once per ``var/`` and kept (0600) there, so
