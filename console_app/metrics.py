@@ -13,6 +13,9 @@ latency histogram.
 - ``mailworker_send_latency_seconds``: histogram of enqueue -> accepted, over emails accepted in the last hour
 - ``mailworker_breaker_open`` / ``mailworker_breaker_state{state}`` / ``mailworker_rate_limit_paused_seconds``
 - ``mailworker_webhook_events{type}`` / ``mailworker_webhook_events_applied{type}``: events stored / applied
+- ``mailworker_spam_complaint_rate_7d`` / ``mailworker_spam_complaint_threshold``: recipients who complained in
+  the last 7 days over recipients accepted in them (see :mod:`worker.tracking.complaints`), and the line
+  (``COMPLAINT_RATE_THRESHOLD``, 0.3 % by default)
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from worker.infrastructure.models import (
     TrackingEvent,
     utcnow,
 )
+from worker.tracking.complaints import complaint_rate
 
 #: The transports every status is reported for (0 when none), plus "none" (not accepted by any).
 TRANSPORTS = ("smtp", "smtp2go")
@@ -129,6 +133,12 @@ class _Collector:
             applied.add_metric([event_type.value], int(n_applied))
         yield stored
         yield applied
+
+        complaints = complaint_rate(now=now)
+        yield GaugeMetricFamily("mailworker_spam_complaint_rate_7d", "Recipients who complained (spam) in the last "
+                                "7 days over recipients accepted for delivery in them.", value=complaints.rate)
+        yield GaugeMetricFamily("mailworker_spam_complaint_threshold", "The spam complaint line "
+                                "(COMPLAINT_RATE_THRESHOLD; Gmail and Yahoo: 0.3 %).", value=complaints.threshold)
 
         state = protection_state(self.protection)
         available = GaugeMetricFamily("mailworker_protection_state_available",

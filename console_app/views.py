@@ -31,6 +31,7 @@ from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import utcnow
 from worker.infrastructure.redaction import redact
 from worker.tracking import suppressions as suppression_store
+from worker.tracking.complaints import complaint_rate
 
 bp = Blueprint("console", __name__, template_folder="templates", static_folder="static",
                static_url_path="/static")
@@ -111,10 +112,11 @@ def overview() -> str:
         oldest = data.oldest_waiting(session, now)
         trend = charts.trend_data(session, now)
         latency = charts.latency_data(session, now)
+    complaints = complaint_rate(now=now)
     protection = data.protection_state(_hook("protection_state"))
     return render_template("overview.html", windows=[day, week], chart=chart, oldest=oldest, protection=protection,
                            settings=settings, health=_health(), trend=trend, trend_svg=charts.trend(trend),
-                           latency=latency, latency_svg=charts.latency(latency))
+                           latency=latency, latency_svg=charts.latency(latency), complaints=complaints)
 
 
 def _health() -> health.Health:

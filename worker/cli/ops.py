@@ -177,6 +177,11 @@ def _render_stats(s: dict[str, Any]) -> str:
     lines.append(f"fallbacks       {s['fallback_count']}")
     for rate in ("delivery_rate", "open_rate", "click_rate", "bounce_rate", "spam_rate"):
         lines.append(f"{rate:<16}{s[rate] * 100:.1f}%")
+    c = s.get("complaint_rate_7d")
+    if c:
+        over = "  OVER THE LINE" if c["over"] else ""
+        lines.append(f"complaints 7d   {c['rate'] * 100:.2f}% ({c['complaints']} of {c['delivered_base']} recipients "
+                     f"accepted in the last 7 days, whatever the window; line {c['threshold'] * 100:.2f}%){over}")
     return "\n".join(lines)
 
 
@@ -186,14 +191,17 @@ def _render_stats(s: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 def stats(since: str | None, until: str | None, as_json: bool) -> None:
-    """Totals by status and transport, fallbacks, and delivery/open/click/bounce/spam rates."""
+    """Totals by status and transport, fallbacks, and delivery/open/click/bounce/spam rates; and the spam
+    complaint rate of the last 7 days against the 0.3 % line (COMPLAINT_RATE_THRESHOLD)."""
+    from worker.tracking.complaints import complaint_rate
     from worker.tracking.stats import get_email_stats
 
     start, end = parse_when(since), parse_when(until)
     use_stack()
     data = get_email_stats(since=start, until=end)
     data = {"since": start.isoformat(timespec="seconds") if start else None,
-            "until": end.isoformat(timespec="seconds") if end else None, **data}
+            "until": end.isoformat(timespec="seconds") if end else None, **data,
+            "complaint_rate_7d": complaint_rate().as_dict()}
     emit(data, as_json, _render_stats)
 
 

@@ -192,6 +192,8 @@ class Settings:
     callback_timeout: float = 10.0
     callback_hook_timeout: float = 10.0
     callback_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: The spam complaint rate (7 days) at or above which the sweeper warns and the console turns red.
+    complaint_rate_threshold: float = 0.003
 
     def __repr__(self) -> str:
         return spec.masked_repr(self)

@@ -547,6 +547,12 @@ declare(
         "Seconds between sweeps (lost publishes, due `send_at`, expired leases, orphan events); beat's schedule "
         "and the sweeper's own arithmetic."), number(), 15.0, read_by=(*SETTINGS_READERS, "beat"),
         field="sweep_interval"),
+    Setting("COMPLAINT_RATE_THRESHOLD", "sending", (
+        "The spam complaint line, a fraction (`0.003` is 0.3 %; a number above 1 is read as a percentage): Gmail "
+        "and Yahoo hold bulk senders under 0.3 %. The rate is recipients who complained in the last 7 days over "
+        "recipients accepted for delivery in those 7 days; `/metrics`, the console overview and `mailworker stats` "
+        "show it against this line, and the sweeper logs one WARNING a day while it is at or above it."),
+        fraction, 0.003, read_by=SETTINGS_READERS, field="complaint_rate_threshold"),
     Setting("RECONCILE_INTERVAL", "sending", (
         "Seconds between reconciliation runs (SMTP2Go activity search; at most 20 requests a run)."),
         number(), 60.0, read_by=("beat",)),

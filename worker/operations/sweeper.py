@@ -23,6 +23,10 @@ that, so a sweep that dies half-way leaves the loss to be noticed again. Publish
 message is harmless (the claim is atomic); the very first sweep against a Redis (a new deployment, or the first
 after an upgrade) cannot tell "new" from "flushed", so it republishes the backlog once. Other brokers keep the
 ordinary path only.
+
+A sweep also watches the spam complaint rate of the last 7 days (:mod:`worker.tracking.complaints`): computed at
+most every 10 minutes per process, one WARNING a day across processes while it is at or above
+``COMPLAINT_RATE_THRESHOLD`` (marker ``<send queue>:complaint-warning``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import Message, MessageStatus, utcnow
 from worker.sending.publish import publish_send
+from worker.tracking.complaints import ComplaintWatch
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +187,24 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
             log.info("sweep: cannot write the broker epoch marker: %s", type(err).__name__)
     if epoch is not None:
         _heartbeat(epoch, now, settings.sweep_interval)
+    _watch_complaints(epoch)
     return report
+
+
+#: This process's spam complaint check (computed at most every 10 minutes, one WARNING a day across processes).
+_COMPLAINTS = ComplaintWatch()
+
+
+def _watch_complaints(epoch: BrokerEpoch | None) -> None:
+    """Warn (once a day) when the 7-day spam complaint rate reaches ``COMPLAINT_RATE_THRESHOLD``; the marker
+    ``<send queue>:complaint-warning`` sits next to the epoch marker."""
+    try:
+        if epoch is None:
+            _COMPLAINTS.check()
+        else:
+            _COMPLAINTS.check(epoch.client, epoch.key.removesuffix(":broker-epoch"))
+    except Exception as err:  # noqa: BLE001 - the sweep's own work is done; the next check is in 10 minutes
+        log.info("sweep: cannot check the spam complaint rate: %s", type(err).__name__)
 
 
 def heartbeat_key(send_queue: str) -> str:

@@ -307,10 +307,13 @@ def test_status_times_never_read_backwards_and_show_subject_and_sender() -> None
 
 def test_stats_says_its_window(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from worker.cli import ops
+    from worker.tracking.complaints import ComplaintRate
 
     monkeypatch.setattr("worker.tracking.stats.get_email_stats", lambda since=None, until=None: {
         "total": 0, "by_status": {}, "by_transport": {}, "fallback_count": 0, "delivery_rate": 0.0,
         "open_rate": 0.0, "click_rate": 0.0, "bounce_rate": 0.0, "spam_rate": 0.0})
+    monkeypatch.setattr("worker.tracking.complaints.complaint_rate",
+                        lambda: ComplaintRate(0, 0, 0.0, 0.003, over=False))
     monkeypatch.setenv("MAILWORKER_QUIET", "1")
     out = CliRunner().invoke(ops.stats, []).stdout
     assert out.startswith("window          all mail ever queued")
