@@ -11,14 +11,14 @@ anything else stays a 415), and multipart forms are read like urlencoded ones. O
 multipart type makes a body that fails to parse a 400: without a declaration we cannot call it malformed.
 
 This module is HTTP only (content types, charsets, form and multipart encodings). What SMTP2Go's fields mean --
-which are lists by nature, what makes an item an event -- is :mod:`worker.tracking.smtp2go`'s.
+which are lists by nature, what makes an item an event -- is the provider's webhook module's.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -27,7 +27,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import parse_options_header
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 
-from worker.tracking.smtp2go import FORM_LIST_FIELDS, is_event
+from worker.providers.smtp2go.webhooks import FORM_LIST_FIELDS, is_event
 
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -216,11 +216,9 @@ def parse_body(mimetype: str, params: Mapping[str, str], body: bytes, *, max_byt
         raise UnsupportedContentType(f"{mimetype or 'missing'} body that is not JSON") from err
 
 
-def split_events(items: list[Any]) -> tuple[list[dict[str, Any]], int]:
-    """Keep the items that look like events; count the rest as ignored.
-
-    An item is an event when :func:`worker.tracking.smtp2go.is_event` says so; anything else cannot be linked or
-    classified, so it is acknowledged (SMTP2Go must not retry it forever) but not processed.
-    """
-    events = [item for item in items if is_event(item)]
+def split_events(items: list[Any], accept: Callable[[Any], bool] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Keep the items that look like events (``accept``: the provider's test, SMTP2Go's by default); count the
+    rest as ignored: they cannot be linked or classified, so they are acknowledged (the provider must not retry
+    them forever) but not processed."""
+    events = [item for item in items if (accept or is_event)(item)]
     return events, len(items) - len(events)

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from webhook_app.auth import SecretStore, authenticate, check_authorization, signature_header
+from webhook_app.auth import SecretStore, _prepare, authenticate, check_authorization, signature_header
 from webhook_app.parsing import (
     BodyTooLarge,
     MalformedBody,
@@ -33,7 +33,7 @@ bp = Blueprint("smtp2go_webhooks", __name__)
 EXTENSION = "mailworker_webhooks"
 _READ_CHUNK = 64 * 1024
 
-Publisher = Callable[[dict[str, Any]], None]
+Publisher = Callable[..., None]
 
 
 @dataclass
@@ -124,10 +124,20 @@ def healthz() -> Response:
     return json_response({"status": "ok"}, 200)
 
 
-@bp.post("/api/webhooks/smtp2go/events")
-def receive_events() -> Response:
+@bp.post("/api/webhooks/<provider>/events")
+def receive_events(provider: str) -> Response:
+    """One provider's event delivery: its authentication and event shape come from the provider's webhook
+    handler (SMTP2Go's secrets are refreshed from the module row; other providers' come from their settings)."""
     state = _state()
     state.secrets.start()  # no-op unless this process (e.g. a forked gunicorn worker) has no refresher yet
+    handler = None
+    if provider != "smtp2go":
+        from worker.infrastructure.config import load_receiver_settings
+        from worker.providers import webhook_handler
+
+        handler = webhook_handler(provider)
+        if handler is None:
+            return _answer(404, {"error": "unknown provider"})
 
     cap = state.max_body_bytes
     length = request.content_length
@@ -136,7 +146,7 @@ def receive_events() -> Response:
     # Bearer and Basic prove themselves without the body: a request that offers neither a valid one nor a
     # signature (which does need the body) is refused before a byte of its body is read, so a flood of
     # unauthenticated posts costs a header parse each.
-    secrets = state.secrets.current()
+    secrets = state.secrets.current() if handler is None else _prepare(handler.secrets(load_receiver_settings()))
     authorization = request.headers.get("Authorization")
     signature = signature_header(request.headers)
     method = check_authorization(authorization, secrets) if authorization and secrets else None
@@ -163,14 +173,17 @@ def receive_events() -> Response:
     except MalformedBody:
         return _answer(400, {"error": "malformed body"}, auth=method, size=len(body))
 
-    events, ignored = split_events(items)
+    events, ignored = split_events(items, None if handler is None else handler.is_event)
     if len(events) > state.max_batch_events:
         return _answer(413, {"error": "too many events"}, auth=method, received=len(items), size=len(body))
 
     queued = 0
     try:
         for event in events:
-            state.publisher(event)
+            if handler is None:
+                state.publisher(event)
+            else:
+                state.publisher(event, provider=provider)
             queued += 1
     except Exception as err:  # noqa: BLE001 - any broker failure means "retry later" to SMTP2Go
         log.warning("publishing webhook events failed after %d of %d: %s", queued, len(events),

@@ -97,17 +97,16 @@ def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
             # Same task id; a duplicate delivery is harmless because deliver() claims atomically.
             raise self.retry(countdown=outcome.delay, exc=None)
         # Longer waits are left to the sweeper, never to a broker countdown.
-    return {"tracking_id": tracking_id, "outcome": outcome.kind,
-            "transport": outcome.transport.value if outcome.transport else None}
+    return {"tracking_id": tracking_id, "outcome": outcome.kind, "provider": outcome.provider}
 
 
 @app.task(name="mailworker.process_event", bind=True, acks_late=True, max_retries=None)
-def process_event(self: Task, event: dict[str, Any]) -> dict[str, Any]:
-    """Apply one SMTP2Go webhook event (idempotent: duplicates change nothing)."""
+def process_event(self: Task, event: dict[str, Any], provider: str = "smtp2go") -> dict[str, Any]:
+    """Apply one provider webhook event (idempotent: duplicates change nothing)."""
     from worker.tracking.events import process_event as apply_event
 
     try:
-        result = apply_event(event)
+        result = apply_event(event, provider)
     except _DB_ERRORS as err:
         event_id = event.get("id") if isinstance(event, dict) else None
         failure = _retry_later(self, err, f"event={event_id or '-'}", EVENT_DB_RETRIES)

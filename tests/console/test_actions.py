@@ -62,8 +62,8 @@ def test_a_token_signed_with_another_key_is_refused(console_factory: object, mon
 
 
 def test_retry_a_failed_message(console: Console) -> None:
-    tid = make_message(MessageStatus.FAILED, failed_at=utcnow(), last_error="550 relay refused", api_attempts=6,
-                       smtp_attempts=3, attempts=9, api_abandoned=True)
+    tid = make_message(MessageStatus.FAILED, failed_at=utcnow(), last_error="550 relay refused",
+                       attempts=9, api_abandoned=True)
     path = f"/messages/{tid}/retry"
     confirm = console.get(path).text
     assert "status: failed -&gt; queued" in confirm and "alice@example.com" in confirm  # what it will change
@@ -75,7 +75,7 @@ def test_retry_a_failed_message(console: Console) -> None:
     done = console.post(path, {"reason": "relay fixed, ticket 123", "csrf_token": token})
     assert done.status_code == 303
     m = _message(tid)
-    assert m.status == MessageStatus.QUEUED and m.api_attempts == 0 and m.failed_at is None
+    assert m.status == MessageStatus.QUEUED and m.attempts == 0 and m.failed_at is None
     assert "retried from the console by operator: relay fixed, ticket 123" in (m.last_error or "")
     with session_scope() as session:
         statuses = [r.status for r in session.get(Message, tid).recipients]  # type: ignore[union-attr]

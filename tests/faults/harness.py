@@ -273,7 +273,7 @@ def send_totals(ids: list[str], fake_api: Any, sink: Any = None) -> SendTotals:
         via_smtp=sum(1 for m in sent if m.transport == Transport.SMTP),
         duplicates=len(dupes),
         lost=len(ids) - len(sent),
-        failed_over=sum(1 for m in by_id.values() if m.api_abandoned),
+        failed_over=sum(1 for m in by_id.values() if m.fallback_reason is not None),
         not_sent={k: v for k, v in statuses.items() if k != "sent"},
         duplicate_ids=dict(list(dupes.items())[:10]),
     )

@@ -31,7 +31,7 @@ def _message(address: str) -> str:
         row = Message(id=str(uuid.uuid4()), status=MessageStatus.SENT, transport=Transport.SMTP2GO,
                       sender="support@example.org", subject="order", text_body="x", smtp2go_message_id=email_id,
                       queued_at=T0 - timedelta(minutes=1), sent_at=T0 - timedelta(minutes=1), attempts=1,
-                      api_attempts=1, smtp_attempts=0, crashes=0, api_abandoned=False, size_bytes=1)
+                      crashes=0, size_bytes=1)
         row.recipients.append(Recipient(address=address, kind=RecipientKind.TO, status=RecipientStatus.SENT,
                                         open_count=0, click_count=0))
         session.add(row)

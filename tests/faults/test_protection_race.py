@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from worker.infrastructure.config import get_settings
-from worker.sending import protection
+from worker.providers import breaker as protection
 
 pytestmark = pytest.mark.faults
 

@@ -20,7 +20,7 @@ import pytest
 from tests.faults.harness import Driver, WorkerProcess, all_sent, enqueue_many, report, rows, send_totals
 from worker.devtools.fake_smtp2go import Scripted
 from worker.infrastructure.models import Transport
-from worker.sending import protection
+from worker.providers import breaker as protection
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -128,7 +128,7 @@ def test_429_pauses_every_worker_then_sends_via_api(fake_api: Any, smtp_sink: An
     report("smtp2go_429", enqueued=len(ids), sent_via_api=totals.via_api, sent_via_smtp=totals.via_smtp,
            duplicates=totals.duplicates, lost=totals.lost, failed_over=totals.failed_over, responses_429=n429,
            api_requests_during_pause=len(in_pause), reset_seconds=reset, shortest_wait=waited, longest_wait=longest,
-           max_api_attempts=max(m.api_attempts for m in by_id.values()))
+           max_attempts=max(m.attempts for m in by_id.values()))
     assert totals.lost == 0, totals.not_sent
     assert totals.duplicates == 0, totals.duplicate_ids
     assert totals.via_api == len(ids) and totals.via_smtp == 0 and totals.failed_over == 0

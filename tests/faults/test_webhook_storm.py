@@ -150,7 +150,7 @@ def store_messages(messages: list[dict[str, Any]], copy: str) -> dict[str, int]:
                 sender="Support <support@example.org>", subject=f"storm {msg['n']}", text_body="x",
                 smtp2go_message_id=f"{copy}-{msg['email_id']}",
                 message_id_header=f"<storm{copy}{msg['n']}@example.org>", queued_at=sent_at, sent_at=sent_at,
-                attempts=1, api_attempts=1, smtp_attempts=0, crashes=0, api_abandoned=False, size_bytes=1,
+                attempts=1, crashes=0, size_bytes=1,
             )
             for local in msg["locals"]:
                 row.recipients.append(Recipient(address=f"{local}@{DOMAIN[copy]}", kind=RecipientKind.TO,

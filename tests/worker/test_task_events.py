@@ -71,7 +71,8 @@ def test_no_task_events_until_enabled_then_progress_is_reported(monitored_worker
         types = log.types(watched)
         assert {"task-received", "task-started", "task-progress", "task-succeeded"} <= set(types)
         progress = [e for e in log.events if e.get("uuid") == watched and e["type"] == "task-progress"]
-        assert progress[0]["state"] == "API_ATTEMPT" and progress[0]["attempt"] == 1
+        assert progress[0]["state"] == "ATTEMPT" and progress[0]["attempt"] == 1
+        assert progress[0]["provider"] == "smtp2go"
         assert "bob@example.com" not in repr(progress)  # counters only, never addresses
     finally:
         celery_app.control.disable_events()

@@ -38,6 +38,7 @@ from worker.errors import InvalidEmail
 from worker.infrastructure.config import get_settings
 from worker.infrastructure.db import get_engine, session_scope
 from worker.infrastructure.models import (
+    AttemptOutcome,
     Message,
     MessageStatus,
     RecipientKind,
@@ -142,8 +143,7 @@ def enqueue_email(
         "template_data": template_data, "reference": reference, "idempotency_key": idempotency_key,
         "message_id_header": make_msgid(idstring=tracking_id.replace("-", ""), domain=domain),
         "size_bytes": size, "queued_at": now, "send_at": when, "expires_at": expiry, "next_attempt_at": when,
-        "attempts": 0,
-        "api_attempts": 0, "smtp_attempts": 0, "crashes": 0, "api_abandoned": False, "updated_at": now,
+        "attempts": 0, "crashes": 0, "updated_at": now,
         # Recorded before the publish: a worker may claim the row before this function returns. Left NULL in
         # the caller's transaction: if its commit or the publish after it goes wrong, the sweeper's grace covers it.
         "published_at": now if publish_now and caller is None else None,
@@ -343,23 +343,29 @@ def get_email_status(tracking_id: str) -> dict[str, Any] | None:
         message = session.scalar(
             select(Message)
             .where(Message.id == tracking_id)
-            .options(selectinload(Message.recipients), selectinload(Message.events))
+            .options(selectinload(Message.recipients), selectinload(Message.events),
+                     selectinload(Message.send_attempts))
         )
         if message is None:
             return None
         return {
             "id": message.id,
             "status": message.status.value,
-            "transport": message.transport.value if message.transport else None,
+            "transport": message.transport,
             "smtp2go_message_id": message.smtp2go_message_id,
             "message_id_header": message.message_id_header,
-            "attempts": message.attempts,
-            "api_attempts": message.api_attempts,
-            "smtp_attempts": message.smtp_attempts,
+            "provider": message.provider,
+            "provider_message_id": next((a.provider_message_id for a in reversed(message.send_attempts)
+                                         if a.outcome == AttemptOutcome.ACCEPTED), message.smtp2go_message_id),
+            "attempts": [{"provider": a.provider, "outcome": a.outcome.value, "at": _iso(a.started_at),
+                          "finished_at": _iso(a.finished_at), "error": a.error,
+                          "provider_message_id": a.provider_message_id, "latency_ms": a.latency_ms}
+                         for a in message.send_attempts],
+            "attempt_count": message.attempts,
             "last_error": message.last_error,
             "fallback_reason": message.fallback_reason,
-            "ambiguous": message.ambiguous_since is not None,
-            "held": message.held_since is not None,
+            "ambiguous": message.status == MessageStatus.PARKED,
+            "held": message.status == MessageStatus.HELD,
             "reference": message.reference,
             "sender": message.sender,
             "subject": message.subject,

@@ -76,6 +76,8 @@ class MessageStatus(enum.StrEnum):
     QUEUED = "queued"
     SENDING = "sending"
     RETRYING = "retrying"
+    PARKED = "parked"  # a provider may have accepted the last attempt: reconciliation settles it
+    HELD = "held"  # an operator problem (revoked key, no usable provider) stops it; sent once fixed
     SENT = "sent"
     DELIVERED = "delivered"
     BOUNCED = "bounced"
@@ -88,7 +90,8 @@ class MessageStatus(enum.StrEnum):
 
 
 #: States in which the send path still owns the message.
-PENDING_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.RETRYING)
+PENDING_STATUSES = (MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.RETRYING, MessageStatus.PARKED,
+                    MessageStatus.HELD)
 #: States reached once a transport accepted the message; events move it among these.
 ACCEPTED_STATUSES = (
     MessageStatus.SENT,
@@ -121,8 +124,20 @@ class RecipientKind(enum.StrEnum):
 
 
 class Transport(enum.StrEnum):
+    """The kinds of the built-in providers, as ``messages.transport`` (a plain string: any registered kind) and
+    ``get_email_status``'s ``transport`` name them."""
+
     SMTP2GO = "smtp2go"
     SMTP = "smtp"
+
+
+class AttemptOutcome(enum.StrEnum):
+    IN_FLIGHT = "in_flight"  # handed to the provider, no answer recorded yet
+    ACCEPTED = "accepted"
+    NOT_SENT = "not_sent"
+    REFUSED = "refused"  # every recipient refused
+    UNKNOWN = "unknown"
+    HELD = "held"
 
 
 class EventType(enum.StrEnum):
@@ -160,7 +175,10 @@ class Message(Base):
 
     id: Mapped[str] = mapped_column(ExactString(36), primary_key=True)
     status: Mapped[MessageStatus] = mapped_column(_enum(MessageStatus, "message_status"), index=True)
-    transport: Mapped[Transport | None] = mapped_column(_enum(Transport, "transport"))
+    #: The kind of provider that accepted it (``smtp2go``, ``smtp``); ``provider`` is its full name
+    #: (``smtp2go:eu``), else the one last tried.
+    transport: Mapped[str | None] = mapped_column(String(16))
+    provider: Mapped[str | None] = mapped_column(String(64))
     sender: Mapped[str] = mapped_column(String(998))
     reply_to: Mapped[str | None] = mapped_column(String(998))
     subject: Mapped[str | None] = mapped_column(Text)
@@ -176,12 +194,9 @@ class Message(Base):
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    api_attempts: Mapped[int] = mapped_column(Integer, default=0)
-    smtp_attempts: Mapped[int] = mapped_column(Integer, default=0)
     crashes: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     fallback_reason: Mapped[str | None] = mapped_column(Text)
-    api_abandoned: Mapped[bool] = mapped_column(Boolean, default=False)
 
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     send_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -191,7 +206,6 @@ class Message(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(191))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    inflight_transport: Mapped[Transport | None] = mapped_column(_enum(Transport, "inflight_transport"))
     inflight_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     ambiguous_since: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     #: Set while an operator problem (revoked key, missing encryption key, no transport) holds the message.
@@ -216,6 +230,9 @@ class Message(Base):
     events: Mapped[list[TrackingEvent]] = relationship(
         back_populates="message", order_by="TrackingEvent.occurred_at"
     )
+    send_attempts: Mapped[list[Attempt]] = relationship(
+        back_populates="message", cascade="all, delete-orphan", order_by="Attempt.id"
+    )
 
     __table_args__ = (
         Index("ix_messages_status_next_attempt", "status", "next_attempt_at"),
@@ -223,6 +240,27 @@ class Message(Base):
         Index("ix_messages_status_sent_at", "status", "sent_at"),
         {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
     )
+
+
+class Attempt(Base):
+    """One hand-over of a message to a provider (or a provider's refusal to take it): who, when, what came back."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(
+        ExactString(36), ForeignKey("messages.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[AttemptOutcome] = mapped_column(_enum(AttemptOutcome, "attempt_outcome"))
+    provider_message_id: Mapped[str | None] = mapped_column(ExactString(255))
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+
+    message: Mapped[Message] = relationship(back_populates="send_attempts")
+
+    __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},)
 
 
 class Recipient(Base):

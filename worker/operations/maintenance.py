@@ -75,9 +75,9 @@ def requeue(ids: list[str] | None = None, *, failed: bool = False, stuck: bool =
         if stuck:
             conditions.append(_stuck_filter(now, stuck_after))
         if held:
-            conditions.append((Message.status == MessageStatus.RETRYING) & Message.held_since.is_not(None))
+            conditions.append(Message.status == MessageStatus.HELD)
         if include_ambiguous:
-            conditions.append((Message.status == MessageStatus.RETRYING) & Message.ambiguous_since.is_not(None))
+            conditions.append(Message.status == MessageStatus.PARKED)
         if not conditions:
             raise ValueError("give tracking ids, --failed, --stuck or --held")
         stmt = stmt.where(or_(*conditions))

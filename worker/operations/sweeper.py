@@ -46,7 +46,7 @@ from worker.tracking.complaints import ComplaintWatch
 
 log = logging.getLogger(__name__)
 
-_PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING)
+_PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.HELD)
 
 
 @dataclass

@@ -1,41 +1,40 @@
-"""The transport interface: one email in, one outcome out.
+"""The one vocabulary between the core and a provider: the email, the outcomes, the transport, the reconciler
+and the normalised event.
 
-A transport is an object with a ``kind`` (:class:`~worker.infrastructure.models.Transport`) and a keyword-only
-``send(*, email, departing=None) -> Outcome``. It is built once from settings with its credentials, so the delivery
-core never handles keys or passwords. The outcome is one of three plain values:
+A transport is built for one attempt with its credentials (the core never handles keys or passwords); its
+``send(email, departing=None)`` returns one outcome and raises nothing:
 
 - :class:`Accepted` -- the provider took the message (for at least one recipient): its id, plus the recipients
   it refused for good (``refused``) or asked us to try again later (``deferred``);
-- :class:`NotSent` -- nothing was sent: ``retryable`` says whether the same transport may take it later
-  (``retry_after`` when the provider said when), ``refused``/``deferred`` name per-recipient refusals when
-  the provider refused every recipient; ``unbuildable`` when the message could not even be built into a
-  request (before ``departing``): the message itself is at fault, so it fails;
-- :class:`Unknown` -- the request may have been acted on (a timeout after it left): never resend blindly.
+- :class:`NotSent` -- nothing was sent: ``retryable`` says whether the same provider may take it later
+  (``retry_after`` when it said when); ``refused``/``deferred`` name per-recipient refusals when every recipient
+  was refused; ``unbuildable`` when the message could not even be built into a request (before ``departing``):
+  the message itself is at fault, so it fails; ``declined`` when the provider was not tried at all (its breaker
+  is open): another provider may send this attempt;
+- :class:`Unknown` -- the request may have been acted on (a timeout after it left): never resend blindly;
+- :class:`Held` -- an operator problem (a refused key, an untrusted certificate, a bad URL): says nothing about
+  the message, which waits (never fails) until it is fixed.
 
-Operator problems (a refused API key, an untrusted relay certificate) are not outcomes: they raise
-:class:`~worker.errors.ConfigurationError` (:class:`~worker.errors.CredentialsRejected`), because they say
-nothing about the message and must hold it, never fail it.
-
-``departing`` is called exactly once, just before the message can leave (the delivery core records the
-attempt as in flight there). A transport builds the whole request (MIME message, JSON body) *before* calling it,
-so a build error is never mistaken for a send that may have happened. A transport that answers without sending
-anything -- a wrapper whose breaker is open, a rate limit, a message that cannot be built -- returns
-:class:`NotSent` without calling it, and the attempt is not counted.
+``departing`` is called exactly once, just before the message can leave (the core records the attempt as in
+flight there). A transport builds the whole request *before* calling it, so a build error is never mistaken for
+a send that may have happened; an answer given without sending anything calls it not at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.errors import (
     AmbiguousDeliveryError,
+    ConfigurationError,
     DeliveryError,
     RecipientsRefused,
     RetryableDeliveryError,
 )
-from worker.infrastructure.models import RecipientStatus, Transport
+from worker.infrastructure.models import EventType, RecipientStatus
 
 if TYPE_CHECKING:
     from worker.sending.jobs import SendJob
@@ -124,9 +123,9 @@ class NotSent:
     ``retryable``: the same transport may take it later (after ``retry_after`` seconds when the provider said).
     ``refused``/``deferred``: the provider refused every recipient, these for good and those for now.
     ``rate_limited``: the provider asked every sender to slow down (HTTP 429).
-    ``relay_may_take``: the transport declined before trying (its breaker is open), not because of this
-    message: another transport may send this attempt while the message keeps this one.
-    ``problem``: why it declined, when an operator must fix it (a refused key behind an open breaker).
+    ``declined``: the provider was not tried (its breaker is open), not because of this message: the next
+    provider may send this attempt. ``problem``: why, when an operator must fix it (a refused key behind an open
+    breaker).
     ``unbuildable``: the message could not be built into a request, before anything left (see
     :func:`unbuildable`); sending it again cannot help.
     """
@@ -137,7 +136,7 @@ class NotSent:
     refused: dict[str, str] = field(default_factory=dict)
     deferred: dict[str, str] = field(default_factory=dict)
     rate_limited: bool = False
-    relay_may_take: bool = False
+    declined: bool = False
     problem: str | None = None
     unbuildable: bool = False
 
@@ -149,16 +148,130 @@ class Unknown:
     reason: str
 
 
-Outcome = Accepted | NotSent | Unknown
+@dataclass(frozen=True)
+class Held:
+    """An operator problem stopped the attempt (a refused key, a missing setting): the message waits for it."""
+
+    problem: str
 
 
-class MailTransport(Protocol):
-    """What the delivery core sends through (see the module docstring)."""
+Outcome = Accepted | NotSent | Unknown | Held
+
+
+class Transport(Protocol):
+    """What the core sends through: one provider's transport for one attempt (see the module docstring)."""
+
+    def send(self, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome: ...
+
+
+def held(err: ConfigurationError) -> Held:
+    return Held(str(err))
+
+
+# ------------------------------------------------------------------------------------------ reconciliation
+
+
+@dataclass(frozen=True)
+class ParkedSend:
+    """A send whose outcome is unknown, as a reconciler sees it."""
+
+    tracking_id: str
+    provider: str
+    parked_since: datetime
+    earliest_send: datetime  # it cannot have been handed over before this (queued_at, or send_at)
+    sent_to: list[str] = field(default_factory=list)  # recipients handed to the provider, in order
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a reconciler found: ``accepted`` (with the provider's id), ``not_sent`` (send it again: ``note``
+    says why that is safe) or ``wait`` (undecided for now; ``unusable`` when the provider cannot be asked)."""
+
+    kind: str
+    note: str = ""
+    provider_message_id: str | None = None
+    unusable: bool = False
+
+
+class Reconciler(Protocol):
+    """Settles parked sends through one provider within one reconciliation run."""
+
+    def settle(self, parked: ParkedSend) -> Verdict: ...
+
+    def fill_missing_events(self, record: Callable[[NormalizedEvent], bool]) -> int:
+        """Pass events the provider's webhooks missed to ``record`` (True: new); how many were new."""
+        ...
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+@dataclass(frozen=True)
+class NormalizedEvent:
+    """One provider event in our terms, built by the provider's normaliser.
+
+    ``raw`` is the provider's body as it is stored with the event; it takes no part in comparisons.
+    """
+
+    provider_event_id: str
+    event_type: EventType
+    raw_event: str
+    occurred_at: datetime
+    email_id: str | None = None  # the provider's message id
+    tracking_ref: str | None = None
+    recipient: str | None = None
+    recipients: tuple[str, ...] = ()
+    bounce_type: str | None = None
+    message: str | None = None
+    reason: str | None = None
+    context: str | None = None
+    host: str | None = None
+    user_agent: str | None = None
+    url: str | None = None
+    message_id_header: str | None = None
+    time_source: str = "time"  # time | sendtime | received
+    provider: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def kind(self) -> Transport: ...
+    def detail(self) -> str | None:
+        """The provider's explanation in one line: ``message; reason (context; host)``."""
+        text = "; ".join(dict.fromkeys(p for p in (self.message, self.reason) if p))
+        extra = "; ".join(p for p in (self.context, self.host) if p)
+        if text and extra:
+            return f"{text} ({extra})"
+        return text or extra or None
 
-    def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome: ...
+
+@dataclass(frozen=True)
+class WebhookHandler:
+    """A provider's webhook side: ``secrets(settings)`` the shared secrets its deliveries authenticate with;
+    ``is_event(item)`` whether a decoded body item is one of its events; ``list_fields`` the form fields that
+    are lists by nature; ``normalise(raw)`` one stored event body -> :class:`NormalizedEvent` (never raises)."""
+
+    secrets: Callable[[Any], Iterable[str]]
+    is_event: Callable[[Any], bool]
+    normalise: Callable[[Mapping[str, Any]], NormalizedEvent]
+    list_fields: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    """One kind of provider.
+
+    ``transport(name, variant, conn, settings)`` returns the transport for this attempt, a :class:`Held`
+    operator problem (the provider is switched on but cannot be used: a missing key, a bad URL), or None when
+    it is not configured at all (the chain skips it). ``reconciler(name, variant, conn, settings)`` returns
+    what settles an ambiguous send through this provider (None: the provider cannot be asked; such sends stay
+    parked). ``webhooks`` authenticates and normalises the provider's event deliveries (None: it sends none).
+    """
+
+    kind: str
+    transport: Callable[[str, str, Any, Any], Transport | Held | None]
+    reconciler: Callable[..., Reconciler | None] = lambda *_, **__: None
+    webhooks: WebhookHandler | None = None
+    #: What one attempt may cost this provider at worst, in seconds (the send lease must outlive it).
+    worst_case_seconds: Callable[[Any], float] = field(default=lambda _: 60.0)
 
 
 def unbuildable(provider: str, err: Exception) -> NotSent:

@@ -1,24 +1,10 @@
-"""The send service: one delivery attempt, deciding what each transport outcome means for the message.
+"""The send service: one delivery attempt through the provider chain.
 
-The Celery task (``worker.tasks.send_email``) is a thin wrapper around :func:`deliver`. One attempt is: choose
-the transport, send through it (the transport marks the attempt in flight just before the message can leave,
-through ``departing``), then one transition of :mod:`worker.sending.lifecycle` per outcome
-(:mod:`worker.sending.transports.base`):
-
-- :class:`Accepted` -> ``record_accepted`` (a relay's per-recipient 4xx stay queued and are retried alone);
-- :class:`NotSent`, retryable -> ``retry_later`` with backoff until the transport's budget is used up, then the
-  next transport (SMTP2Go -> relay) or ``fail``; permanent -> the next transport or ``fail``; ``unbuildable``
-  (the request could not be built, before anything left) -> ``fail`` at once: the message itself is at fault,
-  nothing departed, so nothing is parked, retried or handed to another transport. A transport that
-  declined before anything left (SMTP2Go's breaker open, a rate-limit pause) spent no attempt: the relay sends
-  this attempt when the outcome allows it (``relay_this_attempt``; the message keeps SMTP2Go), else the message
-  waits as long as the transport said (``retry_later``, or ``hold`` when an operator problem opened the breaker);
-- :class:`Unknown` -> ``park_unknown``: never resent blindly, reconciliation settles it;
-- an operator problem (revoked key, missing encryption key, no usable transport) raises
-  :class:`ConfigurationError` -> ``hold``: the message waits, never fails, and is sent once the problem is
-  fixed; the attempt that met it is refunded. A refused SMTP2Go key lets the relay send this attempt when there
-  is one. SMTP2Go sends go through :class:`~worker.sending.protection.ProtectedTransport`, so a refused key also
-  opens the shared breaker and one trial request per cool-down (not every message) meets the bad key.
+The Celery task (``worker.tasks.send_email``) wraps :func:`deliver`. One attempt is: claim the lease, drop
+suppressed recipients, pick the first provider of ``MAIL_PROVIDERS`` that is configured and still has budget for
+this message, send through its transport (behind its breaker; the attempt is recorded in flight just before the
+message can leave), then apply what :func:`worker.sending.policy.decide` makes of the outcome with one transition
+of :mod:`worker.sending.lifecycle`. ``NEXT`` hands the same attempt to the following provider.
 """
 
 from __future__ import annotations
@@ -34,24 +20,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
-from sqlalchemy.orm import Session
 
-from worker.errors import ConfigurationError
+from worker import providers
 from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import get_engine
-from worker.infrastructure.models import Transport, utcnow
-from worker.infrastructure.modules import Smtp2GoConfig, smtp2go_config
+from worker.infrastructure.models import AttemptOutcome, utcnow
+from worker.providers.base import Accepted, Held, NotSent, Outcome, OutgoingEmail, Transport, Unknown
+from worker.providers.breaker import Breaker
 from worker.sending import lifecycle
 from worker.sending.jobs import SendJob, load_job
 from worker.sending.lifecycle import ClaimKind, Lease, LeaseLost
-from worker.sending.protection import ProtectedTransport
-from worker.sending.transports import Accepted, MailTransport, NotSent, OutgoingEmail, Unknown, choose_transport
-from worker.sending.transports.smtp import SmtpTransport
-from worker.sending.transports.smtp2go import Smtp2GoTransport
+from worker.sending.policy import Policy, Step, Transition, backoff_delay, decide
 
 log = logging.getLogger(__name__)
 
-#: Set by the Celery task to report steps (``api_attempt``, ``smtp_attempt``) to Flower while a send runs.
+#: Set by the Celery task to report steps (``attempt``) to Flower while a send runs.
 progress_hook: ContextVar[Callable[[str, dict[str, object]], None] | None] = ContextVar("progress_hook",
                                                                                         default=None)
 
@@ -60,54 +43,35 @@ class OutcomeKind(enum.StrEnum):
     SENT = "sent"
     RETRY = "retry"  # nothing sent; due again after ``delay``
     HELD = "held"  # an operator problem; due again after ``delay``
-    PARKED = "ambiguous"  # outcome unknown; reconciliation decides
+    PARKED = "ambiguous"  # outcome unknown (the message is parked); reconciliation decides
     FAILED = "failed"
     SUPPRESSED = "suppressed"
     SKIPPED = "skipped"  # not ours: not due, already done, leased elsewhere, or the lease was lost
 
 
 @dataclass(frozen=True)
-class Outcome:
+class AttemptResult:
     """What one delivery attempt decided; the task turns it into ack / retry."""
 
     kind: OutcomeKind
     detail: str = ""
     delay: float | None = None  # seconds until the next attempt (RETRY, HELD)
-    transport: Transport | None = None
+    provider: str | None = None
+
+    @property
+    def transport(self) -> str | None:
+        """The kind of provider (``smtp2go`` for ``smtp2go:eu``)."""
+        return providers.kind_of(self.provider) if self.provider else None
 
 
-def backoff_delay(attempt: int, settings: Settings, retry_after: float | None = None) -> float:
-    """Exponential backoff with jitter; a provider's ``Retry-After``/``X-Ratelimit-Reset`` wins when given."""
-    cap = settings.send_retry_backoff_max
-    if retry_after is not None:
-        return min(cap, max(retry_after, 0.5)) + random.uniform(0, 0.25)
-    base = min(cap, settings.send_retry_backoff * (2 ** max(0, attempt - 1)))
-    return random.uniform(base / 2, base)
+def policy_for(name: str, settings: Settings) -> Policy:
+    """A provider's retry budget and backoff: the relay's own budget, ``SEND_MAX_RETRIES`` for the others."""
+    retries = settings.smtp_max_retries if providers.kind_of(name) == "smtp" else settings.send_max_retries
+    return Policy(retries=retries, backoff=settings.send_retry_backoff, backoff_max=settings.send_retry_backoff_max,
+                  hold_for=max(1.0, settings.smtp2go_breaker_cooldown))
 
 
-def _at(delay: float) -> datetime:
-    return utcnow() + timedelta(seconds=delay)
-
-
-#: (read at, for which settings, config): one slot, since a process has one settings object at a time.
-_config_cache: tuple[float, Settings, Smtp2GoConfig] | None = None
-
-
-def current_smtp2go_config(conn: Connection, settings: Settings) -> Smtp2GoConfig:
-    """The SMTP2Go module settings, read from the database at most every ``MODULE_CACHE_SECONDS`` (a module
-    switched on or off with the CLI takes effect within that time; 0 turns the cache off)."""
-    global _config_cache
-    now = time.monotonic()
-    hit = _config_cache
-    if hit is not None and hit[1] is settings and now - hit[0] < settings.module_cache_seconds:
-        return hit[2]
-    with Session(bind=conn) as session:  # joins the delivery's transaction
-        config = smtp2go_config(session, settings)
-    _config_cache = (now, settings, config)  # one atomic assignment: threads may race, never tear
-    return config
-
-
-def deliver(tracking_id: str, *, owner: str, settings: Settings | None = None) -> Outcome:
+def deliver(tracking_id: str, *, owner: str, settings: Settings | None = None) -> AttemptResult:
     """Run one delivery attempt for ``tracking_id`` on one database connection."""
     settings = settings or get_settings()
     with get_engine().connect() as conn:
@@ -115,173 +79,140 @@ def deliver(tracking_id: str, *, owner: str, settings: Settings | None = None) -
             outcome = _deliver(conn, tracking_id, owner, settings)
         except LeaseLost as err:
             log.error("attempt abandoned, %s; its outcome is left to the new owner and reconciliation", err)
-            return Outcome(OutcomeKind.SKIPPED, str(err))
+            return AttemptResult(OutcomeKind.SKIPPED, str(err))
         conn.commit()
         return outcome
 
 
-def _deliver(conn: Connection, tracking_id: str, owner: str, settings: Settings) -> Outcome:
+def _deliver(conn: Connection, tracking_id: str, owner: str, settings: Settings) -> AttemptResult:
     lease = lifecycle.claim(conn, tracking_id, owner=owner, lease_seconds=settings.send_lease_seconds)
     if lease is None:
-        return Outcome(OutcomeKind.SKIPPED, "not due, already done, or leased by another worker")
+        return AttemptResult(OutcomeKind.SKIPPED, "not due, already done, or leased by another worker")
     job = load_job(conn, tracking_id)
     if lease.kind == ClaimKind.TAKEOVER:
         if job.inflight_since is not None:
-            return Outcome(OutcomeKind.PARKED, lifecycle.park_unknown(
+            if job.inflight_attempt is not None:
+                lifecycle.finish_attempt(conn, job.inflight_attempt, AttemptOutcome.UNKNOWN,
+                                         error="its worker died during the send")
+            return AttemptResult(OutcomeKind.PARKED, lifecycle.park_unknown(
                 conn, lease, "a worker died during the send; the provider may have accepted it"))
         if job.crashes >= settings.max_task_crashes:
             reason = f"worker died {job.crashes} times while preparing this message"
             lifecycle.fail(conn, lease, reason)
-            return Outcome(OutcomeKind.FAILED, reason)
-    suppressed = [r.id for r in job.recipients if r.suppressed]
-    lifecycle.suppress_recipients(conn, lease, suppressed)
+            return AttemptResult(OutcomeKind.FAILED, reason)
+    lifecycle.suppress_recipients(conn, lease, [r.id for r in job.recipients if r.suppressed])
     job.recipients = [r for r in job.recipients if not r.suppressed]
     if not job.recipients:
         lifecycle.suppress(conn, lease)
-        return Outcome(OutcomeKind.SUPPRESSED)
-    try:
-        config = current_smtp2go_config(conn, settings)
-        kind = choose_transport(job, config, settings)
-        transport = transport_for(kind, config, settings)
-    except ConfigurationError as err:
-        return _hold(conn, lease, str(err), settings)
-    return _attempt(conn, lease, job, OutgoingEmail.from_message(job), transport, config, settings)
+        return AttemptResult(OutcomeKind.SUPPRESSED)
+    email = OutgoingEmail.from_message(job)
+    problems: list[str] = []
+    usable: list[tuple[str, Transport]] = []
+    for name in providers.chain(settings):
+        if job.gave_up(name, policy_for(name, settings).retries):
+            continue
+        transport = providers.get(name).transport(name, providers.variant_of(name), conn, settings)
+        if isinstance(transport, Held):
+            problems.append(f"{name}: {transport.problem}")
+        elif transport is not None:
+            usable.append((name, Breaker(transport, name, settings)))
+    if not usable:
+        problem = "; ".join(problems) or (
+            "no transport configured: no provider of MAIL_PROVIDERS can take this message (enable the SMTP2Go "
+            "module with SMTP2GO_API_KEY, or set SMTP_HOST)")
+        return _hold(conn, lease, problem, settings)
+    for index, (name, transport) in enumerate(usable):
+        result = _attempt(conn, lease, job, email, name, transport, settings, providers_left=len(usable) - index - 1)
+        if result is not None:
+            return result
+    raise AssertionError("the last provider never hands on")  # decide() gives NEXT only with providers left
 
 
-def transport_for(kind: Transport, config: Smtp2GoConfig, settings: Settings) -> MailTransport:
-    """The transport of ``kind``, built with its credentials; SMTP2Go behind the breaker and rate limit."""
-    if kind == Transport.SMTP2GO:
-        return ProtectedTransport(Smtp2GoTransport.from_config(config, settings), settings)
-    return SmtpTransport.from_settings(settings)
-
-
-# ------------------------------------------------------------------------------------------- one attempt
-
-
-def _attempt(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail, transport: MailTransport,
-             config: Smtp2GoConfig, settings: Settings) -> Outcome:
-    """Send through ``transport`` and record the outcome with one transition (or hand over to the relay)."""
-    departed = False
+def _attempt(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail, name: str, transport: Transport,
+             settings: Settings, *, providers_left: int) -> AttemptResult | None:
+    """Send through one provider and apply the decision; None hands the attempt to the next provider."""
+    attempt_id: int | None = None
+    started = utcnow()
 
     def departing() -> None:
-        nonlocal departed
-        _mark_in_flight(conn, lease, job, transport.kind, settings)
-        departed = True
+        nonlocal attempt_id
+        attempt_id = lifecycle.mark_in_flight(conn, lease, name, lease_seconds=settings.send_lease_seconds)
+        job.count(name)
+        hook = progress_hook.get()
+        if hook is not None:
+            hook("attempt", {"provider": name, "attempt": job.used(name)})
 
-    def relay(reason: str, transition: Callable[[Connection, Lease, str], None]) -> Outcome:
-        transition(conn, lease, reason)
-        return _attempt(conn, lease, job, email, transport_for(Transport.SMTP, config, settings), config, settings)
+    outcome = transport.send(email, departing)
+    policy = policy_for(name, settings)
+    transition = decide(outcome, job.used(name), policy, providers_left=providers_left, provider=name)
+    if attempt_id is not None:
+        _finish(conn, attempt_id, outcome, started)
+    return _apply(conn, lease, job, name, outcome, transition, policy)
 
-    relay_available = transport.kind != Transport.SMTP and settings.smtp_configured
-    try:
-        outcome = transport.send(email=email, departing=departing)
-    except ConfigurationError as err:  # an operator problem: the relay sends this attempt, or the message waits
-        if relay_available:
-            return relay(str(err), lifecycle.relay_this_attempt)
-        return _hold(conn, lease, str(err), settings, refund=transport.kind if departed else None)
 
+def _finish(conn: Connection, attempt_id: int, outcome: Outcome, started: datetime) -> None:
     if isinstance(outcome, Accepted):
-        return _accepted(conn, lease, job, transport.kind, outcome, settings)
-    if isinstance(outcome, NotSent) and outcome.unbuildable:
-        lifecycle.fail(conn, lease, outcome.reason)
-        return Outcome(OutcomeKind.FAILED, outcome.reason, transport=transport.kind)
-    if isinstance(outcome, Unknown):
-        return Outcome(OutcomeKind.PARKED, lifecycle.park_unknown(conn, lease, outcome.reason),
-                       transport=transport.kind)
-    if not departed:  # declined before anything left (breaker open, rate limit): no attempt was spent
-        if outcome.relay_may_take and relay_available:
-            return relay(outcome.reason, lifecycle.relay_this_attempt)
-        wait = outcome.retry_after if outcome.retry_after is not None else 1.0
-        if outcome.problem:
-            return _hold(conn, lease, outcome.problem, settings, delay=wait)
-        return _retry(conn, lease, outcome.reason, wait)
-    return _not_sent(conn, lease, job, transport.kind, outcome, settings, relay)
-
-
-def _attempts(job: SendJob, kind: Transport) -> int:
-    return job.api_attempts if kind == Transport.SMTP2GO else job.smtp_attempts
-
-
-def _retries_left(job: SendJob, kind: Transport, settings: Settings) -> bool:
-    budget = settings.send_max_retries if kind == Transport.SMTP2GO else settings.smtp_max_retries
-    return _attempts(job, kind) <= budget
-
-
-def _accepted(conn: Connection, lease: Lease, job: SendJob, kind: Transport, outcome: Accepted,
-              settings: Settings) -> Outcome:
-    """``record_accepted``; deferred recipients are retried alone, or refused once the retries are used up."""
-    deferred, refused = outcome.deferred, dict(outcome.refused)
-    if deferred and not _retries_left(job, kind, settings):  # their retries are used up: refused for good
-        refused.update({a: f"{why} ({kind.value.upper()} retries used up)" for a, why in deferred.items()})
-        deferred = {}
-    pause = backoff_delay(_attempts(job, kind), settings)
-    lifecycle.record_accepted(conn, lease, kind, outcome.provider_id, refused=refused, deferred=deferred,
-                              retry_at=_at(pause) if deferred else None)
-    if deferred:
-        return Outcome(OutcomeKind.RETRY, f"{len(deferred)} recipient(s) deferred", delay=pause, transport=kind)
-    return Outcome(OutcomeKind.SENT, outcome.provider_id, transport=kind)
-
-
-def _not_sent(conn: Connection, lease: Lease, job: SendJob, kind: Transport, outcome: NotSent, settings: Settings,
-              relay: Callable[[str, Callable[[Connection, Lease, str], None]], Outcome]) -> Outcome:
-    """Nothing was sent: retry this transport while its budget lasts, else the next transport, else fail."""
-    label = "API" if kind == Transport.SMTP2GO else "SMTP"
-    retries_left = _retries_left(job, kind, settings)
-    if outcome.refused or outcome.deferred:  # every recipient refused: retry only if some were deferred
-        if outcome.retryable and retries_left:
-            delay = backoff_delay(_attempts(job, kind), settings)
-            detail = f"{outcome.reason}; deferred: " + "; ".join(f"{a}: {w}" for a, w in outcome.deferred.items())
-            lifecycle.retry_later(conn, lease, detail, _at(delay), refused=outcome.refused)
-            return Outcome(OutcomeKind.RETRY, detail, delay=delay, transport=kind)
-        lifecycle.fail(conn, lease, outcome.reason, refused={**outcome.refused, **outcome.deferred})
-        return Outcome(OutcomeKind.FAILED, outcome.reason, transport=kind)
-    if outcome.retryable and retries_left:
-        return _retry(conn, lease, outcome.reason, backoff_delay(_attempts(job, kind), settings, outcome.retry_after))
-    if kind == Transport.SMTP:  # the last transport
-        reason = f"SMTP retries used up: {outcome.reason}" if outcome.retryable else outcome.reason
-        lifecycle.fail(conn, lease, reason)
-        return Outcome(OutcomeKind.FAILED, reason, transport=kind)
-    reason = f"{label} retries used up: {outcome.reason}" if outcome.retryable else \
-        f"{label} permanent error: {outcome.reason}"
-    if not settings.smtp_configured:  # SMTP2Go will not take it and there is no relay: it fails
-        reason = f"{reason}; no SMTP relay configured (SMTP_HOST) to fall back to"
-        lifecycle.fail(conn, lease, reason)
-        return Outcome(OutcomeKind.FAILED, reason, transport=kind)
-    return relay(reason, lifecycle.abandon_api)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def _mark_in_flight(conn: Connection, lease: Lease, job: SendJob, transport: Transport, settings: Settings) -> None:
-    lifecycle.mark_in_flight(conn, lease, transport, lease_seconds=settings.send_lease_seconds)
-    job.attempts += 1
-    if transport == Transport.SMTP2GO:
-        job.api_attempts += 1
+        lifecycle.finish_attempt(conn, attempt_id, AttemptOutcome.ACCEPTED, started=started,
+                                 provider_message_id=outcome.provider_id)
+    elif isinstance(outcome, Unknown):
+        lifecycle.finish_attempt(conn, attempt_id, AttemptOutcome.UNKNOWN, error=outcome.reason, started=started)
+    elif isinstance(outcome, Held):
+        lifecycle.finish_attempt(conn, attempt_id, AttemptOutcome.HELD, error=outcome.problem, started=started)
     else:
-        job.smtp_attempts += 1
-    hook = progress_hook.get()
-    if hook is not None:
-        step = "api_attempt" if transport == Transport.SMTP2GO else "smtp_attempt"
-        hook(step, {"attempt": _attempts(job, transport), "fallback": job.api_abandoned})
+        kind = AttemptOutcome.NOT_SENT if outcome.retryable else AttemptOutcome.REFUSED
+        lifecycle.finish_attempt(conn, attempt_id, kind, error=outcome.reason, started=started)
 
 
-def _retry(conn: Connection, lease: Lease, reason: str, delay: float) -> Outcome:
-    delay = max(0.2, delay)
-    lifecycle.retry_later(conn, lease, reason, _at(delay))
-    return Outcome(OutcomeKind.RETRY, reason, delay=delay)
+def _at(delay: float) -> datetime:
+    return utcnow() + timedelta(seconds=delay)
+
+
+def _apply(conn: Connection, lease: Lease, job: SendJob, name: str, outcome: Outcome, transition: Transition,
+           policy: Policy) -> AttemptResult | None:
+    step = transition.step
+    if step == Step.ACCEPT:
+        assert isinstance(outcome, Accepted)
+        deferred, refused = dict(outcome.deferred), dict(outcome.refused)
+        if deferred and job.used(name) > policy.retries:  # their retries are used up: refused for good
+            refused.update({a: f"{why} ({name} retries used up)" for a, why in deferred.items()})
+            deferred = {}
+        pause = backoff_delay(job.used(name), policy)
+        lifecycle.record_accepted(conn, lease, name, outcome.provider_id, refused=refused,
+                                  deferred=deferred, retry_at=_at(pause) if deferred else None)
+        if deferred:
+            return AttemptResult(OutcomeKind.RETRY, f"{len(deferred)} recipient(s) deferred", pause, name)
+        return AttemptResult(OutcomeKind.SENT, outcome.provider_id, provider=name)
+    if step == Step.PARK:
+        return AttemptResult(OutcomeKind.PARKED, lifecycle.park_unknown(conn, lease, transition.reason), provider=name)
+    if step == Step.HOLD:
+        return _hold(conn, lease, transition.reason, None, delay=transition.delay)
+    if step == Step.NEXT:
+        lifecycle.next_provider(conn, lease, transition.reason)
+        return None
+    refused = dict(outcome.refused) if isinstance(outcome, NotSent) else {}
+    if step == Step.RETRY:
+        reason = transition.reason
+        if isinstance(outcome, NotSent) and outcome.deferred:
+            reason += "; deferred: " + "; ".join(f"{a}: {w}" for a, w in outcome.deferred.items())
+        assert transition.delay is not None
+        lifecycle.retry_later(conn, lease, reason, _at(transition.delay), refused=refused)
+        return AttemptResult(OutcomeKind.RETRY, reason, transition.delay, name)
+    if isinstance(outcome, NotSent):
+        refused.update(outcome.deferred)
+    lifecycle.fail(conn, lease, transition.reason, refused=refused)
+    return AttemptResult(OutcomeKind.FAILED, transition.reason, provider=name)
 
 
 _warned_lock = threading.Lock()
 _warned_at: dict[str, float] = {}
 
 
-def _hold(conn: Connection, lease: Lease, problem: str, settings: Settings, *, delay: float | None = None,
-          refund: Transport | None = None) -> Outcome:
+def _hold(conn: Connection, lease: Lease, problem: str, settings: Settings | None, *,
+          delay: float | None = None) -> AttemptResult:
     """Hold the message for an operator problem, logging the problem as a WARNING once per cool-down."""
-    cooldown = max(1.0, settings.smtp2go_breaker_cooldown)
+    cooldown = max(1.0, (settings or get_settings()).smtp2go_breaker_cooldown)
     wait = max(1.0, delay if delay is not None else cooldown) + random.uniform(0, 1)
-    lifecycle.hold(conn, lease, problem, _at(wait), refund=refund)
+    lifecycle.hold(conn, lease, problem, _at(wait))
     now = time.monotonic()
     with _warned_lock:
         loud = now - _warned_at.get(problem, -cooldown - 1) > cooldown
@@ -290,6 +221,4 @@ def _hold(conn: Connection, lease: Lease, problem: str, settings: Settings, *, d
     log.log(logging.WARNING if loud else logging.INFO,
             "mail held for an operator problem (retrying every %.0fs until fixed; `mailworker requeue --held` "
             "sends at once): %s", cooldown, problem)
-    return Outcome(OutcomeKind.HELD, problem, delay=wait)
-
-
+    return AttemptResult(OutcomeKind.HELD, problem, delay=wait)

@@ -15,13 +15,14 @@ from sqlalchemy import Connection, Table, func, or_, select
 from worker.api.validation import format_address
 from worker.infrastructure.models import (
     Attachment,
+    Attempt,
+    AttemptOutcome,
     Message,
     Recipient,
     RecipientKind,
     RecipientStatus,
     Suppression,
     TrackingEvent,
-    Transport,
 )
 
 M = cast(Table, Message.__table__)
@@ -29,6 +30,7 @@ R = cast(Table, Recipient.__table__)
 A = cast(Table, Attachment.__table__)
 S = cast(Table, Suppression.__table__)
 E = cast(Table, TrackingEvent.__table__)
+T = cast(Table, Attempt.__table__)
 
 
 @dataclass
@@ -60,12 +62,8 @@ class SendJob:
 
     id: str
     crashes: int
-    attempts: int
-    api_attempts: int
-    smtp_attempts: int
-    api_abandoned: bool
+    attempts: int  # since the message (re)started: the rows of ``history`` that count against budgets
     inflight_since: datetime | None
-    inflight_transport: Transport | None
     sender: str
     reply_to: str | None
     subject: str | None
@@ -77,11 +75,27 @@ class SendJob:
     message_id_header: str | None
     recipients: list[JobRecipient] = field(default_factory=list)
     attachments: list[JobAttachment] = field(default_factory=list)
+    #: (provider, outcome) of the attempts that count against the budgets, oldest first.
+    history: list[tuple[str, AttemptOutcome]] = field(default_factory=list)
+    inflight_attempt: int | None = None  # the row of an attempt left in flight (its worker died)
+
+    def used(self, provider: str) -> int:
+        """Attempts handed to ``provider`` (those that met an operator problem spend no budget)."""
+        return sum(1 for name, outcome in self.history if name == provider and outcome != AttemptOutcome.HELD)
+
+    def count(self, provider: str) -> None:
+        self.attempts += 1
+        self.history.append((provider, AttemptOutcome.IN_FLIGHT))
+
+    def gave_up(self, provider: str, retries: int) -> bool:
+        """Whether ``provider`` refused this message for good or used up its budget for it."""
+        return (self.used(provider) > retries
+                or any(name == provider and outcome == AttemptOutcome.REFUSED for name, outcome in self.history))
 
 
-_JOB_COLUMNS = (M.c.id, M.c.crashes, M.c.attempts, M.c.api_attempts, M.c.smtp_attempts, M.c.api_abandoned,
-                M.c.inflight_since, M.c.inflight_transport, M.c.sender, M.c.reply_to, M.c.subject, M.c.text_body,
-                M.c.html_body, M.c.headers, M.c.template_id, M.c.template_data, M.c.message_id_header)
+_JOB_COLUMNS = (M.c.id, M.c.crashes, M.c.attempts, M.c.inflight_since, M.c.sender, M.c.reply_to, M.c.subject,
+                M.c.text_body, M.c.html_body, M.c.headers, M.c.template_id, M.c.template_data,
+                M.c.message_id_header)
 
 
 def load_job(conn: Connection, tracking_id: str) -> SendJob:
@@ -97,6 +111,12 @@ def load_job(conn: Connection, tracking_id: str) -> SendJob:
                                    suppressed=bool(r.suppressed)) for r in conn.execute(queued)]
     job.attachments = [JobAttachment(a.filename, a.mimetype, a.content) for a in conn.execute(
         select(A.c.filename, A.c.mimetype, A.c.content).where(A.c.message_id == tracking_id).order_by(A.c.id))]
+    if job.attempts:
+        rows = conn.execute(select(T.c.id, T.c.provider, T.c.outcome).where(T.c.message_id == tracking_id)
+                            .order_by(T.c.id.desc()).limit(job.attempts)).all()
+        job.history = [(r.provider, r.outcome) for r in reversed(rows)]
+        if job.inflight_since is not None and rows and rows[0].outcome == AttemptOutcome.IN_FLIGHT:
+            job.inflight_attempt = rows[0].id
     return job
 
 

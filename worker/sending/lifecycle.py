@@ -7,9 +7,9 @@ reconciliation and the operator's ``requeue`` call these transitions; none of th
 
     queued ─claim─▶ sending ─record_accepted──▶ sent ─(webhook events)─▶ delivered / bounced / complained / rejected
       ▲  ▲            │ ├─retry_later─────────▶ retrying ─claim─▶ sending
-      │  │            │ ├─park_unknown────────▶ retrying, parked ─settle_accepted─▶ sent
-      │  │            │ │                                        └release_parked──▶ retrying (due now)
-      │  │            │ ├─hold────────────────▶ retrying, held ─claim (problem fixed)─▶ sending
+      │  │            │ ├─park_unknown────────▶ parked ─settle_accepted─▶ sent
+      │  │            │ │                                └release_parked──▶ retrying (due now)
+      │  │            │ ├─hold────────────────▶ held ─claim (problem fixed)─▶ sending
       │  │            │ ├─fail────────────────▶ failed
       │  │            │ └─suppress────────────▶ suppressed
       │  └─requeue (operator: failed, stuck, held)
@@ -22,14 +22,14 @@ re-published the message, another worker took it over) raises :class:`LeaseLost`
 take-over's state. ``SEND_LEASE_SECONDS`` is validated at start-up to outlive the worst-case attempt, and
 :func:`mark_in_flight` renews it before each transport call.
 
-**Parked** (``retrying`` with ``ambiguous_since``): a transport may have accepted the last attempt (a read
+**Parked** (``parked``, since ``ambiguous_since``): a provider may have accepted the last attempt (a read
 timeout after the request left, a relay that took the DATA but never answered, a worker that died while the
 in-flight mark was set). Only reconciliation or an explicit operator decision moves it on: :func:`settle_accepted`
 when the provider shows it accepted, :func:`release_parked` when it provably did not (or, for SMTP, once
 ``SMTP_UNKNOWN_RESEND_AFTER`` passed: at least once, documented).
 
-**Held** (``retrying`` with ``held_since``): an operator problem (revoked API key, missing encryption key, no
-usable transport) stops the attempt. The message is never failed for it; it is tried again after a cool-down and
+**Held** (``held``, since ``held_since``): an operator problem (revoked API key, missing encryption key, no
+usable provider) stops the attempt. The message is never failed for it; it is tried again after a cool-down and
 sent once the problem is fixed, or at once by ``mailworker requeue --held``.
 """
 
@@ -46,12 +46,13 @@ from sqlalchemy.orm import Session
 
 from worker.callbacks import outbox
 from worker.infrastructure.models import (
+    Attempt,
+    AttemptOutcome,
     Message,
     MessageStatus,
     Recipient,
     RecipientStatus,
     TrackingEvent,
-    Transport,
     utcnow,
 )
 
@@ -60,10 +61,10 @@ log = logging.getLogger(__name__)
 messages = cast(Table, Message.__table__)
 recipients = cast(Table, Recipient.__table__)
 events = cast(Table, TrackingEvent.__table__)
+attempts = cast(Table, Attempt.__table__)
 
 #: Columns that describe a running attempt; cleared whenever an attempt ends.
-_END_ATTEMPT: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "inflight_since": None,
-                                "inflight_transport": None}
+_END_ATTEMPT: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None, "inflight_since": None}
 
 
 def _update(tracking_id: str) -> Update:
@@ -81,8 +82,8 @@ def _update(tracking_id: str) -> Update:
 #: apply only to such messages (a queued, scheduled, retrying or held one; a ``sending`` one only when its
 #: worker died before the in-flight mark, for ``expire``).
 _UNSENT = (messages.c.ambiguous_since.is_(None), messages.c.inflight_since.is_(None), messages.c.sent_at.is_(None))
-_WAITING = messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING])
-_PARKED = (messages.c.status == MessageStatus.RETRYING, messages.c.ambiguous_since.is_not(None))
+_WAITING = messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.HELD])
+_PARKED = (messages.c.status == MessageStatus.PARKED,)
 
 
 def _not_expired(now: datetime) -> Any:
@@ -94,21 +95,17 @@ def _end_recipients(conn: Connection, tracking_id: str, status: RecipientStatus)
                                           recipients.c.status == RecipientStatus.QUEUED).values(status=status))
 
 
-def _attempt_counter(transport: Transport) -> str:
-    """The column that counts this transport's attempts (each has its own retry budget)."""
-    return "api_attempts" if transport == Transport.SMTP2GO else "smtp_attempts"
+def _provider_ids(provider: str, provider_id: str) -> dict[str, str]:
+    """Where an accepting provider's id is stored: the relay's is the Message-ID header; any other provider's is
+    the id its events carry."""
+    if provider.partition(":")[0] == "smtp":
+        return {"message_id_header": provider_id} if provider_id else {}
+    return {"smtp2go_message_id": provider_id}
 
 
-def _provider_ids(transport: Transport, provider_id: str) -> dict[str, str]:
-    """Where an accepting transport's id is stored: SMTP2Go's ``email_id``, or the relay's Message-ID."""
-    if transport == Transport.SMTP2GO:
-        return {"smtp2go_message_id": provider_id}
-    return {"message_id_header": provider_id} if provider_id else {}
-
-
-def _email_id(transport: Transport, provider_id: str) -> str | None:
-    """The id SMTP2Go's events carry, when SMTP2Go accepted the message (early events are looked up by it)."""
-    return provider_id if transport == Transport.SMTP2GO else None
+def _email_id(provider: str, provider_id: str) -> str | None:
+    """The id the provider's events carry (early events are looked up by it); None for the relay."""
+    return None if provider.partition(":")[0] == "smtp" else provider_id
 
 
 class LeaseLost(RuntimeError):
@@ -156,7 +153,7 @@ def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: floa
         *_UNSENT, messages.c.expires_at.is_not(None), messages.c.expires_at <= now,
         or_(_WAITING, and_(messages.c.status == MessageStatus.SENDING, messages.c.lease_expires_at < now)))
     if conn.execute(expire.values(
-            status=MessageStatus.EXPIRED, lease_owner=None, lease_expires_at=None, inflight_transport=None,
+            status=MessageStatus.EXPIRED, lease_owner=None, lease_expires_at=None,
             next_attempt_at=None, held_since=None, updated_at=now,
             last_error="expired: its expires_at passed before it was handed to a transport")).rowcount == 1:
         _end_recipients(conn, tracking_id, RecipientStatus.EXPIRED)
@@ -196,31 +193,34 @@ def _reject_recipients(conn: Connection, lease: Lease, refused: dict[str, str] |
 # ------------------------------------------------------------------------------------------ one attempt
 
 
-def mark_in_flight(conn: Connection, lease: Lease, transport: Transport, *, lease_seconds: float) -> None:
-    """Record (and commit) that a send is about to leave: a take-over after this point parks, never resends.
-
-    Counts the attempt and renews the lease, so a fallback within one attempt gets a whole lease again.
-    """
-    counter = _attempt_counter(transport)
+def mark_in_flight(conn: Connection, lease: Lease, provider: str, *, lease_seconds: float) -> int:
+    """Record (and commit) that a send through ``provider`` is about to leave: a take-over after this point
+    parks, never resends. Counts the attempt, opens its row (returns its id) and renews the lease, so a fallback
+    within one attempt gets a whole lease again."""
     now = utcnow()
-    _write(conn, lease, {"inflight_transport": transport, "inflight_since": now,
-                         "lease_expires_at": now + timedelta(seconds=lease_seconds),
-                         "attempts": messages.c.attempts + 1,
-                         counter: messages.c[counter] + 1})
+    _write(conn, lease, {"inflight_since": now, "provider": provider, "attempts": messages.c.attempts + 1,
+                         "lease_expires_at": now + timedelta(seconds=lease_seconds)})
+    inserted = conn.execute(attempts.insert().values(
+        message_id=lease.tracking_id, provider=provider, started_at=now, outcome=AttemptOutcome.IN_FLIGHT))
     conn.commit()
+    return int(inserted.inserted_primary_key[0])  # type: ignore[index]
 
 
-def abandon_api(conn: Connection, lease: Lease, reason: str) -> None:
-    """This message gave up on SMTP2Go (a permanent API error, or its retries used up): the relay sends it."""
-    _write(conn, lease, {"api_abandoned": True, "fallback_reason": reason, "last_error": reason})
-    log.warning("fallback to smtp tracking_id=%s reason=%s", lease.tracking_id, reason)
+def finish_attempt(conn: Connection, attempt_id: int, outcome: AttemptOutcome, *, error: str | None = None,
+                   provider_message_id: str | None = None, started: datetime | None = None) -> None:
+    """Write what came back for one attempt (in the transaction of the transition that follows)."""
+    now = utcnow()
+    values: dict[str, Any] = {"outcome": outcome, "finished_at": now, "error": error,
+                              "provider_message_id": provider_message_id}
+    if started is not None:
+        values["latency_ms"] = int((now - started).total_seconds() * 1000)
+    conn.execute(update(attempts).where(attempts.c.id == attempt_id).values(values))
 
 
-def relay_this_attempt(conn: Connection, lease: Lease, reason: str) -> None:
-    """SMTP2Go cannot be used right now (breaker open, key refused): the relay sends this attempt, while the
-    message keeps SMTP2Go as its transport for later ones (mail held meanwhile returns to the API once fixed)."""
-    _write(conn, lease, {"fallback_reason": reason})
-    log.info("relaying this attempt tracking_id=%s reason=%s", lease.tracking_id, reason)
+def next_provider(conn: Connection, lease: Lease, reason: str) -> None:
+    """This attempt moves on to the next provider of the chain (the reason is kept as the fallback reason)."""
+    _write(conn, lease, {"fallback_reason": reason, "last_error": reason})
+    log.warning("fallback to the next provider tracking_id=%s reason=%s", lease.tracking_id, reason)
 
 
 def suppress_recipients(conn: Connection, lease: Lease, recipient_ids: list[int]) -> None:
@@ -238,26 +238,26 @@ def _recipients_sent(conn: Connection, tracking_id: str, now: datetime) -> None:
                  .values(status=RecipientStatus.SENT, sent_at=now))
 
 
-def record_accepted(conn: Connection, lease: Lease, transport: Transport, provider_id: str, *,
+def record_accepted(conn: Connection, lease: Lease, provider: str, provider_id: str, *,
                     refused: dict[str, str] | None = None, deferred: dict[str, str] | None = None,
                     retry_at: datetime | None = None) -> int:
-    """The transport accepted the message (``provider_id``: SMTP2Go's ``email_id`` or the relay's Message-ID).
+    """The provider accepted the message (``provider_id``: the id its events carry, or the relay's Message-ID).
 
     ``refused`` recipients (5xx) are ``rejected`` for good. ``deferred`` recipients (a relay's per-recipient
     4xx) stay ``queued`` and the message stays ``retrying`` until ``retry_at``, when only they are sent again;
     the others are ``sent``. Returns how many events that arrived before the id was known were applied.
     """
     now = utcnow()
-    ids = _provider_ids(transport, provider_id)
+    ids = {**_provider_ids(provider, provider_id), "transport": provider.partition(":")[0], "provider": provider}
     if deferred:
         assert retry_at is not None
         text = "; ".join(f"{a}: {why}" for a, why in deferred.items())
-        _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.RETRYING, "transport": transport,
+        _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.RETRYING,
                              "sent_at": func.coalesce(messages.c.sent_at, now), "next_attempt_at": retry_at,
                              "last_error": f"relay deferred {len(deferred)} recipient(s), retrying them: {text}"})
     else:
-        _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "transport": transport,
-                             "sent_at": now, "next_attempt_at": None, "held_since": None})
+        _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "sent_at": now,
+                             "next_attempt_at": None, "held_since": None})
     _reject_recipients(conn, lease, refused, MessageStatus.RETRYING if deferred else MessageStatus.SENT)
     if deferred:
         conn.execute(update(recipients)
@@ -268,11 +268,11 @@ def record_accepted(conn: Connection, lease: Lease, transport: Transport, provid
     else:
         _recipients_sent(conn, lease.tracking_id, now)
     if not deferred:  # a message with deferred recipients is sent (the event) once the last of them is
-        _emit_message_event(conn, lease.tracking_id, MessageStatus.SENT, now, transport=transport.value,
+        _emit_message_event(conn, lease.tracking_id, MessageStatus.SENT, now, transport=ids["transport"],
                             rejected=sorted(refused) if refused else None)
-    log.info("accepted tracking_id=%s transport=%s provider_id=%s refused=%d deferred=%d", lease.tracking_id,
-             transport.value, provider_id, len(refused or {}), len(deferred or {}))
-    return _apply_early_events(conn, lease.tracking_id, _email_id(transport, provider_id))
+    log.info("accepted tracking_id=%s provider=%s provider_id=%s refused=%d deferred=%d", lease.tracking_id,
+             provider, provider_id, len(refused or {}), len(deferred or {}))
+    return _apply_early_events(conn, lease.tracking_id, _email_id(provider, provider_id))
 
 
 def retry_later(conn: Connection, lease: Lease, reason: str, retry_at: datetime, *,
@@ -287,10 +287,10 @@ def retry_later(conn: Connection, lease: Lease, reason: str, retry_at: datetime,
 def park_unknown(conn: Connection, lease: Lease, reason: str) -> str:
     """The last send may have landed: park the message for reconciliation (never resent blindly).
 
-    ``inflight_transport`` is kept: reconciliation needs to know where to look.
+    Its attempt row says which provider took it: reconciliation asks that one.
     """
     last_error = f"ambiguous: {reason}; parked until reconciliation settles it"
-    _write(conn, lease, {"status": MessageStatus.RETRYING, "ambiguous_since": utcnow(), "next_attempt_at": None,
+    _write(conn, lease, {"status": MessageStatus.PARKED, "ambiguous_since": utcnow(), "next_attempt_at": None,
                          "lease_owner": None, "lease_expires_at": None, "inflight_since": None,
                          "last_error": last_error})
     log.warning("send outcome unknown tracking_id=%s reason=%s (parked for reconciliation)", lease.tracking_id,
@@ -298,17 +298,13 @@ def park_unknown(conn: Connection, lease: Lease, reason: str) -> str:
     return last_error
 
 
-def hold(conn: Connection, lease: Lease, problem: str, retry_at: datetime, *,
-         refund: Transport | None = None) -> None:
-    """An operator problem stopped the attempt: keep the message ``retrying`` (never ``failed``) with
-    ``last_error`` naming the problem, and try again at ``retry_at``. ``refund`` gives back the attempt that met
-    the problem, so a revoked key does not use up the message's retry budget."""
-    values: dict[str, Any] = {**_END_ATTEMPT, "status": MessageStatus.RETRYING, "next_attempt_at": retry_at,
-                              "last_error": f"held: {problem}",
-                              "held_since": func.coalesce(messages.c.held_since, utcnow())}
-    if refund is not None:
-        values[_attempt_counter(refund)] = messages.c[_attempt_counter(refund)] - 1
-    _write(conn, lease, values)
+def hold(conn: Connection, lease: Lease, problem: str, retry_at: datetime) -> None:
+    """An operator problem stopped the attempt: the message is ``held`` (never ``failed``) with ``last_error``
+    naming the problem, and tried again at ``retry_at`` (an attempt that met the problem is recorded ``held``
+    and spends no retry budget)."""
+    _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.HELD, "next_attempt_at": retry_at,
+                         "last_error": f"held: {problem}",
+                         "held_since": func.coalesce(messages.c.held_since, utcnow())})
 
 
 def fail(conn: Connection, lease: Lease, reason: str, *, refused: dict[str, str] | None = None) -> None:
@@ -335,26 +331,40 @@ def suppress(conn: Connection, lease: Lease) -> None:
 # ------------------------------------------------------------------------- reconciliation and operators
 
 
-def settle_accepted(conn: Connection, tracking_id: str, *, transport: Transport, provider_id: str,
+def settle_accepted(conn: Connection, tracking_id: str, *, provider: str, provider_id: str,
                     note: str) -> bool:
     """A parked message turned out to be accepted: record it ``sent`` with ``provider_id`` and apply events
     that arrived before the id was known. Runs in the caller's transaction; False (nothing changed) when the
     message is no longer parked."""
     now = utcnow()
-    ids = _provider_ids(transport, provider_id)
+    ids = {**_provider_ids(provider, provider_id), "transport": provider.partition(":")[0], "provider": provider}
     settled = conn.execute(
         _update(tracking_id).where(*_PARKED)
-        .values({**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "transport": transport, "sent_at": now,
+        .values({**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "sent_at": now,
                  "ambiguous_since": None, "next_attempt_at": None, "last_error": note, "updated_at": now})
     ).rowcount == 1
     if not settled:
         return False
     _recipients_sent(conn, tracking_id, now)
-    _emit_message_event(conn, tracking_id, MessageStatus.SENT, now, transport=transport.value)
-    _apply_early_events(conn, tracking_id, _email_id(transport, provider_id))
-    log.info("parked message settled as sent tracking_id=%s transport=%s provider_id=%s", tracking_id,
-             transport.value, provider_id)
+    _settle_attempt(conn, tracking_id, AttemptOutcome.ACCEPTED, note, provider_id)
+    _emit_message_event(conn, tracking_id, MessageStatus.SENT, now, transport=ids["transport"])
+    _apply_early_events(conn, tracking_id, _email_id(provider, provider_id))
+    log.info("parked message settled as sent tracking_id=%s provider=%s provider_id=%s", tracking_id,
+             provider, provider_id)
     return True
+
+
+def _settle_attempt(conn: Connection, tracking_id: str, outcome: AttemptOutcome, note: str,
+                    provider_id: str | None = None) -> None:
+    """The parked attempt (the last one left unknown or in flight) gets the outcome reconciliation found."""
+    last = conn.scalar(select(attempts.c.id).where(
+        attempts.c.message_id == tracking_id,
+        attempts.c.outcome.in_([AttemptOutcome.UNKNOWN, AttemptOutcome.IN_FLIGHT])).order_by(attempts.c.id.desc())
+        .limit(1))
+    if last is not None:
+        conn.execute(update(attempts).where(attempts.c.id == last).values(
+            outcome=outcome, error=f"settled by reconciliation: {note}", provider_message_id=provider_id,
+            finished_at=func.coalesce(attempts.c.finished_at, utcnow())))
 
 
 def release_parked(conn: Connection, tracking_id: str, *, note: str, parked_since: datetime | None = None) -> bool:
@@ -366,10 +376,11 @@ def release_parked(conn: Connection, tracking_id: str, *, note: str, parked_sinc
     same_parking = [messages.c.ambiguous_since == parked_since] if parked_since is not None else []
     released = conn.execute(
         _update(tracking_id).where(*_PARKED, *same_parking)
-        .values({**_END_ATTEMPT, "ambiguous_since": None, "next_attempt_at": now, "last_error": note,
-                 "updated_at": now})
+        .values({**_END_ATTEMPT, "status": MessageStatus.RETRYING, "ambiguous_since": None, "next_attempt_at": now,
+                 "last_error": note, "updated_at": now})
     ).rowcount == 1
     if released:
+        _settle_attempt(conn, tracking_id, AttemptOutcome.NOT_SENT, note)
         log.warning("parked message released for a new attempt tracking_id=%s: %s", tracking_id, note)
     return released
 
@@ -419,9 +430,9 @@ def requeue(conn: Connection, tracking_id: str, *, note: str, stuck_after: timed
                      .values(status=RecipientStatus.QUEUED, error=None))
         restarted = conn.execute(
             _update(tracking_id).where(messages.c.status == MessageStatus.FAILED)
-            .values({**common, **_END_ATTEMPT, "status": MessageStatus.QUEUED, "api_attempts": 0,
-                     "smtp_attempts": 0, "crashes": 0, "api_abandoned": False, "failed_at": None,
-                     "held_since": None}))
+            # the attempt rows stay on record; ``attempts`` counts those since this start-over (the budgets)
+            .values({**common, **_END_ATTEMPT, "status": MessageStatus.QUEUED, "crashes": 0, "attempts": 0,
+                     "failed_at": None, "held_since": None}))
         return "requeued" if restarted.rowcount == 1 else "changed meanwhile"
     if row.ambiguous_since is not None:
         return "parked (outcome unknown): reconciliation settles it, or pass --include-ambiguous"
@@ -431,20 +442,19 @@ def requeue(conn: Connection, tracking_id: str, *, note: str, stuck_after: timed
         expired = (messages.c.status == MessageStatus.SENDING, messages.c.lease_expires_at < now)
         if row.inflight_since is not None:
             done = conn.execute(_update(tracking_id).where(*expired).values(
-                status=MessageStatus.RETRYING, ambiguous_since=now, lease_owner=None, lease_expires_at=None,
+                status=MessageStatus.PARKED, ambiguous_since=now, lease_owner=None, lease_expires_at=None,
                 inflight_since=None, next_attempt_at=None, updated_at=now,
                 last_error=f"ambiguous: its worker died mid-send; parked until reconciliation settles it ({note})"))
             return "parked" if done.rowcount == 1 else "changed meanwhile"
         done = conn.execute(_update(tracking_id).where(*expired).values(
             {**common, "status": MessageStatus.QUEUED, "lease_owner": None, "lease_expires_at": None}))
         return "requeued" if done.rowcount == 1 else "changed meanwhile"
-    if row.status in (MessageStatus.QUEUED, MessageStatus.RETRYING):
+    if row.status in (MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.HELD):
         due = row.next_attempt_at or row.queued_at
-        if row.held_since is None and due is not None and due > now - stuck_after:
+        held = row.status == MessageStatus.HELD or row.held_since is not None
+        if not held and due is not None and due > now - stuck_after:
             return "not stuck: it is due soon"
-        done = conn.execute(_update(tracking_id).where(
-            messages.c.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING]),
-            messages.c.ambiguous_since.is_(None)).values(common))
+        done = conn.execute(_update(tracking_id).where(_WAITING).values(common))
         return "requeued" if done.rowcount == 1 else "changed meanwhile"
     return f"status is {row.status.value}"
 

@@ -44,27 +44,30 @@ def publish_send(tracking_id: str, *, eta: datetime | None = None, countdown: fl
     return True
 
 
-def publish_event(event: dict[str, Any], *, broker_url: str | None = None) -> None:
-    """Publish one ``process_event(event)`` task on the events queue; raises when the broker cannot take it (the
-    webhook answers 503 and the provider retries). ``broker_url`` overrides the configured broker, on a
-    short-lived connection with short socket timeouts. A retried publish may push a message twice; applying an
-    event is idempotent (the event id is unique), so that is harmless."""
+def publish_event(event: dict[str, Any], *, broker_url: str | None = None, provider: str = "smtp2go") -> None:
+    """Publish one ``process_event(event)`` task on the events queue; raises when the broker cannot take it
+    (the webhook answers 503 and the provider retries). ``broker_url`` overrides the configured broker; short
+    socket timeouts make a broker that never answers fail it in seconds. A retried publish may push a message
+    twice; applying an event is idempotent (the event id is unique), so that is harmless. ``provider`` names
+    whose normaliser reads it (SMTP2Go's when absent)."""
     options: dict[str, Any] = {"args": [event], "argsrepr": _event_summary(event)}
-    if broker_url is None:
-        _send(EVENT_TASK, **options)
-        return
-    transport_options = {**_RETRY_POLICY, "socket_timeout": EVENT_SOCKET_TIMEOUT,
-                         "socket_connect_timeout": EVENT_SOCKET_TIMEOUT}
-    with app.connection_for_write(broker_url, connect_timeout=EVENT_SOCKET_TIMEOUT,
-                                  transport_options=transport_options) as conn:
-        app.send_task(EVENT_TASK, connection=conn, retry=True, retry_policy=_RETRY_POLICY, **options)
+    if provider != "smtp2go":
+        options["kwargs"] = {"provider": provider}
+    _send(EVENT_TASK, broker_url, short_timeouts=True, **options)
 
 
-def _send(task: str, **options: Any) -> None:
-    """``send_task`` through kombu's producer pool for the broker URL configured now (one pool per URL)."""
+def _send(task: str, url: str | None = None, *, short_timeouts: bool = False, **options: Any) -> None:
+    """``send_task`` through kombu's producer pool for ``url`` (default: the broker URL configured now; one pool
+    per URL and options). ``short_timeouts``: a broker that never answers fails the publish in seconds."""
     from kombu.pools import producers
 
-    with producers[app.connection_for_write(broker_write_url())].acquire(block=True) as producer:
+    extra: dict[str, Any] = {}
+    if short_timeouts:
+        extra = {"connect_timeout": EVENT_SOCKET_TIMEOUT, "transport_options": {
+            **(app.conf.broker_transport_options or {}), "socket_timeout": EVENT_SOCKET_TIMEOUT,
+            "socket_connect_timeout": EVENT_SOCKET_TIMEOUT, "retry_on_timeout": False}}
+    connection = app.connection_for_write(url or broker_write_url(), **extra)
+    with producers[connection].acquire(block=True) as producer:
         app.send_task(task, producer=producer, retry=True, retry_policy=_RETRY_POLICY, **options)
 
 

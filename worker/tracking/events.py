@@ -1,8 +1,8 @@
 """Event processing: deduplicate, store, link to the message, apply -- in normalised terms only.
 
-Events arrive as :class:`~worker.tracking.smtp2go.NormalizedEvent` (:func:`record_event`); the provider's wire
-format (field and event names) is :mod:`worker.tracking.smtp2go`'s business, and :func:`process_event` is the
-webhook task's entry that normalises an SMTP2Go webhook body first.
+Events arrive as :class:`~worker.providers.base.NormalizedEvent` (:func:`record_event`); the provider's wire
+format (field and event names) is its webhook normaliser's business, and :func:`process_event` is the webhook
+task's entry that normalises a provider's webhook body first.
 
 SMTP2Go retries a webhook for 48 hours and opens/clicks repeat, so processing is idempotent: every event is one
 ``tracking_events`` row keyed by SMTP2Go's event ``id`` (else a sha256 of email_id + event + recipient + time);
@@ -73,8 +73,9 @@ from worker.infrastructure.models import (
     TrackingEvent,
     utcnow,
 )
+from worker.providers import webhook_handler
+from worker.providers.base import NormalizedEvent
 from worker.sending.jobs import pending_event_ids
-from worker.tracking.smtp2go import _MAX_TEXT, NormalizedEvent, normalise_stored, normalise_webhook
 from worker.tracking.suppressions import suppress_for_event
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def _apply(message: Message, row: TrackingEvent) -> None:
     """Apply one stored event to its (locked) message and matching recipients; no suppression side effects."""
     kind, when, soft = row.event_type, row.occurred_at, row.bounce_type != "hard"
     if kind == EventType.PROCESSED and not message.message_id_header and row.smtp2go_data:
-        message.message_id_header = normalise_stored(row.smtp2go_data).message_id_header
+        message.message_id_header = _normalise(row.smtp2go_data, PROVIDER_KEY).message_id_header
     if kind not in _EFFECTS:
         return  # processed, resubscribe (its effect is on the suppression list) and unknown: recorded only
     at, counter, status, message_at = _EFFECTS[kind]
@@ -278,11 +279,24 @@ def _event_exists(session: Session, key: str) -> bool:
     return session.scalar(select(TrackingEvent.id).where(TrackingEvent.provider_event_id == key)) is not None
 
 
-def process_event(event: dict[str, Any]) -> dict[str, Any]:
-    """Store and apply one SMTP2Go webhook event (idempotent); see :func:`record_event`."""
+#: Where a stored body names the provider kind that sent it (absent: the first provider, SMTP2Go).
+PROVIDER_KEY = "_provider"
+_MAX_TEXT = 8000  # url, user agent, detail: TEXT columns, and nobody needs more
+
+
+def _normalise(event: Any, key: str | None = None, provider: str | None = None) -> NormalizedEvent:
+    kind = provider or (event.get(key) if key and isinstance(event, dict) else None) or "smtp2go"
+    handler = webhook_handler(kind)
+    if handler is None:
+        raise ValueError(f"provider {kind!r} has no webhook normaliser")
+    return handler.normalise({k: v for k, v in event.items() if k != PROVIDER_KEY})
+
+
+def process_event(event: dict[str, Any], provider: str = "smtp2go") -> dict[str, Any]:
+    """Store and apply one provider webhook event (idempotent); see :func:`record_event`."""
     if not isinstance(event, dict):
-        raise TypeError(f"an SMTP2Go event is a JSON object, got {type(event).__name__}")
-    return record_event(normalise_webhook(event))
+        raise TypeError(f"a webhook event is a JSON object, got {type(event).__name__}")
+    return record_event(_normalise(event, provider=provider))
 
 
 def record_event(ev: NormalizedEvent) -> dict[str, Any]:
@@ -315,7 +329,8 @@ def record_event(ev: NormalizedEvent) -> dict[str, Any]:
                 url=(ev.url or "")[:_MAX_TEXT] or None,
                 user_agent=(ev.user_agent or "")[:_MAX_TEXT] or None,
                 detail=(ev.detail or "")[:_MAX_TEXT] or None,
-                smtp2go_data=dict(ev.raw),
+                smtp2go_data=(dict(ev.raw) if ev.provider in ('', 'smtp2go')
+                              else {**ev.raw, PROVIDER_KEY: ev.provider.partition(':')[0]}),
             )
             session.add(row)
             session.flush()  # a duplicate event id fails here, before anything else changed

@@ -14,8 +14,7 @@ delivered to one recipient and hard-bounced by another counts as delivered and a
 - ``bounce_rate``: status bounced (hard bounce, or every recipient bounced);
 - ``spam_rate``: status complained or any complaint seen.
 
-``fallback_count`` counts messages that left the SMTP2Go API for the SMTP relay: ``fallback_reason`` set, or
-``api_abandoned`` with transport smtp.
+``fallback_count`` counts messages that moved on from a provider to the next one (``fallback_reason`` set).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, or_, select
 
 from worker.infrastructure.db import session_scope
-from worker.infrastructure.models import ACCEPTED_STATUSES, Message, MessageStatus, Transport
+from worker.infrastructure.models import ACCEPTED_STATUSES, Message, MessageStatus
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:
@@ -55,7 +54,7 @@ def get_email_stats(since: datetime | None = None, until: datetime | None = None
         window.append(Message.queued_at < until)
 
     by_status = {s.value: 0 for s in MessageStatus}
-    by_transport = {t.value: 0 for t in Transport} | {"none": 0}
+    by_transport = {"smtp2go": 0, "smtp": 0, "none": 0}
     accepted = Message.status.in_(ACCEPTED_STATUSES)
     with session_scope() as session:
         grouped = session.execute(
@@ -73,13 +72,12 @@ def get_email_stats(since: datetime | None = None, until: datetime | None = None
                 _count_if(Message.status == MessageStatus.BOUNCED),
                 _count_if(and_(accepted, or_(Message.status == MessageStatus.COMPLAINED,
                                              Message.email_complained_at.is_not(None)))),
-                _count_if(or_(Message.fallback_reason.is_not(None),
-                              and_(Message.api_abandoned.is_(True), Message.transport == Transport.SMTP))),
+                _count_if(Message.fallback_reason.is_not(None)),
             ).where(*window)
         ).one()
     for status, transport, count in grouped:
         by_status[status.value] = by_status.get(status.value, 0) + int(count)
-        key = transport.value if transport is not None else "none"
+        key = transport or "none"
         by_transport[key] = by_transport.get(key, 0) + int(count)
     sent, delivered, opened, clicked, bounced, complained, fallbacks = (int(v or 0) for v in row)
     return {

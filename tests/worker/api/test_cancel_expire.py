@@ -16,7 +16,8 @@ from worker import InvalidEmail, cancel_email, enqueue_email, get_email_status
 from worker.infrastructure.config import reset_settings
 from worker.infrastructure.db import get_engine
 from worker.infrastructure.models import Transport
-from worker.sending import lifecycle, protection
+from worker.providers import breaker as protection
+from worker.sending import lifecycle
 from worker.sending.delivery import OutcomeKind, deliver
 
 
@@ -64,7 +65,7 @@ def test_cancel_is_refused_once_a_transport_has_it(fake_api: Any, database: str)
         lifecycle.park_unknown(conn, lease, "read timeout")
         conn.commit()
     assert cancel_email(flying) is False  # parked: it may have been accepted
-    assert _status(flying)["status"] == "retrying"
+    assert _status(flying)["status"] == "parked"
 
 
 def test_cancel_argument_errors() -> None:
@@ -132,7 +133,7 @@ def test_expiry_while_the_breaker_is_open(fake_api: Any, base_env: pytest.Monkey
                             expires_at=datetime.now(UTC) + timedelta(seconds=1))
         first = deliver(tid, owner="w:1")
         assert first.kind in (OutcomeKind.HELD, OutcomeKind.RETRY), first
-        assert _status(tid)["status"] == "retrying"
+        assert _status(tid)["status"] == ("held" if first.kind == OutcomeKind.HELD else "retrying")
         wait_until(lambda: deliver(tid, owner="w:2").kind == OutcomeKind.SKIPPED
                    and _status(tid)["status"] == "expired", timeout=15, interval=0.3, message="expiry")
         assert fake_api.count_for(tid) == 0

@@ -17,8 +17,8 @@ from worker.api.validation import (
     parse_address_list,
 )
 from worker.errors import InvalidEmail
-from worker.sending.transports.base import OutgoingAttachment, OutgoingEmail
-from worker.sending.transports.smtp import prepare
+from worker.providers.base import OutgoingAttachment, OutgoingEmail
+from worker.providers.smtp.transport import prepare
 
 
 def _email(**overrides: Any) -> OutgoingEmail:

@@ -169,7 +169,7 @@ def test_a_stored_module_url_that_is_unusable_is_an_operator_problem(env: pytest
     """A module URL stored before ``module set`` checked it: the transport refuses to be built (the send path
     holds the mail), with one line that names where the URL comes from."""
     from worker.infrastructure.modules import Smtp2GoConfig
-    from worker.sending.transports.smtp2go import Smtp2GoTransport
+    from worker.providers.smtp2go.transport import Smtp2GoTransport
 
     config = Smtp2GoConfig(enabled=True, api_key="k", api_url="ftp://api.smtp2go.com/v3", webhook_secrets=(),
                            options={}, source="database")

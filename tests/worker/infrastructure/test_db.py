@@ -165,9 +165,9 @@ def mariadb_missing_a_column(base_env: pytest.MonkeyPatch) -> Iterator[tuple[str
     now = datetime.now(UTC).replace(tzinfo=None)
     with engine.begin() as conn:
         conn.execute(text(
-            "INSERT INTO messages (id, status, sender, size_bytes, attempts, api_attempts, smtp_attempts, crashes,"
-            " api_abandoned, queued_at, updated_at, text_body) VALUES (:id, 'queued', 's@example.org', 0, 0, 0, 0,"
-            " 0, 0, :now, :now, 'hi')"), {"id": tracking_id, "now": now})
+            "INSERT INTO messages (id, status, sender, size_bytes, attempts, crashes, queued_at, updated_at,"
+            " text_body) VALUES (:id, 'queued', 's@example.org', 0, 0, 0, :now, :now, 'hi')"),
+            {"id": tracking_id, "now": now})
         conn.execute(text(
             "INSERT INTO recipients (message_id, address, kind, status, open_count, click_count)"
             " VALUES (:id, 'a@example.com', 'to', 'queued', 0, 0)"), {"id": tracking_id})

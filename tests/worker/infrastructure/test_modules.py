@@ -8,14 +8,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from worker import providers
 from worker.cli import main
 from worker.errors import ConfigurationError
 from worker.infrastructure.config import get_settings, reset_settings
 from worker.infrastructure.crypto import generate_key
 from worker.infrastructure.db import session_scope
-from worker.infrastructure.models import IntegrationModule, Message, Transport
+from worker.infrastructure.models import IntegrationModule, Transport
 from worker.infrastructure.modules import smtp2go_config, update_module_settings
-from worker.sending.transports import choose_transport
+from worker.providers.base import Held
 
 
 @pytest.fixture
@@ -27,9 +28,15 @@ def keyed(db: str, base_env: pytest.MonkeyPatch) -> str:
 
 
 def _policy(api_abandoned: bool = False) -> Transport:
+    """The provider the chain picks first (``api_abandoned``: SMTP2Go gave up on the message)."""
     with session_scope() as session:
-        cfg = smtp2go_config(session)
-    return choose_transport(Message(api_abandoned=api_abandoned), cfg, get_settings())
+        for name in providers.chain(get_settings()):
+            if api_abandoned and name == "smtp2go":
+                continue
+            transport = providers.get(name).transport(name, "", session.connection(), get_settings())
+            if transport is not None and not isinstance(transport, Held):
+                return Transport(name)
+    raise ConfigurationError("no transport configured: set SMTP_HOST or SMTP2GO_API_KEY")
 
 
 def test_environment_key_enables_smtp2go_without_a_row(db: str, base_env: pytest.MonkeyPatch) -> None:

@@ -20,7 +20,7 @@ from worker import enqueue_email, get_email_status
 from worker.devtools.fake_smtp2go import Scripted
 from worker.infrastructure.config import reset_settings
 from worker.infrastructure.db import session_scope
-from worker.infrastructure.models import Message, MessageStatus, TrackingEvent, Transport, utcnow
+from worker.infrastructure.models import Attempt, AttemptOutcome, Message, MessageStatus, TrackingEvent, utcnow
 from worker.operations.reconcile import reconcile
 from worker.operations.sweeper import sweep
 from worker.sending.delivery import deliver
@@ -60,7 +60,7 @@ def _status(tid: str) -> dict[str, Any]:
 
 def _parked(tid: str) -> bool:
     status = _status(tid)
-    return bool(status["status"] == "retrying" and status["ambiguous"])
+    return bool(status["status"] == "parked" and status["ambiguous"])
 
 
 def test_ambiguous_send_is_settled_sent_with_its_email_id(fake_api: Any, database: str) -> None:
@@ -204,7 +204,7 @@ def test_activity_rate_limit_is_reported_and_pauses_the_run(fake_api: Any, datab
     report = reconcile(settle=0)
     assert report.requests == 2 and report.stopped == "rate_limited" and "rate limited" in (report.error or "")
     assert report.resolved_sent == 1 and report.still_ambiguous == 1
-    assert {_status(t)["status"] for t in (a, b)} == {"sent", "retrying"}
+    assert {_status(t)["status"] for t in (a, b)} == {"sent", "parked"}
 
 
 def test_request_budget_counts_every_page(fake_api: Any, database: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,8 +236,9 @@ def _park_smtp(tid: str, seconds_ago: float) -> None:
     at = utcnow() - timedelta(seconds=seconds_ago)
     with session_scope() as session:
         session.execute(update(Message).where(Message.id == tid).values(
-            status=MessageStatus.RETRYING, ambiguous_since=at, inflight_transport=Transport.SMTP, inflight_since=at,
+            status=MessageStatus.PARKED, ambiguous_since=at, provider="smtp", inflight_since=at,
             next_attempt_at=None, last_error="smtp: no answer after DATA"))
+        session.add(Attempt(message_id=tid, provider="smtp", started_at=at, outcome=AttemptOutcome.UNKNOWN))
 
 
 def test_smtp_parked_is_released_only_after_smtp_unknown_resend_after(fake_api: Any, database: str,

@@ -17,11 +17,11 @@ from worker.infrastructure.db import get_engine
 from worker.infrastructure.models import Message, MessageStatus, Transport, utcnow
 from worker.operations.maintenance import requeue
 from worker.operations.reconcile import reconcile
+from worker.providers.base import OutgoingEmail
+from worker.providers.smtp2go import transport as smtp2go_provider
 from worker.sending import lifecycle
 from worker.sending.jobs import load_job
 from worker.sending.lifecycle import ClaimKind, LeaseLost
-from worker.sending.transports import OutgoingEmail
-from worker.sending.transports import smtp2go as smtp2go_provider
 
 
 @pytest.fixture(params=["db", "sqlite_db"])
@@ -74,8 +74,8 @@ def test_requeue_stuck_parks_a_message_that_died_in_flight_and_reconciliation_se
     result = requeue(stuck=True, stuck_after=timedelta(0))
     assert result.parked == [tid] and result.requeued == []
     status = get_email_status(tid)
-    assert status is not None and status["status"] == "retrying" and status["ambiguous"] is True
-    assert _row(tid).inflight_transport == Transport.SMTP2GO  # reconciliation needs to know where to look
+    assert status is not None and status["status"] == "parked" and status["ambiguous"] is True
+    assert status["attempts"][-1]["provider"] == "smtp2go"  # reconciliation needs to know where to look
     reconcile(settle=0)
     status = get_email_status(tid)
     assert status is not None and status["status"] == "sent" and status["smtp2go_message_id"] == email_id

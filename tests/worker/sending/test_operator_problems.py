@@ -21,7 +21,7 @@ from worker.infrastructure.config import reset_settings
 from worker.infrastructure.crypto import generate_key
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.modules import SMTP2GO, set_module_enabled, update_module_settings
-from worker.sending import protection
+from worker.providers import breaker as protection
 from worker.sending.delivery import OutcomeKind, deliver
 
 
@@ -61,14 +61,15 @@ def test_revoked_key_holds_mail_one_probe_then_sends_through_smtp2go_once_fixed(
 
     assert deliver(first, owner="w").kind == OutcomeKind.HELD
     held = _status(first)
-    assert held["status"] == "retrying" and held["held"] is True and held["ambiguous"] is False
+    assert held["status"] == "held" and held["held"] is True and held["ambiguous"] is False
     assert "401" in held["last_error"] and "api_key" in held["last_error"]
     assert "api-revoked-0000" not in held["last_error"]
-    assert held["api_attempts"] == 0  # the refused key does not use up the retry budget
+    # the attempt that met the refused key is on record as held: it does not use up the retry budget
+    assert [(a["provider"], a["outcome"]) for a in held["attempts"]] == [("smtp2go", "held")]
     assert protection.state()["breaker"] == "open"
     for tid in others:  # the breaker holds them without calling the API: one probe met the bad key
         assert deliver(tid, owner="w").kind == OutcomeKind.HELD
-        assert _status(tid)["status"] == "retrying" and "401" in _status(tid)["last_error"]
+        assert _status(tid)["status"] == "held" and "401" in _status(tid)["last_error"]
     assert len(fake_api.requests) == 1 and fake_api.count_for(first) == 0
 
     short_cooldown.setenv("SMTP2GO_API_KEY", API_KEY)  # the operator fixes the key
@@ -112,7 +113,7 @@ def test_missing_encryption_key_on_one_host_holds_then_requeue_held_sends(
     tid = enqueue_email("a@example.com", "no key here", text_body="x")
     assert deliver(tid, owner="w").kind == OutcomeKind.HELD
     status = _status(tid)
-    assert status["status"] == "retrying" and "SETTINGS_ENCRYPTION_KEY" in status["last_error"]
+    assert status["status"] == "held" and "SETTINGS_ENCRYPTION_KEY" in status["last_error"]
     assert len(fake_api.requests) == 0
 
     base_env.setenv("SETTINGS_ENCRYPTION_KEY", key)
@@ -132,7 +133,7 @@ def test_module_disabled_and_no_relay_holds_until_a_transport_exists(
     tid = enqueue_email("a@example.com", "nowhere to go", text_body="x")
     assert deliver(tid, owner="w").kind == OutcomeKind.HELD
     status = _status(tid)
-    assert status["status"] == "retrying" and "no transport configured" in status["last_error"]
+    assert status["status"] == "held" and "no transport configured" in status["last_error"]
     assert status["recipients"][0]["status"] == "queued"
 
     base_env.setenv("SMTP_HOST", smtp_sink.host)
@@ -160,7 +161,7 @@ def test_an_unusable_api_url_holds_mail_without_spending_attempts(
     for _ in range(3):  # SEND_MAX_RETRIES is 3: a retryable error would have failed or fallen back by now
         assert _deliver_when_due(tid) == OutcomeKind.HELD
     status = _status(tid)
-    assert status["status"] == "retrying" and status["held"] is True and status["api_attempts"] == 0
+    assert status["status"] == "held" and status["held"] is True and status["attempts"] == []
     assert "is not an http(s) URL" in status["last_error"]
     assert fake_api.count_for(tid) == 0
 

@@ -10,7 +10,7 @@ import pytest
 from worker import enqueue_email, get_email_status
 from worker.devtools.fake_smtp2go import Scripted
 from worker.infrastructure.config import get_settings, reset_settings
-from worker.sending import protection
+from worker.providers import breaker as protection
 from worker.sending.delivery import deliver
 
 
@@ -51,7 +51,8 @@ def test_open_breaker_sends_straight_to_smtp(breaker_env: Any, fake_api: Any, sm
     tid = enqueue_email("next@example.com", "while open", text_body="x")
     assert deliver(tid, owner="w").kind == "sent"
     status = get_email_status(tid)
-    assert status is not None and status["transport"] == "smtp" and status["api_attempts"] == 0
+    assert status is not None and status["transport"] == "smtp"
+    assert [a["provider"] for a in status["attempts"]] == ["smtp"]
     assert "circuit breaker" in status["fallback_reason"]
     assert len(fake_api.requests) == 3  # the open breaker spared the API
 
@@ -64,7 +65,7 @@ def test_429_pauses_every_worker(fake_api: Any, db: str, redis_client: Any) -> N
     outcome = deliver(second, owner="w2")  # another worker: paused too, without spending an attempt
     assert outcome.kind == "retry" and outcome.delay is not None and outcome.delay > 1
     status = get_email_status(second)
-    assert status is not None and status["api_attempts"] == 0 and "rate limit" in status["last_error"]
+    assert status is not None and status["attempts"] == [] and "rate limit" in status["last_error"]
     assert len(fake_api.requests) == 1
 
 

@@ -37,7 +37,9 @@ def test_happy_path_records_email_id_and_sends_once(fake_api: Any, celery_worker
     assert send["payload"]["cc"] == ["carol@example.com"]
     assert {"header": "X-Mailworker-Id", "value": tid} in send["payload"]["custom_headers"]
     assert status["reference"] == "ticket_reply:42"
-    assert status["attempts"] == 1
+    assert [(a["provider"], a["outcome"]) for a in status["attempts"]] == [("smtp2go", "accepted")]
+    assert status["attempts"][0]["provider_message_id"] == status["provider_message_id"] == status["smtp2go_message_id"]
+    assert status["provider"] == "smtp2go" and status["attempts"][0]["latency_ms"] is not None
     assert [r["status"] for r in status["recipients"]] == ["sent", "sent"]
     assert status["sent_at"] is not None
 
@@ -48,7 +50,7 @@ def test_server_errors_then_success(fake_api: Any, celery_worker: Any) -> None:
     status = _final(tid)
     assert status["status"] == "sent"
     assert status["transport"] == "smtp2go"
-    assert status["api_attempts"] == 3
+    assert [a["outcome"] for a in status["attempts"]] == ["not_sent", "not_sent", "accepted"]
     assert fake_api.count_for(tid) == 1
     assert len(fake_api.requests) == 3
 
@@ -91,7 +93,7 @@ def test_api_down_retries_then_falls_back(base_env: Any, smtp_sink: Any, celery_
     status = _final(tid)
     assert status["status"] == "sent"
     assert status["transport"] == "smtp"
-    assert status["api_attempts"] == 3  # first try + SEND_MAX_RETRIES
+    assert [a["provider"] for a in status["attempts"]] == ["smtp2go"] * 3 + ["smtp"]  # first try + SEND_MAX_RETRIES
     assert "retries used up" in status["fallback_reason"]
     assert smtp_sink.count_for(tid) == 1
 
@@ -175,7 +177,8 @@ def test_relay_that_took_the_data_but_never_answered_is_parked_not_resent(smtp_s
     assert deliver(tid, owner="w").kind == OutcomeKind.SKIPPED  # parked: not due for the send path
     wait_until(lambda: smtp_sink.count_for(tid) == 1, timeout=10, message="the relay to keep the message")
     status = get_email_status(tid)
-    assert status is not None and status["status"] == "retrying" and status["ambiguous"] is True
+    assert status is not None and status["status"] == "parked" and status["ambiguous"] is True
+    assert status["attempts"][-1]["outcome"] == "unknown" and status["attempts"][-1]["provider"] == "smtp"
     assert reconcile(settle=0).released == 0  # too early to resend
     assert smtp_sink.count_for(tid) == 1
 
@@ -212,7 +215,7 @@ def test_read_timeout_is_parked_as_ambiguous_not_resent(fake_api: Any, celery_wo
         return s if s and s["ambiguous"] else None
 
     status = wait_until(parked, timeout=15)
-    assert status["status"] == "retrying"
+    assert status["status"] == "parked"
     assert "ambiguous" in status["last_error"]
     wait_until(lambda: fake_api.count_for(tid) == 1, timeout=10)  # the slow request did land
     from worker.operations.sweeper import sweep
@@ -295,14 +298,14 @@ def test_takeover_of_inflight_send_is_ambiguous(fake_api: Any, db: str) -> None:
     from sqlalchemy import update
 
     from worker.infrastructure.db import session_scope
-    from worker.infrastructure.models import Message, MessageStatus, Transport, utcnow
+    from worker.infrastructure.models import Message, MessageStatus, utcnow
     from worker.sending.delivery import deliver
 
     tid = enqueue_email("inflight@example.com", "crash mid-send", text_body="x")
     with session_scope() as session:
         session.execute(update(Message).where(Message.id == tid).values(
             status=MessageStatus.SENDING, lease_owner="dead", inflight_since=utcnow(),
-            inflight_transport=Transport.SMTP2GO, lease_expires_at=utcnow() - timedelta(seconds=1)))
+            lease_expires_at=utcnow() - timedelta(seconds=1)))
     assert deliver(tid, owner="alive").kind == "ambiguous"
     assert fake_api.count_for(tid) == 0
     assert (get_email_status(tid) or {})["ambiguous"] is True
@@ -333,7 +336,7 @@ def test_database_lost_before_the_send_leaves_no_lease_and_no_crash(fake_api: An
         with pytest.raises(OperationalError):
             deliver(tid, owner="host:cut")
     status = get_email_status(tid)
-    assert status is not None and status["status"] == "queued" and status["attempts"] == 0
+    assert status is not None and status["status"] == "queued" and status["attempts"] == []
     assert fake_api.count_for(tid) == 0
     assert deliver(tid, owner="host:retry").kind == "sent"  # no lease to wait out, no take-over counted
     assert fake_api.count_for(tid) == 1
@@ -351,7 +354,8 @@ def test_attempt_counts_say_what_was_sent(fake_api: Any, smtp_sink: Any, db: str
     def counts(tid: str) -> tuple[int, int, int, str | None]:
         s = get_email_status(tid)
         assert s is not None
-        return s["attempts"], s["api_attempts"], s["smtp_attempts"], s["transport"]
+        made = [a["provider"] for a in s["attempts"]]
+        return len(made), made.count("smtp2go"), made.count("smtp"), s["transport"]
 
     ok = enqueue_email("ok@example.com", "api", text_body="x")
     assert deliver(ok, owner="w").kind == "sent"

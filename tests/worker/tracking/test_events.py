@@ -28,9 +28,9 @@ from worker.infrastructure.models import (
     TrackingEvent,
     Transport,
 )
+from worker.providers.smtp2go.webhooks import EVENT_MAP, parse_time
+from worker.providers.smtp2go.webhooks import normalise_webhook as normalize_event
 from worker.tracking.events import link_orphan_events, link_pending_events, process_event
-from worker.tracking.smtp2go import EVENT_MAP, parse_time
-from worker.tracking.smtp2go import normalise_webhook as normalize_event
 from worker.tracking.suppressions import is_suppressed
 
 FIXTURES = FIXTURES_DIR

@@ -1,6 +1,6 @@
 """Contract of the receiving side: every SMTP2Go fixture normalises to the expected :class:`NormalizedEvent`.
 
-Pure (no services). ``worker.tracking.smtp2go`` is the one module that reads SMTP2Go's event names and fields,
+Pure (no services). ``worker.providers.smtp2go.webhooks`` is the one module that reads SMTP2Go's event names and fields,
 webhooks and ``/activity/search`` alike; a second provider would be one module plus a test like this one.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import FIXTURES_DIR
 from worker.infrastructure.models import EventType
-from worker.tracking.smtp2go import (
+from worker.providers.smtp2go.webhooks import (
     ACTIVITY_EVENT_NAMES,
     EVENT_MAP,
     NormalizedEvent,
@@ -93,7 +93,7 @@ WEBHOOKS: dict[str, dict[str, Any]] = {
 def test_every_webhook_fixture_normalises_to_the_expected_event(name: str) -> None:
     body = fixture(name)
     ev = normalise_webhook(body)
-    assert ev == NormalizedEvent(**WEBHOOKS[name])
+    assert ev == NormalizedEvent(**{"provider": "smtp2go", **WEBHOOKS[name]})
     assert ev.provider == "smtp2go" and ev.raw == body  # kept as sent: stored with the event
     assert is_event(body)
 

@@ -36,9 +36,9 @@ def populate() -> None:
     add_message(MessageStatus.BOUNCED, email_bounced_at=T0)
     add_message(MessageStatus.BOUNCED, **delivered, email_bounced_at=T0)  # one recipient got it
     add_message(MessageStatus.COMPLAINED, **delivered, email_complained_at=T0, email_opened_at=T0)
-    add_message(MessageStatus.SENT, transport=Transport.SMTP, api_abandoned=True, fallback_reason="api 400")
+    add_message(MessageStatus.SENT, transport=Transport.SMTP, fallback_reason="api 400")
     add_message(MessageStatus.QUEUED, transport=None, queued_at=T0 + timedelta(minutes=59))
-    add_message(MessageStatus.FAILED, transport=None, api_abandoned=True, last_error="smtp 550")
+    add_message(MessageStatus.FAILED, transport=None, last_error="smtp 550")
     add_message(MessageStatus.DELIVERED, **delivered, queued_at=T0 - timedelta(seconds=1))
     add_message(MessageStatus.SUPPRESSED, transport=None, queued_at=T0 + timedelta(hours=1))
 
@@ -56,9 +56,9 @@ def test_counts_and_rates_in_a_window(db: str) -> None:
     populate()
     stats = get_email_stats(since=T0, until=T0 + timedelta(hours=1))
     assert stats["total"] == 10
-    assert stats["by_status"] == {"queued": 1, "sending": 0, "retrying": 0, "sent": 2, "delivered": 3,
-                                  "bounced": 2, "complained": 1, "rejected": 0, "failed": 1, "suppressed": 0,
-                                  "cancelled": 0, "expired": 0}
+    assert stats["by_status"] == {"queued": 1, "sending": 0, "retrying": 0, "parked": 0, "held": 0, "sent": 2,
+                                  "delivered": 3, "bounced": 2, "complained": 1, "rejected": 0, "failed": 1,
+                                  "suppressed": 0, "cancelled": 0, "expired": 0}
     assert stats["by_transport"] == {"smtp2go": 7, "smtp": 1, "none": 2}
     assert stats["fallback_count"] == 1
     assert stats["sent_total"] == 8

@@ -32,7 +32,6 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
 from io import BytesIO
-from typing import ClassVar
 
 from worker.errors import (
     AmbiguousDeliveryError,
@@ -44,12 +43,12 @@ from worker.errors import (
     RetryableDeliveryError,
 )
 from worker.infrastructure.config import Settings
-from worker.infrastructure.models import Transport
-from worker.sending.transports.base import (
+from worker.providers.base import (
     TRACKING_HEADER,
     Accepted,
     Outcome,
     OutgoingEmail,
+    held,
     outcome_of,
     unbuildable,
 )
@@ -335,9 +334,7 @@ def send(
 class SmtpTransport:
     """The SMTP relay as a transport: :func:`send` with the relay's address and credentials, its answer (or
     classified error) as an outcome. Operator problems (refused credentials, an untrusted certificate, missing
-    STARTTLS/AUTH) raise :class:`ConfigurationError`."""
-
-    kind: ClassVar[Transport] = Transport.SMTP
+    STARTTLS/AUTH) are :class:`Held`."""
 
     host: str
     port: int
@@ -355,7 +352,7 @@ class SmtpTransport:
                    password=settings.smtp_password, security=settings.smtp_security, timeout=settings.smtp_timeout,
                    ca_file=settings.smtp_ca_file)
 
-    def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
+    def send(self, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
         try:
             built = prepare(email)  # before ``departing``: a message that cannot be built was never sent
         except Exception as err:  # noqa: BLE001 - whatever the build raised, nothing left the process
@@ -367,4 +364,6 @@ class SmtpTransport:
                         password=self.password, security=self.security, timeout=self.timeout, ca_file=self.ca_file)
         except DeliveryError as err:
             return outcome_of(err)
+        except ConfigurationError as err:
+            return held(err)
         return Accepted(sent.message_id, refused=dict(sent.refused), deferred=dict(sent.deferred))

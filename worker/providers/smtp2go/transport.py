@@ -1,4 +1,4 @@
-"""SMTP2Go v3 HTTP API client: ``POST /email/send`` and ``POST /activity/search``.
+"""SMTP2Go v3 HTTP API client: ``POST /email/send`` and ``POST /activity/search`` (used by :mod:`.reconcile`).
 
 One client for both calls, so sending and reconciliation share the per-thread keep-alive session, the
 timeouts, the proxy/CA handling and -- most importantly -- one answer to "could SMTP2Go have acted on this
@@ -15,8 +15,8 @@ Classification, so the task never guesses (decided from urllib3's exception type
 - the request may have left: read timeout, connection dropped or reset after the write, an SSL EOF after the
   write, an HTTP error while reading the response (truncated body, bad chunking or encoding), a 200 we cannot
   read -> :class:`AmbiguousDeliveryError` (SMTP2Go has no idempotency key: resending blindly could deliver twice);
-- 401/403 -> :class:`CredentialsRejected` (an operator problem: the key was revoked or rotated, never a
-  property of the message);
+- 401/403 -> :class:`CredentialsRejected`, a :class:`Held` outcome of the transport (an operator problem: the
+  key was revoked or rotated, never a property of the message);
 - other 4xx, or an error in a 200 -> :class:`PermanentDeliveryError`.
 """
 
@@ -33,11 +33,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
 import requests
 import urllib3.exceptions as u3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from worker.errors import (
     AmbiguousDeliveryError,
@@ -49,14 +51,14 @@ from worker.errors import (
     RetryableDeliveryError,
 )
 from worker.infrastructure.config import Settings, check_api_url
-from worker.infrastructure.models import Transport
 from worker.infrastructure.modules import Smtp2GoConfig
-from worker.sending.transports.base import (
+from worker.providers.base import (
     TRACKING_HEADER,
     Accepted,
     NotSent,
     Outcome,
     OutgoingEmail,
+    held,
     outcome_of,
     unbuildable,
 )
@@ -67,18 +69,48 @@ ACTIVITY_PAGE_MAX = 1000
 _local = threading.local()
 
 
+class HandshakeFailed(ssl.SSLError):
+    """A TLS error raised while the connection was being set up: nothing of the request was written yet."""
+
+
+class _Connection(HTTPSConnection):
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except HandshakeFailed:
+            raise
+        except ssl.SSLError as err:
+            raise HandshakeFailed(*err.args) from err
+
+
+class _Pool(HTTPSConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _Adapter(HTTPAdapter):
+    """Marks TLS failures of the connection set-up by type (:class:`HandshakeFailed`), directly and via a proxy."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": HTTPConnectionPool, "https": _Pool}
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        manager.pool_classes_by_scheme = {"http": HTTPConnectionPool, "https": _Pool}
+        return manager
+
+
 def _session() -> requests.Session:
     """One keep-alive session per thread (requests sessions are not thread-safe to share).
 
-    ``trust_env`` is off: with it on, requests re-reads every proxy variable (and ~/.netrc) on each request,
-    about 5% of a worker's CPU in the benchmark profile. The environment is read once instead, per API URL
-    (:func:`_environment`), with the same meaning: ``HTTPS_PROXY``/``NO_PROXY`` and ``REQUESTS_CA_BUNDLE``.
+    ``trust_env`` is off: the environment is read once per API URL instead (:func:`_environment`), with the
+    same meaning: ``HTTPS_PROXY``/``NO_PROXY`` and ``REQUESTS_CA_BUNDLE``.
     """
     session = getattr(_local, "session", None)
     if session is None:
         session = requests.Session()
         session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        adapter = _Adapter(pool_connections=4, pool_maxsize=16, max_retries=0)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         _local.session = session
@@ -105,9 +137,8 @@ _BEFORE_THE_REQUEST: tuple[type[BaseException], ...] = (
     ConnectionRefusedError,
     ssl.SSLCertVerificationError,
     ssl.CertificateError,
+    HandshakeFailed,
 )
-#: Frames that only run while the connection (TCP + TLS) is being set up, before ``conn.request``.
-_HANDSHAKE_FRAMES = {"do_handshake", "_validate_conn", "_connect_tls_proxy", "_ssl_wrap_socket_and_match_hostname"}
 
 
 def _causes(err: BaseException) -> Iterator[BaseException]:
@@ -123,26 +154,15 @@ def _causes(err: BaseException) -> Iterator[BaseException]:
         stack.extend([e.__cause__, e.__context__, getattr(e, "reason", None), *e.args])
 
 
-def _in_handshake(err: BaseException) -> bool:
-    tb = err.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name in _HANDSHAKE_FRAMES:
-            return True
-        tb = tb.tb_next
-    return False
-
-
 def request_left(err: BaseException) -> bool:
     """Could SMTP2Go have received this request? False only with proof that it failed before the write.
 
-    The proof is an exception type urllib3 raises while connecting (or a TLS error raised inside the
-    handshake); anything else -- a reset, an EOF, a timeout or a protocol error while reading -- may have
+    The proof is an exception type raised while connecting (:class:`HandshakeFailed` for TLS); anything
+    else -- a reset, an EOF, a timeout or a protocol error while reading -- may have
     happened after SMTP2Go read the whole request and acted on it.
     """
     for e in _causes(err):
         if isinstance(e, _BEFORE_THE_REQUEST):
-            return False
-        if isinstance(e, ssl.SSLError) and _in_handshake(e):
             return False
     return True
 
@@ -367,10 +387,11 @@ def send(
 
 
 def send_outcome(status: int, body: Any, *, retry_after: float | None = None) -> Outcome:
-    """An ``/email/send`` answer as a transport outcome: :func:`interpret_response` without exceptions, except
-    :class:`~worker.errors.CredentialsRejected` (an operator problem, never an outcome)."""
+    """An ``/email/send`` answer as a transport outcome (a refused key is :class:`Held`)."""
     try:
         return Accepted(interpret_response(status, body, retry_after=retry_after))
+    except CredentialsRejected as err:
+        return held(err)
     except DeliveryError as err:
         outcome = outcome_of(err)
         if err.status_code == 429 and isinstance(outcome, NotSent):
@@ -382,8 +403,6 @@ def send_outcome(status: int, body: Any, *, retry_after: float | None = None) ->
 class Smtp2GoTransport:
     """The SMTP2Go transport: ``POST /email/send`` with this account's key (the classification is in the module
     docstring). Built from the module configuration; holds no connection (sessions are per thread)."""
-
-    kind: ClassVar[Transport] = Transport.SMTP2GO
 
     api_key: str = field(repr=False)
     api_url: str
@@ -402,7 +421,7 @@ class Smtp2GoTransport:
                    connect_timeout=settings.smtp2go_connect_timeout, verify=settings.smtp2go_ca_file or True,
                    options=config.options)
 
-    def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
+    def send(self, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
         try:  # the whole body before ``departing``: a message that cannot be built was never sent
             payload = encode_json(build_payload(email, options=self.options))
         except Exception as err:  # noqa: BLE001 - whatever the build raised, nothing left the process
@@ -414,6 +433,8 @@ class Smtp2GoTransport:
                            timeout=self.timeout, connect_timeout=self.connect_timeout, verify=self.verify)
         except DeliveryError as err:
             return outcome_of(err)
+        except ConfigurationError as err:
+            return held(err)
         return send_outcome(answer.status, answer.body, retry_after=answer.retry_after)
 
 

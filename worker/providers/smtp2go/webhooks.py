@@ -1,5 +1,6 @@
-"""SMTP2Go's event wire format -> :class:`NormalizedEvent`: the one module that knows SMTP2Go's event names and
-fields on the receiving side (pure: no I/O, never raises). Everything after it speaks :class:`EventType`.
+"""SMTP2Go's webhooks: their authentication (shared secrets) and their wire format -> :class:`NormalizedEvent`,
+the one module that knows SMTP2Go's event names and fields on the receiving side (pure: no I/O, never raises).
+Everything after it speaks :class:`EventType`.
 
 Two sources, one map of event names (:data:`EVENT_MAP`):
 
@@ -23,12 +24,13 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parseaddr, parsedate_to_datetime
 from typing import Any
 
 from worker.infrastructure.models import EventType, utcnow
+from worker.providers.base import NormalizedEvent, WebhookHandler
 
 PROVIDER = "smtp2go"
 
@@ -66,49 +68,6 @@ _TRACKING_HEADER = "x-mailworker-id"
 _MAX_TEXT = 8000  # url, user agent, detail: TEXT columns, and nobody needs more
 _SMTP_CODE_RE = re.compile(r"^\s*([245])(?:\d\d|\.\d)")
 _MIN_YEAR, _MAX_YEAR = 1971, 9998
-
-
-@dataclass(frozen=True)
-class NormalizedEvent:
-    """One provider event in our terms; built by :func:`normalise_webhook` or :func:`normalise_activity`.
-
-    ``raw`` is the provider's body as it is stored with the event (an activity event marked
-    ``source: activity_search``); it takes no part in comparisons.
-    """
-
-    provider_event_id: str
-    event_type: EventType
-    raw_event: str
-    occurred_at: datetime
-    email_id: str | None = None
-    tracking_ref: str | None = None
-    recipient: str | None = None
-    recipients: tuple[str, ...] = ()
-    bounce_type: str | None = None
-    message: str | None = None
-    reason: str | None = None
-    context: str | None = None
-    host: str | None = None
-    user_agent: str | None = None
-    url: str | None = None
-    message_id_header: str | None = None
-    time_source: str = "time"  # time | sendtime | received
-    provider: str = PROVIDER
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def detail(self) -> str | None:
-        """The provider's explanation in one line: ``message; reason (context; host)``.
-
-        ``reason`` is the field SMTP2Go's activity records use for why a recipient was refused, and an event
-        may carry it too; it is kept next to ``message`` rather than instead of it, so neither text is lost
-        (a reject's suppression keeps this line as its detail).
-        """
-        text = "; ".join(dict.fromkeys(p for p in (self.message, self.reason) if p))
-        extra = "; ".join(p for p in (self.context, self.host) if p)
-        if text and extra:
-            return f"{text} ({extra})"
-        return text or extra or None
 
 
 # --------------------------------------------------------------------------------------------- normalising
@@ -223,13 +182,6 @@ def normalise_activity(event: Mapping[str, Any]) -> NormalizedEvent:
     return replace(ev, raw={**event, "source": "activity_search"})
 
 
-def normalise_stored(raw: Mapping[str, Any]) -> NormalizedEvent:
-    """A stored event body (``NormalizedEvent.raw``) normalised again."""
-    if raw.get("source") == "activity_search" and "date" in raw:
-        return normalise_activity(raw)
-    return normalise_webhook(raw)
-
-
 def normalise_webhook(payload: Mapping[str, Any]) -> NormalizedEvent:
     """Turn one webhook body (JSON object or flat form dict) into a :class:`NormalizedEvent`; never raises."""
     fields = {str(k).lower(): v for k, v in payload.items()}
@@ -287,12 +239,23 @@ def normalise_webhook(payload: Mapping[str, Any]) -> NormalizedEvent:
         user_agent=get("user-agent") or get("user_agent"),
         url=get("url"),
         message_id_header=(get("message-id") or get("message_id") or "")[:255] or None,
+        provider=PROVIDER,
         raw=payload,
     )
 
 
-#: The name this module had before it read activity events too.
-normalize_event = normalise_webhook
+def normalise_stored(raw: Mapping[str, Any]) -> NormalizedEvent:
+    """A stored event body (``NormalizedEvent.raw``) normalised again: a webhook body or an activity event."""
+    if raw.get("source") == "activity_search" and "date" in raw:
+        return normalise_activity(raw)
+    return normalise_webhook(raw)
 
 
-# --------------------------------------------------------------------------------------------- applying
+def _secrets(settings: Any) -> tuple[str, ...]:
+    return tuple(settings.smtp2go_webhook_secrets)
+
+
+WEBHOOKS = WebhookHandler(secrets=_secrets, is_event=is_event, normalise=normalise_stored,
+                          list_fields=FORM_LIST_FIELDS)
+
+

@@ -1,5 +1,5 @@
 """Contract of the sending side: every transport answers ``send(*, email)`` with Accepted / NotSent / Unknown and
-raises only operator problems (ConfigurationError); every SMTP2Go ``/email/send`` fixture maps to the expected
+returns operator problems as Held; every SMTP2Go ``/email/send`` fixture maps to the expected
 outcome; the breaker and rate limit answer as a wrapper transport.
 
 A second provider would be one transport module plus a test like the SMTP2Go part of this one.
@@ -15,15 +15,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import FIXTURES_DIR, SmtpSink, free_port
+from worker import providers
 from worker.devtools.fake_smtp2go import FakeSMTP2Go, Scripted
-from worker.errors import ConfigurationError, CredentialsRejected
 from worker.infrastructure.config import get_settings, reset_settings
-from worker.infrastructure.models import Transport
-from worker.sending import protection
-from worker.sending.protection import ProtectedTransport
-from worker.sending.transports import Accepted, MailTransport, NotSent, Outcome, OutgoingEmail, Unknown
-from worker.sending.transports.smtp import SmtpTransport
-from worker.sending.transports.smtp2go import Smtp2GoTransport, send_outcome
+from worker.providers import breaker as protection
+from worker.providers.base import Accepted, Held, NotSent, Outcome, OutgoingEmail, Transport, Unknown
+from worker.providers.breaker import Breaker
+from worker.providers.smtp.transport import SmtpTransport
+from worker.providers.smtp2go.transport import Smtp2GoTransport, send_outcome
 
 
 def fixture(name: str) -> Any:
@@ -80,9 +79,9 @@ def test_status_alone_decides_rate_limit_server_error_and_unknown() -> None:
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_refused_credentials_are_raised_never_an_outcome(status: int) -> None:
-    with pytest.raises(CredentialsRejected):
-        send_outcome(status, fixture("send_error_data.json"))
+def test_refused_credentials_are_held_for_the_operator(status: int) -> None:
+    outcome = send_outcome(status, fixture("send_error_data.json"))
+    assert isinstance(outcome, Held) and f"({status})" in outcome.problem
 
 
 # ------------------------------------------------------------------------------ transports over the wire
@@ -91,39 +90,37 @@ def test_refused_credentials_are_raised_never_an_outcome(status: int) -> None:
 def test_smtp2go_transport_over_http() -> None:
     with FakeSMTP2Go(api_key="k-1") as api:
         transport = Smtp2GoTransport(api_key="k-1", api_url=api.url, timeout=0.5, connect_timeout=0.5)
-        assert "k-1" not in repr(transport) and transport.kind == Transport.SMTP2GO
+        assert "k-1" not in repr(transport)
         gone = Departures()
-        outcome = transport.send(email=email(), departing=gone)
+        outcome = transport.send(email(), departing=gone)
         assert outcome == Accepted(api.sends[0]["email_id"]) and gone.calls == 1
         api.script(Scripted.slow(2))
-        assert isinstance(transport.send(email=email()), Unknown)  # the request left; no answer in time
-        with pytest.raises(CredentialsRejected):
-            Smtp2GoTransport(api_key="wrong", api_url=api.url).send(email=email())
+        assert isinstance(transport.send(email()), Unknown)  # the request left; no answer in time
+        assert isinstance(Smtp2GoTransport(api_key="wrong", api_url=api.url).send(email()), Held)
     refused = Smtp2GoTransport(api_key="k", api_url=f"http://127.0.0.1:{free_port()}/v3", connect_timeout=0.5)
     gone = Departures()
-    outcome = refused.send(email=email(), departing=gone)
+    outcome = refused.send(email(), departing=gone)
     assert isinstance(outcome, NotSent) and outcome.retryable and gone.calls == 1
 
 
 def test_smtp_transport_over_smtp(smtp_sink: SmtpSink) -> None:
-    transport = SmtpTransport.from_settings(get_settings())
-    assert transport.kind == Transport.SMTP
+    transport = providers.get("smtp").transport("smtp", "", None, get_settings())
+    assert isinstance(transport, SmtpTransport)
     gone = Departures()
-    outcome = transport.send(email=email(), departing=gone)
+    outcome = transport.send(email(), departing=gone)
     assert isinstance(outcome, Accepted) and gone.calls == 1 and not outcome.refused and not outcome.deferred
     # only SMTP2Go renders templates: refused for good by this transport
-    templated = transport.send(email=email(text_body=None, template_id="t-1"))
+    templated = transport.send(email(text_body=None, template_id="t-1"))
     assert isinstance(templated, NotSent) and not templated.retryable
     closed = SmtpTransport(host="127.0.0.1", port=free_port(), security="none", timeout=1)
-    down = closed.send(email=email())
+    down = closed.send(email())
     assert isinstance(down, NotSent) and down.retryable
 
 
-def test_smtp_transport_needs_a_relay(base_env: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def test_the_relay_is_skipped_without_smtp_host(base_env: pytest.MonkeyPatch, tmp_path: Any) -> None:
     base_env.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'unused.db'}")
     reset_settings()
-    with pytest.raises(ConfigurationError, match="SMTP_HOST"):
-        SmtpTransport.from_settings(get_settings())
+    assert providers.get("smtp").transport("smtp", "", None, get_settings()) is None
 
 
 # ----------------------------------------------------------------------------- the breaker as a wrapper
@@ -133,18 +130,14 @@ def test_smtp_transport_needs_a_relay(base_env: pytest.MonkeyPatch, tmp_path: An
 class ScriptedTransport:
     """A transport answering from a script (or raising), recording its calls."""
 
-    answers: list[Outcome | Exception]
+    answers: list[Outcome]
     calls: int = 0
-    kind: Transport = Transport.SMTP2GO
 
-    def send(self, *, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
+    def send(self, email: OutgoingEmail, departing: Callable[[], None] | None = None) -> Outcome:
         self.calls += 1
         if departing is not None:
             departing()
-        answer = self.answers.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+        return self.answers.pop(0)
 
 
 @pytest.fixture
@@ -158,25 +151,22 @@ def breaker(base_env: pytest.MonkeyPatch, redis_client: Any, tmp_path: Any) -> A
 
 def test_protected_transport_opens_on_failures_and_declines_without_sending(breaker: Any) -> None:
     inner = ScriptedTransport([NotSent(retryable=True, reason="5xx"), Unknown("timeout")])
-    wrapped: MailTransport = ProtectedTransport(inner, breaker)
-    assert wrapped.kind == Transport.SMTP2GO
-    assert wrapped.send(email=email()) == NotSent(retryable=True, reason="5xx")
-    assert wrapped.send(email=email()) == Unknown("timeout")  # the second failure opens the breaker
+    wrapped: Transport = Breaker(inner, "smtp2go", breaker)
+    assert wrapped.send(email()) == NotSent(retryable=True, reason="5xx")
+    assert wrapped.send(email()) == Unknown("timeout")  # the second failure opens the breaker
     gone = Departures()
-    declined = wrapped.send(email=email(), departing=gone)
-    assert isinstance(declined, NotSent) and declined.relay_may_take and declined.problem is None
+    declined = wrapped.send(email(), departing=gone)
+    assert isinstance(declined, NotSent) and declined.declined and declined.problem is None
     assert declined.retry_after is not None and declined.retry_after > 20
     assert inner.calls == 2 and gone.calls == 0  # nothing left: the attempt is not counted
 
 
-def test_protected_transport_refused_key_opens_with_the_problem_and_is_raised(breaker: Any) -> None:
-    inner = ScriptedTransport([CredentialsRejected("SMTP2Go refused the API key (401)", provider="smtp2go",
-                                           status_code=401)])
-    wrapped = ProtectedTransport(inner, breaker)
-    with pytest.raises(CredentialsRejected):
-        wrapped.send(email=email())
-    declined = wrapped.send(email=email())
-    assert isinstance(declined, NotSent) and declined.relay_may_take
+def test_protected_transport_refused_key_opens_with_the_problem_and_is_held(breaker: Any) -> None:
+    inner = ScriptedTransport([Held("SMTP2Go refused the API key (401)")])
+    wrapped = Breaker(inner, "smtp2go", breaker)
+    assert wrapped.send(email()) == Held("SMTP2Go refused the API key (401)")
+    declined = wrapped.send(email())
+    assert isinstance(declined, NotSent) and declined.declined
     assert declined.problem == "SMTP2Go refused the API key (401)"
     assert protection.state(breaker)["breaker"] == "open"
 
@@ -184,12 +174,12 @@ def test_protected_transport_refused_key_opens_with_the_problem_and_is_raised(br
 def test_protected_transport_429_pauses_everyone_and_success_closes_nothing_open(breaker: Any) -> None:
     inner = ScriptedTransport([NotSent(retryable=True, reason="429", retry_after=5.0, rate_limited=True),
                                Accepted("id-1")])
-    wrapped = ProtectedTransport(inner, breaker)
-    assert wrapped.send(email=email()).retryable  # type: ignore[union-attr]
-    paused = wrapped.send(email=email())
-    assert isinstance(paused, NotSent) and paused.retryable and not paused.relay_may_take
+    wrapped = Breaker(inner, "smtp2go", breaker)
+    assert wrapped.send(email()).retryable  # type: ignore[union-attr]
+    paused = wrapped.send(email())
+    assert isinstance(paused, NotSent) and paused.retryable and not paused.declined
     assert paused.retry_after is not None and 4 < paused.retry_after <= 5
     assert inner.calls == 1 and protection.state(breaker)["failures"] == 0  # a 429 is not a failure
     protection.reset(breaker)
-    assert wrapped.send(email=email()) == Accepted("id-1")
+    assert wrapped.send(email()) == Accepted("id-1")
     assert protection.state(breaker)["breaker"] == "closed"

@@ -23,8 +23,9 @@ from worker.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from worker.sending.transports import OutgoingAttachment, OutgoingEmail, smtp2go
-from worker.sending.transports.smtp2go import ActivitySearchError, custom_header, interpret_response, search_activity
+from worker.providers.base import OutgoingAttachment, OutgoingEmail
+from worker.providers.smtp2go import transport as smtp2go
+from worker.providers.smtp2go.transport import ActivitySearchError, custom_header, interpret_response, search_activity
 
 FIXTURES = FIXTURES_DIR
 

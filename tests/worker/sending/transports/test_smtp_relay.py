@@ -27,8 +27,8 @@ from worker.errors import (
     RecipientsRefused,
     RetryableDeliveryError,
 )
-from worker.sending.transports import OutgoingAttachment, OutgoingEmail
-from worker.sending.transports import smtp as relay
+from worker.providers.base import OutgoingAttachment, OutgoingEmail
+from worker.providers.smtp import transport as relay
 
 PASSWORD = "relay-pw-s3cret"
 
