@@ -194,6 +194,8 @@ class Settings:
     callback_allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     #: The spam complaint rate (7 days) at or above which the sweeper warns and the console turns red.
     complaint_rate_threshold: float = 0.003
+    #: Emails one ``mailworker.send_batch`` task claims and sends together (BULK_BATCH_SIZE).
+    bulk_batch_size: int = 100
 
     def __repr__(self) -> str:
         return spec.masked_repr(self)

@@ -111,6 +111,14 @@ def fraction(name: str, raw: str) -> float:
     return value
 
 
+def batch_size(name: str, raw: str) -> int:
+    """A batch size: a whole number from 1 to 1000 (SMTP2Go's ``/email/batch`` limit)."""
+    value = integer(minimum=1)(name, raw)
+    if value > 1000:
+        raise ConfigurationError(f"{name} must be at most 1000 (SMTP2Go's batch limit), got {raw!r}")
+    return value
+
+
 def numbers(name: str, raw: str) -> tuple[float, ...]:
     """Comma-separated non-negative numbers."""
     out = []
@@ -521,6 +529,10 @@ declare(
         "A parked SMTP2Go send (outcome unknown) is released for a new attempt only after a *complete* negative "
         "activity search made at least this many seconds after the attempt (activity lags a minute or two)."),
         number(), 600.0, read_by=SETTINGS_READERS, field="reconcile_resend_after"),
+    Setting("BULK_BATCH_SIZE", "sending", (
+        "Emails one `mailworker.send_batch` task claims and sends together (one `POST /email/batch` to SMTP2Go, "
+        "one SMTP connection to the relay); at most 1000, SMTP2Go's limit."),
+        batch_size, 100, read_by=SETTINGS_READERS, field="bulk_batch_size"),
     Setting("SMTP_UNKNOWN_RESEND_AFTER", "sending", (
         "A parked relay send (the relay took the DATA, no answer came) cannot be checked; it is resent after this "
         "many seconds: at least once."), number(), 600.0, read_by=SETTINGS_READERS,
