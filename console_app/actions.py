@@ -81,14 +81,14 @@ def retry_preview(message: Message) -> Preview:
             " the SMTP2Go API is tried again first",
             "a send task is published now",
         ])
-    if message.status == MessageStatus.RETRYING and message.ambiguous_since is not None:
+    if message.status == MessageStatus.PARKED:
         return Preview(False, "it is parked: its last send may have landed. Reconciliation settles it before any "
                               "second send; it is never resent blindly from the console")
-    if message.status == MessageStatus.RETRYING and message.held_since is not None:
+    if message.status == MessageStatus.HELD:
         due = fmt_time(message.next_attempt_at) if message.next_attempt_at else "its cool-down"
         return Preview(True, changes=[
             f"next attempt: now, instead of {due}",
-            "status stays retrying until a worker takes it; if the operator problem is not fixed it is held again",
+            "status stays held until a worker takes it; if the operator problem is not fixed it is held again",
             "a send task is published now",
         ])
     return Preview(False, f"only failed or held messages are retried here; this one is {message.status.value}")
@@ -125,7 +125,7 @@ def retry(tracking_id: str, *, actor: str, reason: str,
 
     outcome = _message_action(
         tracking_id, action="retry", actor=actor, reason=reason, preview_of=retry_preview, run=run,
-        snapshot=lambda m: {"status": m.status.value, "held": m.held_since is not None,
+        snapshot=lambda m: {"status": m.status.value, "held": m.status == MessageStatus.HELD,
                             "attempts": m.attempts})
     if outcome == "requeued":
         if publisher is None:
@@ -140,7 +140,9 @@ def retry(tracking_id: str, *, actor: str, reason: str,
 
 
 def cancel_preview(message: Message) -> Preview:
-    waiting = message.status in (MessageStatus.QUEUED, MessageStatus.RETRYING)
+    waiting = message.status in (MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.HELD)
+    if message.status == MessageStatus.PARKED:
+        return Preview(False, "a transport may already have it (it is parked): too late to cancel")
     if not waiting:
         return Preview(False, f"only queued, scheduled, retrying or held messages can be cancelled; this one is "
                               f"{message.status.value}")
@@ -179,7 +181,8 @@ def release_preview(session: Session, address: str) -> tuple[Suppression | None,
         select(Recipient.message_id).join(Message, Message.id == Recipient.message_id)
         .where(Recipient.address.in_(sorted({addr, address.strip()})),
                Recipient.status == RecipientStatus.QUEUED,
-               Message.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING])).limit(20)))
+               Message.status.in_([MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.HELD]))
+        .limit(20)))
     changes = [f"{addr} comes off the suppression list (it was added as {entry.reason} on "
                f"{fmt_time(entry.created_at)})",
                "mail to it is sent again from now on; messages already suppressed stay suppressed"]

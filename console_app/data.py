@@ -12,7 +12,6 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, defer, selectinload
 
 from console_app.charts import fmt_time
-from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import (
     AuditEntry,
     Message,
@@ -24,9 +23,8 @@ from worker.infrastructure.redaction import redact
 from worker.tracking.stats import get_email_stats
 
 #: Overview tiles, in order: (key, label), one per status, so the tiles add up to the total. ``parked`` (the
-#: send's outcome is unknown, waiting for reconciliation) and ``held`` (an operator problem holds it) are retrying
-#: mail in a special state (or statuses of their own, where the send path records them so); ``retrying`` counts
-#: the rest. A status not listed here gets a tile of its own after these.
+#: send's outcome is unknown, waiting for reconciliation) and ``held`` (an operator problem holds it) are
+#: statuses of their own. A status not listed here gets a tile of its own after these.
 TILES = (
     ("queued", "Queued"), ("sending", "Sending"), ("retrying", "Retrying"),
     ("parked", "Parked (waiting for reconciliation)"), ("held", "Held (operator problem)"),
@@ -48,15 +46,6 @@ OUTCOMES = (
 _OUTCOME_OF = {status: key for key, _label, statuses in OUTCOMES for status in statuses}
 
 
-def _special_counts(session: Session, since: datetime) -> dict[str, int]:
-    parked = session.scalar(select(func.count()).select_from(Message).where(
-        Message.status == MessageStatus.RETRYING, Message.ambiguous_since.is_not(None), Message.queued_at >= since))
-    held = session.scalar(select(func.count()).select_from(Message).where(
-        Message.status == MessageStatus.RETRYING, Message.held_since.is_not(None),
-        Message.ambiguous_since.is_(None), Message.queued_at >= since))
-    return {"parked": int(parked or 0), "held": int(held or 0)}
-
-
 @dataclass
 class Window:
     label: str
@@ -70,12 +59,7 @@ def window(label: str, term: str, since: datetime, thresholds: Any) -> Window:
     """One window's tiles and rates. Opens its own sessions, one after the other: on SQLite every transaction
     is a writer (BEGIN IMMEDIATE), so a session nested in another would wait for it."""
     stats = get_email_stats(since=since)
-    with session_scope() as session:
-        special = _special_counts(session, since)
     counts = dict(stats["by_status"])
-    for key in ("parked", "held"):
-        counts[key] = counts.get(key, 0) + special[key]
-    counts["retrying"] = max(0, counts.get("retrying", 0) - special["parked"] - special["held"])
     sent = stats["sent_total"]
     warnings = {
         "delivery": sent > 0 and stats["delivery_rate"] < thresholds.warn_delivery_below,
@@ -151,12 +135,12 @@ class Oldest:
 
 
 def oldest_waiting(session: Session, now: datetime | None = None) -> Oldest | None:
-    """The oldest email not yet handed to a transport (queued, or retrying and not parked), one index probe each."""
+    """The oldest email not yet handed to a transport (queued, retrying or held), one index probe each."""
     now = now or utcnow()
     found: list[Any] = []
-    for status in (MessageStatus.QUEUED, MessageStatus.RETRYING):
+    for status in (MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.HELD):
         row = session.execute(select(Message.id, Message.status, Message.queued_at)
-                              .where(Message.status == status, Message.ambiguous_since.is_(None))
+                              .where(Message.status == status)
                               .order_by(Message.queued_at.asc()).limit(1)).first()
         if row is not None:
             found.append(row)
@@ -442,13 +426,8 @@ def provider_of(message: Message) -> tuple[str | None, str | None]:
 
 
 def shown_status(message: Any) -> str:
-    """The status as the console names it: ``parked`` and ``held`` are states of their own."""
-    status = _text(message.status) or "-"
-    if status == "retrying" and getattr(message, "ambiguous_since", None) is not None:
-        return "parked"
-    if status == "retrying" and getattr(message, "held_since", None) is not None:
-        return "held"
-    return status
+    """The status as the console shows it (``-`` when there is none)."""
+    return _text(message.status) or "-"
 
 
 def per_transport(message: Any) -> str:

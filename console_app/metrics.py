@@ -56,14 +56,8 @@ class _Collector:
         with session_scope() as session:
             by = session.execute(select(Message.status, Message.transport, func.count())
                                  .group_by(Message.status, Message.transport)).all()
-            parked = int(session.scalar(select(func.count()).select_from(Message).where(
-                Message.status == MessageStatus.RETRYING, Message.ambiguous_since.is_not(None))) or 0)
-            held = int(session.scalar(select(func.count()).select_from(Message).where(
-                Message.status == MessageStatus.RETRYING, Message.held_since.is_not(None),
-                Message.ambiguous_since.is_(None))) or 0)
-            oldest = {status: session.scalar(select(func.min(Message.queued_at)).where(
-                Message.status == status, Message.ambiguous_since.is_(None)))
-                for status in (MessageStatus.QUEUED, MessageStatus.RETRYING)}
+            oldest = {status: session.scalar(select(func.min(Message.queued_at)).where(Message.status == status))
+                      for status in (MessageStatus.QUEUED, MessageStatus.RETRYING)}
             latencies = session.execute(select(Message.queued_at, Message.sent_at).where(
                 Message.status.in_(ACCEPTED_STATUSES), Message.sent_at >= now - timedelta(hours=1))
                 .limit(LATENCY_SAMPLE)).all()
@@ -93,6 +87,8 @@ class _Collector:
         sends.add_metric(["suppressed"], by_status[MessageStatus.SUPPRESSED.value])
         yield sends
 
+        parked, held = by_status[MessageStatus.PARKED.value], by_status[MessageStatus.HELD.value]
+
         yield GaugeMetricFamily("mailworker_emails_parked", "Emails waiting for reconciliation (send outcome "
                                 "unknown).", value=parked)
         yield GaugeMetricFamily("mailworker_emails_held", "Emails held by an operator problem.", value=held)
@@ -104,8 +100,7 @@ class _Collector:
         age = GaugeMetricFamily("mailworker_queue_oldest_age_seconds", "Age of the oldest email waiting to be sent.",
                                 labels=["queue"])
         for status in (MessageStatus.QUEUED, MessageStatus.RETRYING):
-            waiting = by_status[status.value] - (parked + held if status == MessageStatus.RETRYING else 0)
-            depth.add_metric([status.value], max(0, waiting))
+            depth.add_metric([status.value], by_status[status.value])
             first = oldest[status]
             age.add_metric([status.value], max(0.0, (now - first).total_seconds()) if first else 0.0)
         yield depth

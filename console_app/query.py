@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from worker.infrastructure.models import Message, MessageStatus, Recipient, utcnow
 
 KEYS = ("to", "status", "reference", "id", "email_id", "subject", "before", "after")
-PSEUDO_STATUSES = ("parked", "held")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -104,8 +103,8 @@ def parse(text: str, now: datetime | None = None) -> Query:
             for word in value.lower().split(","):
                 if not word:
                     continue
-                if word not in {s.value for s in MessageStatus} | set(PSEUDO_STATUSES):
-                    known = ", ".join([s.value for s in MessageStatus] + list(PSEUDO_STATUSES))
+                if word not in {s.value for s in MessageStatus}:
+                    known = ", ".join(s.value for s in MessageStatus)
                     raise QueryError(f"status: {word!r} is not a status ({known})")
                 query.statuses.append(word)
         elif key == "reference":
@@ -139,17 +138,7 @@ def _recipient_is(address: str, dialect: str) -> ColumnElement[bool]:
 
 
 def _status_condition(statuses: list[str]) -> ColumnElement[bool]:
-    values = {s.value for s in MessageStatus}
-    # parked/held: retrying with a mark, or statuses of their own where the send path records them so
-    real = [MessageStatus(s) for s in statuses if s not in PSEUDO_STATUSES or s in values]
-    parts: list[ColumnElement[bool]] = []
-    if real:
-        parts.append(Message.status.in_(real))
-    if "parked" in statuses:
-        parts.append(and_(Message.status == MessageStatus.RETRYING, Message.ambiguous_since.is_not(None)))
-    if "held" in statuses:
-        parts.append(and_(Message.status == MessageStatus.RETRYING, Message.held_since.is_not(None)))
-    return or_(*parts)
+    return Message.status.in_([MessageStatus(s) for s in statuses])
 
 
 def conditions(query: Query, dialect: str = "mysql") -> list[ColumnElement[bool]]:

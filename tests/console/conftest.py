@@ -120,7 +120,8 @@ def make_message(status: MessageStatus = MessageStatus.SENT, *, to: str = "alice
     values = {k: v for k, v in values.items() if hasattr(Message, k)}  # columns this schema does not have
     if recipient_status is None:
         recipient_status = {MessageStatus.FAILED: RecipientStatus.FAILED, MessageStatus.QUEUED: RecipientStatus.QUEUED,
-                            MessageStatus.RETRYING: RecipientStatus.QUEUED,
+                            MessageStatus.RETRYING: RecipientStatus.QUEUED, MessageStatus.HELD: RecipientStatus.QUEUED,
+                            MessageStatus.PARKED: RecipientStatus.QUEUED,
                             MessageStatus.DELIVERED: RecipientStatus.DELIVERED,
                             MessageStatus.BOUNCED: RecipientStatus.BOUNCED,
                             MessageStatus.SUPPRESSED: RecipientStatus.SUPPRESSED}.get(status, RecipientStatus.SENT)

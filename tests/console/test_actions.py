@@ -91,18 +91,18 @@ def test_retry_a_failed_message(console: Console) -> None:
 
 
 def test_retry_a_held_message_makes_it_due_now(console: Console) -> None:
-    tid = make_message(MessageStatus.RETRYING, held_since=utcnow() - timedelta(minutes=5),
+    tid = make_message(MessageStatus.HELD, held_since=utcnow() - timedelta(minutes=5),
                        next_attempt_at=utcnow() + timedelta(minutes=10), last_error="held: API key refused")
     path = f"/messages/{tid}/retry"
     assert "next attempt: now" in console.get(path).text
     assert console.post(path, {"reason": "new key set", "csrf_token": console.token(path)}).status_code == 303
     m = _message(tid)
-    assert m.status == MessageStatus.RETRYING and m.next_attempt_at is None
+    assert m.status == MessageStatus.HELD and m.next_attempt_at is None
     assert console.published == [tid] and _audit()[0].outcome == "requeued"
 
 
 @pytest.mark.parametrize("status, extra", [
-    (MessageStatus.RETRYING, {"ambiguous_since": True}),
+    (MessageStatus.PARKED, {"ambiguous_since": True}),
     (MessageStatus.DELIVERED, {}),
     (MessageStatus.QUEUED, {}),
 ])
@@ -173,13 +173,13 @@ def test_cancel_a_queued_message_through_the_lifecycle_with_an_audit_row(console
 
 
 def test_cancel_is_refused_once_a_transport_may_have_it(console: Console) -> None:
-    tid = make_message(MessageStatus.RETRYING, ambiguous_since=utcnow())
+    tid = make_message(MessageStatus.PARKED, ambiguous_since=utcnow())
     path = f"/messages/{tid}/cancel"
     page = console.get(path).text
     assert "too late" in page and 'name="csrf_token"' not in page  # no form to submit
     from console_app import actions  # a request forged past the page is refused by the action itself
 
     assert actions.cancel(tid, actor="operator", reason="please stop it").startswith("refused")
-    assert _message(tid).status == MessageStatus.RETRYING
+    assert _message(tid).status == MessageStatus.PARKED
     (entry,) = _audit()
     assert entry.action == "cancel" and entry.outcome.startswith("refused: a transport may already have it")

@@ -154,7 +154,7 @@ def _history() -> None:
                          if status == MessageStatus.DELIVERED else None,
                          transport="smtp" if n % 11 == 0 else "smtp2go",
                          reference=f"order:{1000 + n}")
-    make_message(MessageStatus.RETRYING, to="dana@example.com", subject="Invoice 2231",
+    make_message(MessageStatus.PARKED, to="dana@example.com", subject="Invoice 2231",
                  ambiguous_since=now - timedelta(minutes=3), inflight_since=now - timedelta(minutes=3))
     make_message(MessageStatus.CANCELLED, to="erin@example.com", subject="Reminder: your trial ends",
                  recipient_status=RecipientStatus.CANCELLED, last_error="cancelled by the application")

@@ -19,8 +19,8 @@ def test_metrics(console: Console) -> None:
     sent = make_message(MessageStatus.DELIVERED, queued_at=utcnow() - timedelta(seconds=30))
     add_event(sent, EventType.DELIVERED, "alice@example.com")
     make_message(MessageStatus.FAILED)
-    make_message(MessageStatus.RETRYING, ambiguous_since=utcnow())
-    make_message(MessageStatus.RETRYING, held_since=utcnow())
+    make_message(MessageStatus.PARKED, ambiguous_since=utcnow())
+    make_message(MessageStatus.HELD, held_since=utcnow())
     make_message(MessageStatus.QUEUED, queued_at=utcnow() - timedelta(minutes=10))
     console.app.extensions["test_protection"].update(breaker="open")
     assert console.client.get("/metrics").status_code == 401

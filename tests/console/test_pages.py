@@ -64,8 +64,8 @@ def test_overview_tiles_rates_chart_and_state(console: Console) -> None:
     for _ in range(3):
         make_message(MessageStatus.DELIVERED, email_delivered_at=utcnow())
     make_message(MessageStatus.BOUNCED)
-    make_message(MessageStatus.RETRYING, ambiguous_since=utcnow())
-    make_message(MessageStatus.RETRYING, held_since=utcnow(), last_error="held: SMTP2Go refused the API key")
+    make_message(MessageStatus.PARKED, ambiguous_since=utcnow())
+    make_message(MessageStatus.HELD, held_since=utcnow(), last_error="held: SMTP2Go refused the API key")
     make_message(MessageStatus.FAILED, failed_at=utcnow())
     old = make_message(MessageStatus.QUEUED, queued_at=utcnow() - timedelta(hours=30))
     console.app.extensions["test_protection"].update(breaker="open", problem="API key refused", paused_for=12.0)
@@ -108,9 +108,9 @@ def test_search_grammar(console: Console) -> None:
     alice = make_message(MessageStatus.DELIVERED, to="alice@example.com", subject="Your password reset",
                          reference="ticket_reply:42", queued_at=now - timedelta(hours=1))
     bob = make_message(MessageStatus.FAILED, to="Bob@Example.com", subject="Welcome", queued_at=now - timedelta(days=2))
-    parked = make_message(MessageStatus.RETRYING, to="carol@example.com", ambiguous_since=now,
+    parked = make_message(MessageStatus.PARKED, to="carol@example.com", ambiguous_since=now,
                           queued_at=now - timedelta(minutes=3))
-    held = make_message(MessageStatus.RETRYING, to="dan@example.com", held_since=now,
+    held = make_message(MessageStatus.HELD, to="dan@example.com", held_since=now,
                         queued_at=now - timedelta(minutes=2))
     cases = {
         "to:alice@example.com": [alice],

@@ -154,7 +154,7 @@ def _lane_pids(supervisor: int, count: int) -> list[Any]:
         children = [c for c in psutil.Process(supervisor).children() if "celery" in " ".join(c.cmdline())]
         return children if len(children) == count else None
 
-    return wait_until(found, 30, message=f"{count} lanes started")  # type: ignore[no-any-return]
+    return wait_until(found, 30, message=f"{count} lanes started")
 
 
 @pytest.mark.slow
