@@ -91,12 +91,13 @@ def _collations(engine: Engine) -> dict[tuple[str, str], str]:
     return {(t, c): coll for t, c, coll in rows}
 
 
-#: The identifier columns 0003 (and 0006, for attempts) make exact (the lead's docs list them; keep the two in step).
+#: The identifier columns 0003 (0006: attempts, 0007: list and batch) make exact (the docs list them; keep in step).
 EXACT = {("messages", "id"), ("messages", "reference"), ("messages", "idempotency_key"),
          ("messages", "smtp2go_message_id"), ("messages", "message_id_header"), ("recipients", "message_id"),
          ("attachments", "message_id"), ("tracking_events", "message_id"), ("tracking_events", "provider_event_id"),
          ("tracking_events", "smtp2go_message_id"), ("tracking_events", "tracking_ref"),
-         ("suppressions", "source_message_id"), ("attempts", "message_id"), ("attempts", "provider_message_id")}
+         ("suppressions", "source_message_id"), ("attempts", "message_id"), ("attempts", "provider_message_id"),
+         ("messages", "list_id"), ("messages", "batch_id")}
 
 
 def test_models_name_exactly_the_identifier_columns_as_binary() -> None:

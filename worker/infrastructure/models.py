@@ -102,6 +102,14 @@ ACCEPTED_STATUSES = (
 )
 
 
+class Lane(enum.StrEnum):
+    """The queue a message travels on: ``transactional`` (``enqueue_email``: one ``send_email`` task each) or
+    ``bulk`` (``enqueue_many``: ``send_batch`` tasks on the bulk queue, which never delay transactional mail)."""
+
+    TRANSACTIONAL = "transactional"
+    BULK = "bulk"
+
+
 class RecipientStatus(enum.StrEnum):
     QUEUED = "queued"
     SENT = "sent"
@@ -192,6 +200,12 @@ class Message(Base):
     smtp2go_message_id: Mapped[str | None] = mapped_column(ExactString(128), unique=True)
     message_id_header: Mapped[str | None] = mapped_column(ExactString(255), index=True)
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    lane: Mapped[Lane] = mapped_column(_enum(Lane, "lane"), default=Lane.TRANSACTIONAL,
+                                       server_default=Lane.TRANSACTIONAL.value)
+    #: The mailing list this email belongs to (one-click unsubscribe is scoped to it); None for one-off mail.
+    list_id: Mapped[str | None] = mapped_column(ExactString(64))
+    #: The ``send_batch`` chunk ``enqueue_many`` published it in (its batch mates share it); None for one-off mail.
+    batch_id: Mapped[str | None] = mapped_column(ExactString(36), index=True)
 
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     crashes: Mapped[int] = mapped_column(Integer, default=0)
