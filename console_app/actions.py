@@ -204,7 +204,24 @@ def release_suppression(address: str, *, actor: str, reason: str, message_id: st
         _audit(session, actor=actor, action="release suppression", reason=reason, outcome=outcome,
                message_id=message_id or entry.source_message_id, target=entry.address,
                changes={"removed": was})
+    if removed:
+        from worker.compliance.sync import release_remote
+
+        outcome = f"{outcome}; {release_remote(entry.address)}"
     return outcome
+
+
+def erase_address(address: str, *, actor: str, reason: str) -> str:
+    """Erase an address (:mod:`worker.compliance.erasure`); audited under the address's keyed hash."""
+    from worker.compliance.erasure import erase
+    from worker.errors import ConfigurationError
+
+    reason = clean_reason(reason)
+    try:
+        report = erase(address, actor=actor, reason=reason)
+    except (InvalidEmail, ConfigurationError) as err:
+        raise ActionRefused(str(err)) from None
+    return f"erased ({report.address_hash}): {report.describe()}"
 
 
 def add_suppression(address: str, *, kind: str, actor: str, reason: str) -> str:

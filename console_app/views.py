@@ -284,10 +284,27 @@ def suppressions_page() -> tuple[str, int] | BaseResponse:
     with session_scope() as session:
         rows = suppression_store.list_suppressions(session, limit=limit + 1, offset=offset, search=search or None)
         total = suppression_store.count_suppressions(session)
-        audit = [a for a in actions.recent_audit(session, 20) if a.action.endswith("suppression")]
+        audit = [a for a in actions.recent_audit(session, 20)
+                 if a.action.endswith("suppression") or a.action == "erase"]
     more = len(rows) > limit
+    from worker.compliance.sync import last_status
+
     return render_template("suppressions.html", rows=rows[:limit], q=search, offset=offset, limit=limit,
-                           more=more, total=total, error=error, form=form, audit=audit), 400 if error else 200
+                           more=more, total=total, error=error, form=form, audit=audit,
+                           sync=last_status()), 400 if error else 200
+
+
+@bp.route("/suppressions/erase", methods=["POST"])
+def erase() -> tuple[str, int] | BaseResponse:
+    """Erase an address on request (audited); the form is on the suppressions page."""
+    address = request.form.get("address", "")
+    try:
+        outcome = actions.erase_address(address, actor=g.console_user, reason=request.form.get("reason", ""))
+    except actions.ActionRefused as err:
+        flash(f"Erase refused: {err}", "bad")
+        return redirect(url_for("console.suppressions_page"), 303)
+    _done(outcome)
+    return redirect(url_for("console.suppressions_page"), 303)
 
 
 @bp.get("/audit")

@@ -40,6 +40,7 @@ DEFAULT_REFRESH_INTERVAL = 30.0
 INITIAL_SECRET_LOAD_WAIT = 5.0
 
 _KNOWN_KEYS = {"secrets", "allow_unauthenticated", "max_body_bytes", "max_batch_events", "publisher",
+               "unsubscribe_publisher",
                "broker_url", "secret_refresh_interval"}
 
 
@@ -161,6 +162,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
                     where)
 
     app.register_blueprint(bp)
+    from webhook_app import unsubscribe
+
+    app.extensions[unsubscribe.EXTENSION] = (test_config.get("unsubscribe_publisher")
+                                             or unsubscribe.default_publisher(test_config.get("broker_url")))
+    app.register_blueprint(unsubscribe.bp)
     _register_error_handlers(app)
     return app
 

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from console_app.cli import console as console_command
-from worker.cli import callbacks, dev, lanes, ops
+from worker.cli import callbacks, compliance, dev, lanes, ops
 from worker.cli.common import (
     FlagError,
     as_json_error,
@@ -387,6 +387,7 @@ def status(tracking_id: str, as_json: bool, watch: bool, timeout: float | None) 
 
 
 ops.register(main)
+compliance.register(main)
 callbacks.register(main)
 dev.register(main)
 lanes.register(main)

@@ -259,7 +259,9 @@ def suppressions_remove(address: str) -> None:
         removed = remove_suppression(session, address)
     if not removed:
         raise click.ClickException(f"{address} is not on the suppression list")
-    click.echo(printable(f"{address}: removed"))
+    from worker.compliance.sync import release_remote
+
+    click.echo(printable(f"{address}: removed; {release_remote(address)}"))
 
 
 # ---------------------------------------------------------------------------------------- maintenance

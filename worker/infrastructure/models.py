@@ -360,13 +360,24 @@ class Suppression(Base):
     __tablename__ = "suppressions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    address: Mapped[str] = mapped_column(String(320), unique=True)
+    #: Lower-cased, or ``hmac:<hex>`` (a keyed hash) once the address was erased: it stays suppressed.
+    address: Mapped[str] = mapped_column(String(320))
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
     source_message_id: Mapped[str | None] = mapped_column(ExactString(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: NULL: every list and transactional mail (hard bounce, complaint, manual); else that list only.
+    list_id: Mapped[str | None] = mapped_column(String(64))
+    #: ``list_id`` or ``""``: the unique key is (address, scope), which NULL cannot be part of.
+    scope: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    #: Where it came from (``smtp2go`` when pulled from SMTP2Go's list), and when it was pushed there.
+    origin: Mapped[str | None] = mapped_column(String(16))
+    pushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    __table_args__ = ({"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},)
+    __table_args__ = (
+        UniqueConstraint("address", "scope", name="uq_suppressions_address_scope"),
+        {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_unicode_ci"},
+    )
 
 
 class IntegrationModule(Base):

@@ -754,3 +754,30 @@ declare(
     Setting("FAKE_SMTP2GO_VERBOSE", "development", "Any value: the SMTP2Go simulator logs every request.",
             read_by=("dev",)),
 )
+
+# ------------------------------------------------------------------------------------------- compliance
+declare_section(Section(
+    "compliance", "Bulk mail: unsubscribe, suppressions, erasure",
+    "Read by `worker.compliance` (the worker, the CLI, the console) and by the receiver (the one-click unsubscribe "
+    "URL). README, \"Bulk mail and the mailbox providers\", says how they fit together."))
+declare(
+    Setting("UNSUBSCRIBE_SECRET", "compliance", (
+        "Key of the one-click unsubscribe tokens (AES-GCM: the token holds the address encrypted, with its list "
+        "and issue time) and of the keyed hashes that stand in for erased addresses. Any long random text "
+        "(`python -c 'import secrets; print(secrets.token_urlsafe(32))'`); the worker and the receiver need the "
+        "same value. Changing it invalidates every unsubscribe link already sent and un-suppresses erased "
+        "addresses: keep it. Unset: mail with a `list_id` gets no `List-Unsubscribe` header and `erase` refuses."),
+        read_by=(*SETTINGS_READERS, "web"), secret=True),
+    Setting("UNSUBSCRIBE_BASE_URL", "compliance", (
+        "Public HTTPS base of the receiver, e.g. `https://mail-hooks.example.com`: links are `<base>/u/<token>`. "
+        "Unset: no `List-Unsubscribe` header."), read_by=SETTINGS_READERS),
+    Setting("UNSUBSCRIBE_MAILTO", "compliance", (
+        "An address that takes unsubscribe requests by mail; set, `List-Unsubscribe` also carries "
+        "`<mailto:ADDRESS?subject=unsubscribe>`."), read_by=SETTINGS_READERS),
+    Setting("UNSUBSCRIBE_TOKEN_DAYS", "compliance", "How long an unsubscribe link works, days.",
+            integer(minimum=1), 365, read_by=(*SETTINGS_READERS, "web")),
+    Setting("RETENTION_BODY_DAYS", "compliance", (
+        "The daily purge drops bodies, attachments, custom headers and template data of finished mail older than "
+        "this; the rest (events, callback events) goes after `RETENTION_DAYS`."),
+        integer(minimum=1), 30, read_by=SETTINGS_READERS),
+)

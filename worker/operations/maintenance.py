@@ -130,16 +130,21 @@ class PurgeResult:
         return dict(self.__dict__)
 
 
-def purge(older_than: timedelta, *, dry_run: bool = False, batch: int = 500) -> PurgeResult:
+def purge(older_than: timedelta, *, dry_run: bool = False, batch: int = 500,
+          body_older_than: timedelta | None = None) -> PurgeResult:
     """Drop bodies, attachments and event payloads of finished messages queued before now - older_than.
+
+    Retention tiers: with ``body_older_than`` (``RETENTION_BODY_DAYS``) bodies, attachments, custom headers and
+    template data go after that shorter time, the events and callback records after ``older_than``.
 
     Message rows, statuses and timestamps stay (stats and audits keep working); events older than the
     cut-off are deleted, and so are status events created before it whose callbacks are settled, with their
     deliveries and attempts (:func:`_purge_callbacks`).
     """
     cutoff = utcnow() - older_than
+    body_cutoff = utcnow() - min(older_than, body_older_than or older_than)
     result = PurgeResult(dry_run=dry_run)
-    candidates = select(Message.id).where(Message.queued_at < cutoff, Message.purged_at.is_(None),
+    candidates = select(Message.id).where(Message.queued_at < body_cutoff, Message.purged_at.is_(None),
                                           Message.status.in_(FINAL))
     with session_scope() as session:
         if dry_run:

@@ -83,6 +83,13 @@ class OutgoingEmail:
         def of(kind: str) -> list[str]:
             return [r.formatted for r in live if r.kind.value == kind]
 
+        headers = dict(message.headers or {})
+        if message.list_id:
+            from worker.compliance.tokens import unsubscribe_headers
+
+            # One token per message: a message to several recipients carries the first To recipient's link.
+            first = next((r.address for r in live if r.kind.value == "to"), None)
+            headers.update(unsubscribe_headers(first or "", message.list_id))
         return cls(
             tracking_id=message.id,
             sender=message.sender,
@@ -93,7 +100,7 @@ class OutgoingEmail:
             text_body=message.text_body,
             html_body=message.html_body,
             reply_to=message.reply_to,
-            headers=dict(message.headers or {}),
+            headers=headers,
             attachments=[
                 OutgoingAttachment(a.filename, a.content or b"", a.mimetype) for a in message.attachments
             ],

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, func, or_, select
+from sqlalchemy import Connection, Table, exists, func, or_, select
 
 from worker.api.validation import format_address
 from worker.infrastructure.models import (
@@ -78,6 +78,7 @@ class SendJob:
     #: (provider, outcome) of the attempts that count against the budgets, oldest first.
     history: list[tuple[str, AttemptOutcome]] = field(default_factory=list)
     inflight_attempt: int | None = None  # the row of an attempt left in flight (its worker died)
+    list_id: str | None = None  # the mailing list it belongs to (None: transactional)
 
     def used(self, provider: str) -> int:
         """Attempts handed to ``provider`` (those that met an operator problem spend no budget)."""
@@ -104,11 +105,17 @@ def load_job(conn: Connection, tracking_id: str) -> SendJob:
     if head is None:
         raise LookupError(f"tracking_id={tracking_id}: no such message")
     job = SendJob(**head._asdict())
-    queued = (select(R.c.id, R.c.address, R.c.display_name, R.c.kind, S.c.id.is_not(None).label("suppressed"))
-              .select_from(R.outerjoin(S, S.c.address == func.lower(R.c.address)))
+    list_column = M.c.get("list_id")
+    if list_column is not None:
+        job.list_id = conn.scalar(select(list_column).where(M.c.id == tracking_id)) or None
+    # Suppressed for every list, or for this email's list; transactional mail (no list) only by global entries.
+    scopes = ["", job.list_id] if job.list_id else [""]
+    suppressed = exists().where(S.c.address == func.lower(R.c.address), S.c.scope.in_(scopes))
+    queued = (select(R.c.id, R.c.address, R.c.display_name, R.c.kind, suppressed.label("suppressed"))
               .where(R.c.message_id == tracking_id, R.c.status == RecipientStatus.QUEUED).order_by(R.c.id))
     job.recipients = [JobRecipient(id=r.id, address=r.address, display_name=r.display_name, kind=r.kind,
                                    suppressed=bool(r.suppressed)) for r in conn.execute(queued)]
+    _flag_erased(conn, job, scopes)
     job.attachments = [JobAttachment(a.filename, a.mimetype, a.content) for a in conn.execute(
         select(A.c.filename, A.c.mimetype, A.c.content).where(A.c.message_id == tracking_id).order_by(A.c.id))]
     if job.attempts:
@@ -118,6 +125,20 @@ def load_job(conn: Connection, tracking_id: str) -> SendJob:
         if job.inflight_since is not None and rows and rows[0].outcome == AttemptOutcome.IN_FLIGHT:
             job.inflight_attempt = rows[0].id
     return job
+
+
+def _flag_erased(conn: Connection, job: SendJob, scopes: list[str]) -> None:
+    """Flag recipients whose address was erased while suppressed: the entry holds its keyed hash only."""
+    from worker.compliance.keys import HASH_PREFIX, address_hash, secret
+
+    open_ = [r for r in job.recipients if not r.suppressed]
+    master = secret()
+    if not open_ or not master or conn.scalar(
+            select(S.c.id).where(S.c.address.like(f"{HASH_PREFIX}%"), S.c.scope.in_(scopes)).limit(1)) is None:
+        return
+    hashes = {address_hash(r.address, master): r for r in open_}
+    for value in conn.scalars(select(S.c.address).where(S.c.address.in_(list(hashes)), S.c.scope.in_(scopes))):
+        hashes[value].suppressed = True
 
 
 def pending_event_ids(conn: Connection, tracking_id: str, provider_message_id: str | None) -> list[int]:

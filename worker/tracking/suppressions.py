@@ -6,6 +6,12 @@ Entries come from SMTP2Go events (hard bounce, spam complaint, unsubscribe, reje
 and from operators (``mailworker suppressions add|remove``). The send path drops suppressed recipients before it
 sends.
 
+Every entry has a scope: ``list_id`` NULL suppresses for every list and for transactional mail (hard bounce,
+spam complaint, reject, manual), a list id only for mail of that list (an unsubscribe: a user who leaves the
+newsletter still gets password resets). The unique key is (address, ``scope``), ``scope`` being the list id or
+``""``. An erased address stays suppressed as ``hmac:<hex>`` (:func:`worker.compliance.keys.address_hash`), which
+the send path matches too.
+
 Every function takes the caller's session and never commits, so an event and the suppression it causes land in
 the same transaction. :func:`add_suppression` is race-safe without savepoints: two event workers suppressing the
 same address at once (a bounce and a complaint for two messages) use the database's own "insert unless the key
@@ -25,8 +31,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from worker.api.validation import parse_address
+from worker.compliance.keys import HASH_PREFIX
 from worker.errors import InvalidEmail
-from worker.infrastructure.models import EventType, Suppression, TrackingEvent, utcnow
+from worker.infrastructure.models import EventType, Message, Suppression, TrackingEvent, utcnow
 
 #: Reasons written by :mod:`worker.tracking.events`; operators may use any short word (``manual`` by default).
 REASON_HARD_BOUNCE = "hard_bounce"
@@ -38,6 +45,7 @@ REASON_MANUAL = "manual"
 
 _MAX_REASON = 32  # Suppression.reason is VARCHAR(32)
 _MAX_DETAIL = 4000
+_MAX_LIST_ID = 64
 
 
 def normalize_address(address: str) -> str:
@@ -53,22 +61,40 @@ def validate_address(address: Any) -> str:
     return parse_address("address", address).address.lower()
 
 
+def check_list_id(list_id: Any) -> str | None:
+    """None (every list) or a short list id; :class:`InvalidEmail` on ``list_id`` otherwise."""
+    if list_id is None:
+        return None
+    if not isinstance(list_id, str) or not list_id.strip() or len(list_id) > _MAX_LIST_ID:
+        raise InvalidEmail("list_id", f"a list id is 1 to {_MAX_LIST_ID} characters")
+    return list_id
+
+
 def add_suppression(session: Session, address: str, reason: str, *, detail: str | None = None,
-                    source_message_id: str | None = None) -> bool:
-    """Suppress ``address``; True if it was newly added, False if it was already suppressed (kept as it was).
+                    source_message_id: str | None = None, list_id: str | None = None,
+                    origin: str | None = None, pushed: bool = False) -> bool:
+    """Suppress ``address`` for ``list_id`` (None: every list); True if newly added, False if that scope already
+    had it (kept as it was). ``address`` may be a ``hmac:`` hash (erasure keeps it suppressed that way).
 
     The first reason wins: a later complaint does not overwrite the hard bounce that suppressed the address first.
     """
-    addr = validate_address(address)
+    addr = address if address.startswith(HASH_PREFIX) else validate_address(address)
+    list_id = check_list_id(list_id)
+    scope = list_id or ""
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidEmail("reason", "a short reason is required (e.g. manual)")
     reason = reason.strip()
     if len(reason) > _MAX_REASON:
         raise InvalidEmail("reason", f"longer than {_MAX_REASON} characters")
-    if session.scalar(select(Suppression.id).where(Suppression.address == addr)) is not None:
+    if session.scalar(select(Suppression.id).where(Suppression.address == addr,
+                                                   Suppression.scope == scope)) is not None:
         return False
     values = {
         "address": addr,
+        "list_id": list_id,
+        "scope": scope,
+        "origin": origin,
+        "pushed_at": utcnow() if pushed else None,
         "reason": reason,
         "detail": detail[:_MAX_DETAIL] if detail else None,
         "source_message_id": source_message_id if source_message_id and len(source_message_id) <= 36 else None,
@@ -80,11 +106,11 @@ def add_suppression(session: Session, address: str, reason: str, *, detail: str 
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        stmt = sqlite_insert(Suppression).values(**values).on_conflict_do_nothing(index_elements=["address"])
+        stmt = sqlite_insert(Suppression).values(**values).on_conflict_do_nothing(index_elements=["address", "scope"])
     elif dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        stmt = pg_insert(Suppression).values(**values).on_conflict_do_nothing(index_elements=["address"])
+        stmt = pg_insert(Suppression).values(**values).on_conflict_do_nothing(index_elements=["address", "scope"])
     else:  # any other backend: a savepoint around a plain INSERT
         try:
             with session.begin_nested():
@@ -96,18 +122,28 @@ def add_suppression(session: Session, address: str, reason: str, *, detail: str 
     return bool(getattr(result, "rowcount", 0))
 
 
-def remove_suppression(session: Session, address: str) -> bool:
-    """Take ``address`` off the list; True if it was on it."""
-    addr = normalize_address(address)
+_EVERY = object()
+
+
+def remove_suppression(session: Session, address: str, list_id: Any = _EVERY) -> bool:
+    """Take ``address`` off the list (every scope, unless ``list_id`` names one: None is the global entry);
+    True if it was on it."""
+    addr = address if address.startswith(HASH_PREFIX) else normalize_address(address)
     if not addr:
         return False
-    result = session.execute(delete(Suppression).where(Suppression.address == addr))
+    stmt = delete(Suppression).where(Suppression.address == addr)
+    if list_id is not _EVERY:
+        stmt = stmt.where(Suppression.scope == (list_id or ""))
+    result = session.execute(stmt)
     return bool(getattr(result, "rowcount", 0))
 
 
-def is_suppressed(session: Session, address: str) -> bool:
+def is_suppressed(session: Session, address: str, list_id: str | None = None) -> bool:
+    """Whether mail to ``address`` is suppressed: globally, or (``list_id`` given) for that list."""
     addr = normalize_address(address)
-    return bool(addr) and session.scalar(select(Suppression.id).where(Suppression.address == addr)) is not None
+    scopes = ["", list_id] if list_id else [""]
+    return bool(addr) and session.scalar(select(Suppression.id).where(
+        Suppression.address == addr, Suppression.scope.in_(scopes)).limit(1)) is not None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -129,6 +165,9 @@ def list_suppressions(session: Session, *, limit: int = 100, offset: int = 0,
             "detail": s.detail,
             "source_message_id": s.source_message_id,
             "created_at": _iso(s.created_at),
+            "list_id": s.list_id,
+            "scope": s.list_id or "every list",
+            "origin": s.origin,
         }
         for s in session.scalars(stmt)
     ]
@@ -136,6 +175,15 @@ def list_suppressions(session: Session, *, limit: int = 100, offset: int = 0,
 
 def count_suppressions(session: Session) -> int:
     return int(session.scalar(select(func.count(Suppression.id))) or 0)
+
+
+def message_list_id(session: Session, message_id: str | None) -> str | None:
+    """The list a message was sent for (None: transactional, or unknown)."""
+    column = Message.__table__.c.get("list_id")
+    if not message_id or column is None:
+        return None
+    value = session.execute(select(column).where(Message.__table__.c.id == message_id)).scalar()
+    return str(value) if value else None
 
 
 def _later_event(session: Session, address: str, after: datetime, types: list[EventType]) -> bool:
@@ -148,7 +196,7 @@ def _later_event(session: Session, address: str, after: datetime, types: list[Ev
 
 def suppress_for_event(session: Session, address: str, event_type: EventType, occurred_at: datetime, *,
                        bounce_type: str | None = None, detail: str | None = None,
-                       source_message_id: str | None = None) -> str | None:
+                       source_message_id: str | None = None, list_id: str | None = None) -> str | None:
     """The suppression effect of one provider event: ``"suppressed"``, ``"unsuppressed"`` or None.
 
     Hard bounce, spam complaint, unsubscribe and reject add the address; resubscribe removes it; a soft bounce
@@ -157,7 +205,8 @@ def suppress_for_event(session: Session, address: str, event_type: EventType, oc
     list meant sending to it, and being refused, again and again. ``detail`` carries the text SMTP2Go gave, so
     the operator still sees why. Events can arrive out of order (SMTP2Go retries for 48 h), so the newest fact
     wins: nothing is added when a later resubscribe is already stored, and a resubscribe removes nothing when a
-    later suppressing event is already stored.
+    later suppressing event is already stored. An unsubscribe from mail of a list (``list_id``) suppresses for
+    that list only; everything else suppresses for every list.
     """
     addr = normalize_address(address)
     reason = None
@@ -172,7 +221,9 @@ def suppress_for_event(session: Session, address: str, event_type: EventType, oc
     if reason:
         if _later_event(session, addr, occurred_at, [EventType.RESUBSCRIBE]):
             return None
-        added = add_suppression(session, addr, reason, detail=detail, source_message_id=source_message_id)
+        scope = list_id if reason == REASON_UNSUBSCRIBE else None
+        added = add_suppression(session, addr, reason, detail=detail, source_message_id=source_message_id,
+                                list_id=scope)
         return "suppressed" if added else None
     if event_type == EventType.RESUBSCRIBE:
         if _later_event(session, addr, occurred_at,
