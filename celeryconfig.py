@@ -62,6 +62,8 @@ task_routes = {
     "mailworker.sweep": {"queue": maintenance_queue, "routing_key": maintenance_queue},
     "mailworker.reconcile": {"queue": maintenance_queue, "routing_key": maintenance_queue},
     "mailworker.purge": {"queue": maintenance_queue, "routing_key": maintenance_queue},
+    "mailworker.sync_suppressions": {"queue": maintenance_queue, "routing_key": maintenance_queue},
+    "mailworker.unsubscribe": {"queue": events_queue, "routing_key": events_queue},
     "mailworker.dispatch_callbacks": {"queue": callbacks_queue, "routing_key": callbacks_queue},
     "mailworker.deliver_callback": {"queue": callbacks_queue, "routing_key": callbacks_queue},
     "mailworker.status_hook": {"queue": callbacks_queue, "routing_key": callbacks_queue},
@@ -84,6 +86,7 @@ task_annotations = {name: {"send_events": False}
 beat_schedule = {
     "sweep": {"task": "mailworker.sweep", "schedule": read("SWEEP_INTERVAL")},
     "purge": {"task": "mailworker.purge", "schedule": 24 * 3600.0},
+    "sync-suppressions": {"task": "mailworker.sync_suppressions", "schedule": 3600.0},
     "reconcile": {"task": "mailworker.reconcile", "schedule": read("RECONCILE_INTERVAL")},
     "callbacks": {"task": "mailworker.dispatch_callbacks",
                   "schedule": read("CALLBACK_DISPATCH_INTERVAL")},

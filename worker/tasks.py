@@ -137,12 +137,15 @@ def reconcile() -> dict[str, int]:
 
 @app.task(name="mailworker.purge", acks_late=True, ignore_result=True)
 def purge() -> dict[str, object]:
-    """Daily retention: drop content of finished mail older than RETENTION_DAYS."""
+    """Daily retention: bodies and attachments of finished mail after RETENTION_BODY_DAYS, the rest after
+    RETENTION_DAYS."""
     from datetime import timedelta
 
+    from worker.infrastructure import settings_spec
     from worker.operations.maintenance import purge as run_purge
 
-    return run_purge(timedelta(days=get_settings().retention_days)).as_dict()
+    return run_purge(timedelta(days=get_settings().retention_days),
+                     body_older_than=timedelta(days=int(settings_spec.read("RETENTION_BODY_DAYS")))).as_dict()
 
 
 # ------------------------------------------------------------------------------------------ status callbacks
@@ -179,3 +182,28 @@ def status_hook(delivery_id: int) -> str:
     from worker.callbacks.dispatcher import deliver
 
     return deliver(int(delivery_id))
+
+
+# ---------------------------------------------------------------------------------------------- compliance
+
+
+@app.task(name="mailworker.unsubscribe", bind=True, acks_late=True, max_retries=None)
+def unsubscribe(self: Task, token: str) -> str:
+    """A one-click unsubscribe taken by the receiver: suppress the token's address for the token's list."""
+    from worker.compliance.unsubscribe import apply_unsubscribe
+
+    try:
+        return apply_unsubscribe(token)
+    except _DB_ERRORS as err:
+        failure = _retry_later(self, err, "unsubscribe", EVENT_DB_RETRIES)
+        if failure is err:
+            raise
+        raise failure from None
+
+
+@app.task(name="mailworker.sync_suppressions", acks_late=True, ignore_result=True)
+def sync_suppressions() -> dict[str, object]:
+    """Periodic: pull the provider's suppression list into ours and push our global entries there."""
+    from worker.compliance.sync import sync
+
+    return sync().as_dict()

@@ -76,7 +76,7 @@ from worker.infrastructure.models import (
 from worker.providers import webhook_handler
 from worker.providers.base import NormalizedEvent
 from worker.sending.jobs import pending_event_ids
-from worker.tracking.suppressions import suppress_for_event
+from worker.tracking.suppressions import message_list_id, suppress_for_event
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def _suppression_effects(session: Session, ev: NormalizedEvent, message_id: str 
     try:
         return suppress_for_event(
             session, ev.recipient, ev.event_type, ev.occurred_at, bounce_type=ev.bounce_type,
-            source_message_id=message_id,
+            source_message_id=message_id, list_id=message_list_id(session, message_id),
             detail=f"{ev.provider} {ev.raw_event} {ev.email_id or '-'}" + (f": {ev.detail}" if ev.detail else ""))
     except InvalidEmail:
         # We could never have sent to an address our validator refuses: there is nothing to suppress.
