@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, Update, and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from worker.callbacks import outbox
 from worker.infrastructure.models import (
+    ACCEPTED_STATUSES,
     Attempt,
     AttemptOutcome,
     Message,
@@ -55,6 +57,8 @@ from worker.infrastructure.models import (
     TrackingEvent,
     utcnow,
 )
+from worker.sending.jobs import pending_event_ids
+from worker.tracking import apply as event_effects
 
 log = logging.getLogger(__name__)
 
@@ -470,20 +474,69 @@ def _emit_message_event(conn: Connection, tracking_id: str, status: MessageStatu
                 data={k: v for k, v in extra.items() if v is not None} or None)
 
 
+# -------------------------------------------------------------------------------- recipient events roll up
+
+#: Recipient statuses that count as reached (delivered, or the recipient acted on the message).
+_REACHED = (RecipientStatus.DELIVERED, RecipientStatus.OPENED, RecipientStatus.CLICKED)
 
 
-def _apply_early_events(conn: Connection, tracking_id: str, smtp2go_message_id: str | None) -> int:
+def roll_up(message: Message) -> MessageStatus:
+    """An accepted message's status follows its recipients' events: write the rolled-up status on ``message``
+    (locked and loaded with its recipients by the caller, flushed with the caller's session) and return it. A
+    message that is not accepted (queued, sending, retrying, parked, held, failed, ...) keeps its status.
+
+    Over the recipients handed to a provider (all but suppressed and failed ones): ``complained`` if any
+    complained; else ``bounced`` if any hard-bounced or all bounced; else ``delivered`` if any was delivered,
+    opened or clicked; else ``rejected`` if every one was rejected or bounced; else ``sent``.
+    """
+    if message.status not in ACCEPTED_STATUSES:
+        return message.status
+    rs = [r for r in message.recipients
+          if r.status not in (RecipientStatus.SUPPRESSED, RecipientStatus.FAILED)]
+    if not rs:
+        return message.status
+    statuses = [r.status for r in rs]
+    if RecipientStatus.COMPLAINED in statuses:
+        new = MessageStatus.COMPLAINED
+    elif (any(r.status == RecipientStatus.BOUNCED and r.bounce_type == "hard" for r in rs)
+          or all(s == RecipientStatus.BOUNCED for s in statuses)):
+        new = MessageStatus.BOUNCED
+    elif any(s in _REACHED for s in statuses):
+        new = MessageStatus.DELIVERED
+    elif all(s in (RecipientStatus.REJECTED, RecipientStatus.BOUNCED) for s in statuses):
+        new = MessageStatus.REJECTED
+    else:
+        new = MessageStatus.SENT
+    # Derived, never accumulated, so arrival order cannot change it: the earliest bounce of a recipient that is
+    # bounced now (a soft bounce later overtaken by a delivery does not count).
+    message.email_bounced_at = min(
+        (r.bounced_at for r in rs if r.status == RecipientStatus.BOUNCED and r.bounced_at), default=None)
+    message.status = new
+    return new
+
+
+def apply_stored_events(session: Session, message: Message, event_ids: Sequence[int]) -> int:
+    """Apply stored, unapplied events to ``message`` (locked by the caller) in event-time order, roll its status
+    up and emit each event's callback; returns how many were applied. Uses the caller's session, never commits."""
+    applied = event_effects.claim_events(session, message, event_ids)
+    if applied:
+        roll_up(message)
+        session.flush()
+        for row in applied:
+            event_effects.emit_event(session, message, row)
+    return len(applied)
+
+
+def _apply_early_events(conn: Connection, tracking_id: str, provider_message_id: str | None) -> int:
     """Apply events that arrived before this message's provider id was known (never dropped, see events)."""
-    from worker.sending.jobs import pending_event_ids
-
-    pending = pending_event_ids(conn, tracking_id, smtp2go_message_id)
+    pending = pending_event_ids(conn, tracking_id, provider_message_id)
     if not pending:
         return 0
-    from worker.tracking.events import link_pending_events
-
     with Session(bind=conn) as session:  # joins the caller's transaction; never commits it
-        message = session.get(Message, tracking_id)
-        assert message is not None
-        applied = link_pending_events(session, message, pending)
+        message = session.scalars(select(Message).where(Message.id == tracking_id).with_for_update()
+                                  .options(selectinload(Message.recipients))).one()
+        applied = apply_stored_events(session, message, pending)
         session.flush()
+    if applied:
+        log.info("linked %d pending event(s) tracking_id=%s", applied, tracking_id)
     return applied

@@ -30,7 +30,8 @@ A bounce without a type and without a 5xx code is treated as soft (we never supp
 ``processed`` is one row per event with recipient NULL: it is about the message, its ``recipients`` list stays
 in the stored payload.
 
-Message roll-up (only for messages a transport accepted: sent, delivered, bounced, complained, rejected; a
+Message roll-up (:func:`worker.sending.lifecycle.roll_up`, the one writer of a message's status; only for
+messages a transport accepted: sent, delivered, bounced, complained, rejected; a
 message that is queued, sending, retrying, failed or suppressed keeps its status). Over the recipients that
 were handed to the transport (all but suppressed/failed ones):
 
@@ -55,125 +56,33 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, joinedload
 
-from worker.callbacks import outbox
 from worker.errors import InvalidEmail
 from worker.infrastructure.db import session_scope
 from worker.infrastructure.models import (
-    ACCEPTED_STATUSES,
     PENDING_STATUSES,
-    EventType,
     Message,
-    MessageStatus,
-    Recipient,
-    RecipientStatus,
     TrackingEvent,
     utcnow,
 )
-from worker.providers import webhook_handler
 from worker.providers.base import NormalizedEvent
+from worker.sending import lifecycle
 from worker.sending.jobs import pending_event_ids
+from worker.tracking.apply import PROVIDER_KEY, apply_event, emit_event, normalise
 from worker.tracking.suppressions import message_list_id, suppress_for_event
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NormalizedEvent", "link_orphan_events", "link_pending_events", "process_event", "record_event",
-           "roll_up"]
+__all__ = ["NormalizedEvent", "link_orphan_events", "link_pending_events", "process_event", "record_event"]
 
 
 #: How far back the sweeper looks for orphans. The race it repairs lasts seconds; older orphans (mail sent by
 #: something else on the same SMTP2Go account) are still linked by :func:`link_pending_events` if their message
 #: ever shows up, and the bound keeps the periodic query on the ``(applied_at, received_at)`` index.
 ORPHAN_REPAIR_WINDOW = timedelta(days=3)
-
-_RANK = {RecipientStatus.QUEUED: 0, RecipientStatus.SENT: 1, RecipientStatus.FAILED: 1,
-         RecipientStatus.SUPPRESSED: 1, RecipientStatus.DELIVERED: 3, RecipientStatus.OPENED: 4,
-         RecipientStatus.CLICKED: 5, RecipientStatus.BOUNCED: 6, RecipientStatus.REJECTED: 6,
-         RecipientStatus.COMPLAINED: 7}  # a soft-bounced recipient ranks 2 (see _rank)
-_REACHED = (RecipientStatus.DELIVERED, RecipientStatus.OPENED, RecipientStatus.CLICKED)
-
-#: event -> (recipient timestamp, recipient counter, recipient status, message timestamp).
-_EFFECTS: dict[EventType, tuple[str, str | None, RecipientStatus | None, str | None]] = {
-    EventType.DELIVERED: ("delivered_at", None, RecipientStatus.DELIVERED, "email_delivered_at"),
-    EventType.OPEN: ("opened_at", "open_count", RecipientStatus.OPENED, "email_opened_at"),
-    EventType.CLICK: ("clicked_at", "click_count", RecipientStatus.CLICKED, "email_clicked_at"),
-    EventType.BOUNCE: ("bounced_at", None, RecipientStatus.BOUNCED, None),  # message time: see roll_up
-    EventType.SPAM: ("complained_at", None, RecipientStatus.COMPLAINED, "email_complained_at"),
-    EventType.REJECT: ("rejected_at", None, RecipientStatus.REJECTED, None),
-    EventType.UNSUBSCRIBE: ("unsubscribed_at", None, None, None),
-}
-
-
-def _rank(r: Recipient) -> int:
-    if r.status == RecipientStatus.BOUNCED and r.bounce_type != "hard":
-        return 2
-    return _RANK.get(r.status, 0)
-
-
-def _first(obj: object, attr: str, new: datetime) -> None:
-    """Keep the earliest time: the first event wins even when a later one is delivered first."""
-    current = getattr(obj, attr)
-    if current is None or new < current:
-        setattr(obj, attr, new)
-
-
-def _apply(message: Message, row: TrackingEvent) -> None:
-    """Apply one stored event to its (locked) message and matching recipients; no suppression side effects."""
-    kind, when, soft = row.event_type, row.occurred_at, row.bounce_type != "hard"
-    if kind == EventType.PROCESSED and not message.message_id_header and row.smtp2go_data:
-        message.message_id_header = _normalise(row.smtp2go_data, PROVIDER_KEY).message_id_header
-    if kind not in _EFFECTS:
-        return  # processed, resubscribe (its effect is on the suppression list) and unknown: recorded only
-    at, counter, status, message_at = _EFFECTS[kind]
-    if message_at:
-        _first(message, message_at, when)
-    rcpt = (row.recipient or "").lower()
-    for r in (r for r in message.recipients if rcpt and r.address.lower() == rcpt):
-        _first(r, at, when)
-        if counter:
-            setattr(r, counter, (getattr(r, counter) or 0) + 1)
-        rank = 2 if kind == EventType.BOUNCE and soft else (_RANK[status] if status else 0)
-        if status and rank > _rank(r):
-            was_soft_bounce = _rank(r) == 2
-            r.status = status
-            if kind in (EventType.BOUNCE, EventType.REJECT) and row.detail:
-                r.error = row.detail[:2000]
-            elif was_soft_bounce:  # delivered after all: the soft bounce's error no longer applies
-                r.error = None
-        if kind == EventType.BOUNCE and (not soft or r.bounce_type is None):
-            r.bounce_type = "soft" if soft else "hard"
-
-
-def roll_up(message: Message) -> MessageStatus:
-    """Recompute an accepted message's status from its recipients (the rule is in the module docstring)."""
-    if message.status not in ACCEPTED_STATUSES:
-        return message.status
-    rs = [r for r in message.recipients
-          if r.status not in (RecipientStatus.SUPPRESSED, RecipientStatus.FAILED)]
-    if not rs:
-        return message.status
-    statuses = [r.status for r in rs]
-    if RecipientStatus.COMPLAINED in statuses:
-        new = MessageStatus.COMPLAINED
-    elif (any(r.status == RecipientStatus.BOUNCED and r.bounce_type == "hard" for r in rs)
-          or all(s == RecipientStatus.BOUNCED for s in statuses)):
-        new = MessageStatus.BOUNCED
-    elif any(s in _REACHED for s in statuses):
-        new = MessageStatus.DELIVERED
-    elif all(s in (RecipientStatus.REJECTED, RecipientStatus.BOUNCED) for s in statuses):
-        new = MessageStatus.REJECTED
-    else:
-        new = MessageStatus.SENT
-    # Derived, never accumulated, so arrival order cannot change it: the earliest bounce of a recipient that is
-    # bounced now (a soft bounce later overtaken by a delivery does not count).
-    message.email_bounced_at = min(
-        (r.bounced_at for r in rs if r.status == RecipientStatus.BOUNCED and r.bounced_at), default=None)
-    message.status = new
-    return new
-
 
 def _suppression_effects(session: Session, ev: NormalizedEvent, message_id: str | None) -> str | None:
     if not ev.recipient:
@@ -187,57 +96,6 @@ def _suppression_effects(session: Session, ev: NormalizedEvent, message_id: str 
         # We could never have sent to an address our validator refuses: there is nothing to suppress.
         log.warning("event %s names an invalid address; suppression list unchanged", ev.provider_event_id)
         return None
-
-
-def _claim_and_apply(session: Session, message: Message, event_ids: Sequence[int]) -> int:
-    """Apply stored, unapplied events to ``message`` (locked by the caller) in event-time order."""
-    if not event_ids:
-        return 0
-    rows = session.scalars(
-        select(TrackingEvent).where(TrackingEvent.id.in_(list(event_ids)), TrackingEvent.applied_at.is_(None))
-        .order_by(TrackingEvent.occurred_at, TrackingEvent.id)
-    ).all()
-    applied: list[TrackingEvent] = []
-    for row in rows:
-        # Conditional claim: whoever flips applied_at from NULL applies the event, exactly once.
-        claimed = session.execute(
-            update(TrackingEvent)
-            .where(TrackingEvent.id == row.id, TrackingEvent.applied_at.is_(None))
-            .values(applied_at=utcnow(), message_id=message.id)
-        )
-        if getattr(claimed, "rowcount", 0) != 1:
-            continue
-        _apply(message, row)
-        applied.append(row)
-    if applied:
-        roll_up(message)
-        session.flush()
-        for row in applied:
-            _emit(session, message, row)
-    return len(applied)
-
-
-#: Provider events the application is told about (status callbacks), by the callback's type.
-_CALLBACK_TYPES = {EventType.DELIVERED: "email.delivered", EventType.OPEN: "email.opened",
-                   EventType.CLICK: "email.clicked", EventType.BOUNCE: "email.bounced",
-                   EventType.SPAM: "email.complained", EventType.REJECT: "email.rejected",
-                   EventType.UNSUBSCRIBE: "email.unsubscribed"}
-
-
-def _emit(session: Session, message: Message, row: TrackingEvent) -> None:
-    """The status callback of one applied event, in the event's transaction (under the message's lock)."""
-    event_type = _CALLBACK_TYPES.get(row.event_type)
-    if event_type is None:
-        return
-    rcpt = (row.recipient or "").lower()
-    recipient = next((r for r in message.recipients if rcpt and r.address.lower() == rcpt), None)
-    data: dict[str, Any] = {"recipient_status": recipient.status.value if recipient else None}
-    if row.event_type in (EventType.BOUNCE, EventType.REJECT):
-        data.update(bounce_type=row.bounce_type, detail=row.detail)
-    if row.event_type == EventType.CLICK:
-        data["url"] = row.url
-    outbox.emit(session, message.id, event_type, status=message.status.value, occurred_at=row.occurred_at,
-                recipient=row.recipient, data={k: v for k, v in data.items() if v is not None} or None)
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -279,24 +137,14 @@ def _event_exists(session: Session, key: str) -> bool:
     return session.scalar(select(TrackingEvent.id).where(TrackingEvent.provider_event_id == key)) is not None
 
 
-#: Where a stored body names the provider kind that sent it (absent: the first provider, SMTP2Go).
-PROVIDER_KEY = "_provider"
 _MAX_TEXT = 8000  # url, user agent, detail: TEXT columns, and nobody needs more
-
-
-def _normalise(event: Any, key: str | None = None, provider: str | None = None) -> NormalizedEvent:
-    kind = provider or (event.get(key) if key and isinstance(event, dict) else None) or "smtp2go"
-    handler = webhook_handler(kind)
-    if handler is None:
-        raise ValueError(f"provider {kind!r} has no webhook normaliser")
-    return handler.normalise({k: v for k, v in event.items() if k != PROVIDER_KEY})
 
 
 def process_event(event: dict[str, Any], provider: str = "smtp2go") -> dict[str, Any]:
     """Store and apply one provider webhook event (idempotent); see :func:`record_event`."""
     if not isinstance(event, dict):
         raise TypeError(f"a webhook event is a JSON object, got {type(event).__name__}")
-    return record_event(_normalise(event, provider=provider))
+    return record_event(normalise(event, provider=provider))
 
 
 def record_event(ev: NormalizedEvent) -> dict[str, Any]:
@@ -340,9 +188,9 @@ def record_event(ev: NormalizedEvent) -> dict[str, Any]:
             elif not applies_now:
                 status = "deferred"
             else:
-                _apply(message, row)
-                roll_up(message)
-                _emit(session, message, row)
+                apply_event(message, row)
+                lifecycle.roll_up(message)
+                emit_event(session, message, row)
                 status = "applied"
             result = {"status": status, "event_id": ev.provider_event_id, "type": ev.event_type.value,
                       "message_id": message.id if message else None,
@@ -371,7 +219,7 @@ def link_pending_events(session: Session, message: Message, event_ids: Sequence[
         return 0
     if event_ids is None:
         event_ids = pending_event_ids(session.connection(), message.id, message.smtp2go_message_id)
-    count = _claim_and_apply(session, message, event_ids)
+    count = lifecycle.apply_stored_events(session, message, event_ids)
     if count:
         log.info("linked %d pending event(s) tracking_id=%s", count, message.id)
     return count
@@ -415,7 +263,7 @@ def link_orphan_events(limit: int = 1000) -> int:
             message = _lock_message(session, Message.id == message_id)
             if message is None or message.status in PENDING_STATUSES:
                 continue
-            total += _claim_and_apply(session, message, event_ids)
+            total += lifecycle.apply_stored_events(session, message, event_ids)
     if total:
         log.info("linked %d orphan event(s)", total)
     return total
