@@ -58,6 +58,8 @@ task_default_exchange = "mailworker"
 task_default_routing_key = send_queue
 task_routes = {
     "mailworker.send_email": {"queue": send_queue, "routing_key": send_queue},
+    "mailworker.send_batch": {"queue": bulk_queue, "routing_key": bulk_queue},
+    "mailworker.settle_batch": {"queue": bulk_queue, "routing_key": bulk_queue},
     "mailworker.process_event": {"queue": events_queue, "routing_key": events_queue},
     "mailworker.sweep": {"queue": maintenance_queue, "routing_key": maintenance_queue},
     "mailworker.reconcile": {"queue": maintenance_queue, "routing_key": maintenance_queue},

@@ -312,6 +312,7 @@ class SmtpSink:
     drop_after_data: bool = False
     users: dict[str, str] | None = None
     auth_reply: str | None = None
+    connections: int = 0  # SMTP sessions greeted (EHLO/HELO): one per connection without STARTTLS
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count_for(self, tracking_id: str) -> int:
@@ -332,6 +333,19 @@ class _Handler:
             if users is None or users.get(auth_data.login.decode()) == auth_data.password.decode():
                 return AuthResult(success=True)
         return AuthResult(success=False, handled=False, message=self.sink.auth_reply)
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,  # noqa: N802
+                          responses: list[str]) -> list[str]:
+        with self.sink.lock:
+            self.sink.connections += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:  # noqa: N802
+        with self.sink.lock:
+            self.sink.connections += 1
+        session.host_name = hostname
+        return f"250 {server.hostname}"
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,  # noqa: N802
                           rcpt_options: Any) -> str:

@@ -100,6 +100,49 @@ def send_email(self: Task, tracking_id: str) -> dict[str, Any]:
     return {"tracking_id": tracking_id, "outcome": outcome.kind, "provider": outcome.provider}
 
 
+@app.task(name="mailworker.send_batch", bind=True, acks_late=True, max_retries=None)
+def send_batch(self: Task, tracking_ids: list[str]) -> dict[str, Any]:
+    """Send stored messages of the bulk lane together (``worker.sending.batch``): one claim, one in-flight mark,
+    one provider request, each email recorded with its own outcome. Parked emails are settled by
+    ``mailworker.settle_batch``; emails paused (429) or held are retried together, the others are done."""
+    from worker.sending.batch import SETTLE_FIRST
+    from worker.sending.batch import send_batch as run_batch
+
+    ids = [str(t) for t in tracking_ids]
+    owner = f"{_HOST}:{self.request.hostname or '-'}:{self.request.id}"
+    hook = _flower_progress(self)
+    if hook is not None:
+        hook("batch", {"size": len(ids)})
+    try:
+        report = run_batch(ids, owner=owner)
+    except _DB_ERRORS as err:
+        failure = _retry_later(self, err, f"batch of {len(ids)}", SEND_DB_RETRIES)
+        if failure is err:
+            raise
+        raise failure from None
+    if report.parked:
+        app.send_task("mailworker.settle_batch", args=[report.parked], countdown=SETTLE_FIRST)
+    if report.later and report.retry_delay is not None:
+        visibility = int(app.conf.broker_transport_options.get("visibility_timeout", 3600))
+        if report.retry_delay < visibility / 2:
+            raise self.retry(args=[report.later], countdown=report.retry_delay, exc=None)
+    return {"size": len(ids), **report.as_dict()}
+
+
+@app.task(name="mailworker.settle_batch", bind=True, acks_late=True, max_retries=None, ignore_result=True)
+def settle_batch(self: Task, tracking_ids: list[str]) -> dict[str, Any]:
+    """Settle the parked emails of one batch with one activity search over its window; released emails are
+    sent again as a batch, undecided ones are looked at again later."""
+    from worker.sending.batch import SETTLE_AGAIN, settle_parked
+
+    report = settle_parked([str(t) for t in tracking_ids])
+    if report.released:
+        app.send_task("mailworker.send_batch", args=[report.released])
+    if report.waiting:
+        raise self.retry(countdown=SETTLE_AGAIN, exc=None)
+    return report.as_dict()
+
+
 @app.task(name="mailworker.process_event", bind=True, acks_late=True, max_retries=None)
 def process_event(self: Task, event: dict[str, Any], provider: str = "smtp2go") -> dict[str, Any]:
     """Apply one provider webhook event (idempotent: duplicates change nothing)."""
@@ -170,18 +213,18 @@ CALLBACK_SOFT_TIME_LIMIT, CALLBACK_TIME_LIMIT = 120, 150
           soft_time_limit=CALLBACK_SOFT_TIME_LIMIT, time_limit=CALLBACK_TIME_LIMIT)
 def deliver_callback(delivery_id: int) -> str:
     """One signed POST of one status event to one endpoint; the retry is scheduled in the delivery's row."""
-    from worker.callbacks.dispatcher import deliver
+    from worker.callbacks.dispatcher import attempt_delivery
 
-    return deliver(int(delivery_id))
+    return attempt_delivery(int(delivery_id))
 
 
 @app.task(name="mailworker.status_hook", acks_late=True, ignore_result=True,
           soft_time_limit=CALLBACK_SOFT_TIME_LIMIT, time_limit=CALLBACK_TIME_LIMIT)
 def status_hook(delivery_id: int) -> str:
     """One call of ``MAILWORKER_STATUS_HOOK`` with one status event; a failure is retried with backoff."""
-    from worker.callbacks.dispatcher import deliver
+    from worker.callbacks.dispatcher import attempt_delivery
 
-    return deliver(int(delivery_id))
+    return attempt_delivery(int(delivery_id))
 
 
 # ---------------------------------------------------------------------------------------------- compliance

@@ -210,6 +210,65 @@ def mark_in_flight(conn: Connection, lease: Lease, provider: str, *, lease_secon
     return int(inserted.inserted_primary_key[0])  # type: ignore[index]
 
 
+def claim_batch(conn: Connection, tracking_ids: list[str], *, owner: str, lease_seconds: float) -> list[Lease]:
+    """Take one lease (``owner``) on every message of ``tracking_ids`` that is due now, together; returns the
+    leases in the order of ``tracking_ids``. Rows another worker holds, rows not due (``send_at``, a retry
+    later), expired or finished rows are left alone: the single-send claim (:func:`claim`) decides about those.
+
+    MariaDB locks the due rows with ``SELECT ... FOR UPDATE SKIP LOCKED`` (a batch never waits behind another
+    batch's rows); SQLite has one writer at a time, so the conditional UPDATE alone is the claim. Either way the
+    UPDATE repeats the due conditions and the leases are read back by owner: a row only one worker can win.
+    Not committed (as :func:`claim`).
+    """
+    if not tracking_ids:
+        return []
+    now = utcnow()
+    due = (messages.c.id.in_(tracking_ids), _WAITING, messages.c.ambiguous_since.is_(None), _not_expired(now),
+           or_(messages.c.next_attempt_at.is_(None), messages.c.next_attempt_at <= now))
+    candidates = list(tracking_ids)
+    if conn.dialect.name != "sqlite":
+        # through the primary key (as ``_update``): scanning ``ix_messages_status`` would lock every queued row
+        # it examines, other batches' rows included, and they would all skip them
+        candidates = list(conn.scalars(select(messages.c.id).with_hint(messages, "FORCE INDEX (PRIMARY)", "mysql")
+                                       .where(*due).with_for_update(skip_locked=True)))
+    if not candidates:
+        return []
+    conn.execute(update(messages).with_hint("FORCE INDEX (PRIMARY)", dialect_name="mysql")
+                 .where(*due, messages.c.id.in_(candidates))
+                 .values(status=MessageStatus.SENDING, lease_owner=owner, updated_at=now,
+                         lease_expires_at=now + timedelta(seconds=lease_seconds)))
+    mine = set(conn.scalars(select(messages.c.id).where(messages.c.id.in_(candidates),
+                                                        messages.c.lease_owner == owner,
+                                                        messages.c.status == MessageStatus.SENDING)))
+    return [Lease(t, owner, ClaimKind.FRESH) for t in tracking_ids if t in mine]
+
+
+def mark_batch_in_flight(conn: Connection, leases: list[Lease], provider: str, *,
+                         lease_seconds: float) -> dict[str, int]:
+    """:func:`mark_in_flight` for a batch, in ONE commit: every message of ``leases`` (one owner) is counted and
+    marked in flight, each gets its own attempt row; returns tracking id -> attempt row id."""
+    if not leases:
+        return {}
+    owner = leases[0].owner
+    ids = [lease.tracking_id for lease in leases]
+    now = utcnow()
+    marked = conn.execute(
+        update(messages).with_hint("FORCE INDEX (PRIMARY)", dialect_name="mysql")
+        .where(messages.c.id.in_(ids), messages.c.lease_owner == owner, messages.c.status == MessageStatus.SENDING)
+        .values(inflight_since=now, provider=provider, attempts=messages.c.attempts + 1, updated_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_seconds))).rowcount
+    if marked != len(ids):
+        conn.rollback()
+        raise LeaseLost(f"{len(ids) - marked} message(s) of the batch of {owner} were taken over")
+    conn.execute(attempts.insert(), [{"message_id": t, "provider": provider, "started_at": now,
+                                      "outcome": AttemptOutcome.IN_FLIGHT} for t in ids])
+    rows = conn.execute(select(attempts.c.message_id, func.max(attempts.c.id))
+                        .where(attempts.c.message_id.in_(ids), attempts.c.outcome == AttemptOutcome.IN_FLIGHT)
+                        .group_by(attempts.c.message_id)).all()
+    conn.commit()
+    return {str(message_id): int(attempt_id) for message_id, attempt_id in rows}
+
+
 def finish_attempt(conn: Connection, attempt_id: int, outcome: AttemptOutcome, *, error: str | None = None,
                    provider_message_id: str | None = None, started: datetime | None = None) -> None:
     """Write what came back for one attempt (in the transaction of the transition that follows)."""

@@ -81,7 +81,11 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0].rstrip("/")
         path = path[3:] if path.startswith("/v3/") else path
         fake = self.server.fake
-        routes = {"/email/send": fake._handle_send, "/activity/search": fake._handle_activity}
+        routes = {"/email/send": fake._handle_send, "/email/batch": fake._handle_batch,
+                  "/activity/search": fake._handle_activity,
+                  "/suppression/add": fake._handle_suppression_add,
+                  "/suppression/view": fake._handle_suppression_view,
+                  "/suppression/remove": fake._handle_suppression_remove}
         try:
             if self.command == "POST" and path in routes:
                 reply = routes[path](self.headers, body)

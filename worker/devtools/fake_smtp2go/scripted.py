@@ -21,6 +21,8 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     accept: bool | None = None
+    #: ``/email/batch`` only: accept just the first this many items (a failed answer that took some of them).
+    accept_items: int | None = None
 
     @classmethod
     def error_400_data(cls) -> Scripted:

@@ -12,12 +12,13 @@ import threading
 from collections import deque
 
 from worker.devtools.fake_smtp2go.activity import _ActivityAPI
+from worker.devtools.fake_smtp2go.batch import _BatchAPI
 from worker.devtools.fake_smtp2go.handler import _Handler, _Server
 from worker.devtools.fake_smtp2go.scripted import Scripted
-from worker.devtools.fake_smtp2go.send import _SendAPI
+from worker.devtools.fake_smtp2go.suppression import _SuppressionAPI
 
 
-class FakeSMTP2Go(_SendAPI, _ActivityAPI):
+class FakeSMTP2Go(_BatchAPI, _ActivityAPI, _SuppressionAPI):
     """SMTP2Go's v3 API on localhost, with failure injection, scripted answers and webhook delivery."""
 
     def __init__(self, *, api_key: str = "api-test-key", host: str = "127.0.0.1", port: int = 0,
@@ -43,6 +44,7 @@ class FakeSMTP2Go(_SendAPI, _ActivityAPI):
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._script: deque[Scripted] = deque()
+        self._batch_script: deque[Scripted] = deque()
         self._counts: dict[str, int] = {}
         self._activity_hits: deque[float] = deque()
         self._activity_extra: list[dict] = []
@@ -55,6 +57,10 @@ class FakeSMTP2Go(_SendAPI, _ActivityAPI):
         self._pending = 0
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
+        self.suppressions: dict[str, dict] = {}
+        self.suppression_requests: list[tuple[str, dict]] = []
+        self.suppression_denied = False
+        self.suppression_page_size = 100
 
     def start(self) -> FakeSMTP2Go:
         """Bind (port 0 picks a free one) and serve from background threads."""
@@ -119,8 +125,8 @@ class FakeSMTP2Go(_SendAPI, _ActivityAPI):
 
     def reset(self) -> None:
         with self._lock:
-            for c in (self.sends, self.requests, self.webhooks, self._script, self._counts, self._activity_extra,
-                      self._activity_script, self.activity_queries):
+            for c in (self.sends, self.requests, self.webhooks, self._script, self._batch_script, self._counts,
+                      self._activity_extra, self._activity_script, self.activity_queries):
                 c.clear()
             self._activity_hits.clear()
 

@@ -367,3 +367,113 @@ class SmtpTransport:
         except ConfigurationError as err:
             return held(err)
         return Accepted(sent.message_id, refused=dict(sent.refused), deferred=dict(sent.deferred))
+
+    def send_batch(self, emails: list[OutgoingEmail],
+                   departing: Callable[[list[str]], None] | None = None) -> list[Outcome]:
+        """Send ``emails`` over one SMTP connection (see :func:`send_batch_outcomes`)."""
+        return send_batch_outcomes(self, emails, departing)
+
+
+# ------------------------------------------------------------------------------------------ a batch
+
+
+def _one_on_connection(client: smtplib.SMTP, built: Prepared) -> SmtpSent:
+    """One message of a batch on an open connection (MAIL, RCPT, DATA, content, reply), classified as
+    :func:`send` classifies a message on its own connection; a refusal resets the transaction with RSET."""
+    try:
+        if built.international and not client.has_extn("smtputf8"):
+            raise PermanentDeliveryError("an address needs SMTPUTF8, which the relay does not offer",
+                                         provider=PROVIDER)
+        options = ["SMTPUTF8", "BODY=8BITMIME"] if built.international else []
+        if client.has_extn("size"):
+            options.append(f"SIZE={len(built.payload)}")
+        accepted, refused, deferred = _envelope(client, built.sender, built.rcpts, options)
+        if not accepted:
+            client.rset()
+            raise RecipientsRefused(
+                f"relay accepted no recipient ({len(refused)} refused, {len(deferred)} deferred)",
+                provider=PROVIDER, refused=refused, deferred=deferred)
+        code, resp = client.docmd("DATA")
+        if code != 354:
+            client.rset()
+            raise _not_sent(code, f"DATA refused: {_reply(code, resp)}")
+    except smtplib.SMTPResponseException as err:
+        raise _not_sent(err.smtp_code, _reply(err.smtp_code, err.smtp_error)) from err
+    except (smtplib.SMTPException, OSError) as err:
+        raise RetryableDeliveryError(f"{type(err).__name__}: {err}", provider=PROVIDER) from err
+    _transmit(client, built.payload)
+    return SmtpSent(message_id=built.message_id, refused=refused, deferred=deferred)
+
+
+def send_batch_outcomes(transport: SmtpTransport, emails: list[OutgoingEmail],
+                        departing: Callable[[list[str]], None] | None = None) -> list[Outcome]:
+    """Send ``emails`` over ONE SMTP connection, one transaction each: one outcome per email, in order.
+
+    Every message is built first (one that cannot be built is ``NotSent(unbuildable)`` and never sent);
+    ``departing`` gets the tracking ids that may leave, before the connection is opened. A connection that cannot
+    be opened (or authenticated) gives every email the same outcome; once it broke, or after an answer that
+    may leave the relay's state unknown, the emails not yet tried are not sent (retryable).
+    """
+    outcomes: list[Outcome | None] = [None] * len(emails)
+    ready: list[tuple[int, Prepared]] = []
+    for index, email_msg in enumerate(emails):
+        try:
+            ready.append((index, prepare(email_msg)))
+        except Exception as err:  # noqa: BLE001 - whatever the build raised, nothing left the process
+            outcomes[index] = unbuildable(PROVIDER, err)
+    if ready:
+        if departing is not None:
+            departing([emails[i].tracking_id for i, _ in ready])
+        client: smtplib.SMTP | None = None
+        try:
+            client = _connect(transport.host, transport.port, transport.security, transport.timeout,
+                              transport.ca_file)
+            if transport.username:
+                _authenticate(client, transport.username, transport.password or "")
+        except ssl.SSLCertVerificationError as err:
+            problem = held(ConfigurationError(
+                f"SMTP relay {transport.host}:{transport.port} certificate is not trusted ({err.verify_message}): "
+                "set SMTP_CA_FILE to the CA that signed it"))
+            return _fill(outcomes, ready, problem)
+        except ConfigurationError as err:
+            return _fill(outcomes, ready, held(err))
+        except DeliveryError as err:
+            return _fill(outcomes, ready, outcome_of(err))
+        except smtplib.SMTPResponseException as err:
+            return _fill(outcomes, ready, outcome_of(_not_sent(err.smtp_code, _reply(err.smtp_code, err.smtp_error))))
+        except (smtplib.SMTPException, OSError) as err:
+            return _fill(outcomes, ready, outcome_of(RetryableDeliveryError(f"{type(err).__name__}: {err}",
+                                                                            provider=PROVIDER)))
+        broken: Outcome | None = None
+        try:
+            for index, built in ready:
+                if broken is not None:
+                    outcomes[index] = broken
+                    continue
+                try:
+                    sent = _one_on_connection(client, built)
+                except AmbiguousDeliveryError as err:
+                    outcomes[index] = outcome_of(err)
+                    broken = outcome_of(RetryableDeliveryError("not tried: the relay connection of the batch "
+                                                               "broke before this message", provider=PROVIDER))
+                except DeliveryError as err:
+                    outcomes[index] = outcome_of(err)
+                    if not isinstance(err, RecipientsRefused) and err.status_code is None:
+                        broken = outcome_of(RetryableDeliveryError(
+                            "not tried: the relay connection of the batch broke before this message",
+                            provider=PROVIDER))
+                else:
+                    outcomes[index] = Accepted(sent.message_id, refused=dict(sent.refused),
+                                               deferred=dict(sent.deferred))
+        finally:
+            try:
+                client.quit()
+            except (smtplib.SMTPException, OSError):
+                client.close()
+    return [o for o in outcomes if o is not None]
+
+
+def _fill(outcomes: list[Outcome | None], ready: list[tuple[int, Prepared]], outcome: Outcome) -> list[Outcome]:
+    for index, _ in ready:
+        outcomes[index] = outcome
+    return [o for o in outcomes if o is not None]

@@ -136,6 +136,49 @@ class ActivityReconciler:
             pass
         return int(self.report.filled_events - before)
 
+    def settle_window(self, parked: list[ParkedSend]) -> dict[str, Verdict]:
+        """Settle sends that left together (one ``/email/batch`` request) with ONE paged ``/activity/search`` over
+        their common time window -- not one search per email: the 60 requests a minute are shared with the periodic
+        reconciler. Events are matched by ``X-Mailworker-Id``; an email found is ``accepted`` (never resent), one not
+        found after a completed search is ``not_sent`` once ``RECONCILE_RESEND_AFTER`` has passed since it was
+        parked, else ``wait``. The search stops early once every email of the batch was found."""
+        if not parked:
+            return {}
+        if self.activity is None:
+            note = f"SMTP2Go activity search is not usable on this host ({self.problem})"
+            return {p.tracking_id: Verdict("wait", note, unusable=True) for p in parked}
+        wait = {p.tracking_id: Verdict("wait", "activity searches stopped for this run") for p in parked}
+        if self.report.stopped is not None:
+            return wait
+        now = utcnow()
+        start = max(min(p.earliest_send for p in parked) - SEARCH_LEAD, now - ACTIVITY_RETENTION)
+        query: dict[str, Any] = {"start_date": _iso(start), "end_date": _iso(now + timedelta(minutes=1)),
+                                 "custom_headers": [TRACKING_HEADER]}
+        wanted = {p.tracking_id for p in parked}
+        found: dict[str, str] = {}
+        try:
+            for event in self.activity.events(query):
+                ev = normalise_activity(event)
+                if ev.tracking_ref in wanted and ev.email_id:
+                    found.setdefault(ev.tracking_ref, ev.email_id)
+                    if len(found) == len(wanted):
+                        break
+        except _Stop:
+            return wait
+        verdicts: dict[str, Verdict] = {}
+        for p in parked:
+            waited = (now - p.parked_since).total_seconds()
+            if p.tracking_id in found:
+                verdicts[p.tracking_id] = Verdict("accepted", "SMTP2Go activity shows the batch item accepted",
+                                                  provider_message_id=found[p.tracking_id])
+            elif waited >= self.settings.reconcile_resend_after:
+                verdicts[p.tracking_id] = Verdict(
+                    "not_sent", f"a complete SMTP2Go activity search over the batch's window found no send with our "
+                    f"X-Mailworker-Id {waited:.0f}s after the attempt; sending again")
+            else:
+                verdicts[p.tracking_id] = Verdict("wait", "too early to trust a negative search")
+        return verdicts
+
 
 def reconciler(api_key: str | None, api_url: str, problem: str | None, settings: Settings, *, report: Any,
                max_requests: int = 20, page_size: int = ACTIVITY_PAGE_MAX,
@@ -190,4 +233,5 @@ def _fill_missing(activity: _Activity, now: datetime, fill_after: float, report:
                 report.filled_events += 1
         with session_scope() as session:  # a completed search: not asked again until fill_after has passed
             session.execute(update(Message).where(Message.id == tracking_id).values(reconciled_at=now))
+
 

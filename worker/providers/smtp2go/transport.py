@@ -58,6 +58,7 @@ from worker.providers.base import (
     NotSent,
     Outcome,
     OutgoingEmail,
+    Unknown,
     held,
     outcome_of,
     unbuildable,
@@ -437,6 +438,11 @@ class Smtp2GoTransport:
             return held(err)
         return send_outcome(answer.status, answer.body, retry_after=answer.retry_after)
 
+    def send_batch(self, emails: list[OutgoingEmail],
+                   departing: Callable[[list[str]], None] | None = None) -> list[Outcome]:
+        """Send ``emails`` in one ``POST /email/batch`` (see :func:`send_batch_outcomes`)."""
+        return send_batch_outcomes(self, emails, departing)
+
 
 # --------------------------------------------------------------------------------------------- /activity/search
 
@@ -526,3 +532,97 @@ def custom_header(event: Mapping[str, Any], name: str) -> str | None:
         if str(key).lower() == wanted and value not in (None, ""):
             return str(value)
     return None
+
+
+# --------------------------------------------------------------------------------------------- /email/batch
+
+#: SMTP2Go's documented maximum number of emails in one ``/email/batch`` request.
+BATCH_MAX = 1000
+
+
+def interpret_batch_response(status: int, body: Any, count: int, *,
+                             retry_after: float | None = None) -> list[Outcome]:
+    """An ``/email/batch`` answer as one outcome per email of the request (``count`` of them, in order).
+
+    A 200 lists one ``{"email_id"}`` (or ``{"schedule_id"}``) per email in request order: each is
+    :class:`Accepted` with its own id; a 200 we cannot match item for item is :class:`Unknown` for every item
+    (something may have been accepted). SMTP2Go does not document a per-item refusal, nor whether a failed
+    request may have accepted some items, so: 401/403 hold every item; 429 is a pause for every item (nothing
+    sent); 5xx is :class:`Unknown` for every item; another 4xx (or an error in a 200) refused the batch as a
+    whole without saying which item: every item is ``NotSent(declined=True, retryable=False)``, "refused with
+    its batch, not for itself", and the core sends each alone to find the offending one.
+    """
+    if status in (401, 403):
+        return [held(credentials_rejected(status))] * count
+    if status == 429:
+        return [NotSent(retryable=True, reason="SMTP2Go batch rate limited (429)", retry_after=retry_after,
+                        rate_limited=True)] * count
+    if status >= 500:
+        return [Unknown(f"SMTP2Go answered the batch with {status}: any of its emails may have been accepted")
+                ] * count
+    error = _api_error(status, body) if isinstance(body, dict) else None
+    if error is not None or status >= 300:
+        detail = error.describe() if error is not None else f"HTTP {status}"
+        return [NotSent(retryable=False, declined=True,
+                        reason=f"SMTP2Go refused the batch of {count} as a whole ({status}): {detail}")] * count
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list) or len(data) != count:
+        got = f"{len(data)} ids" if isinstance(data, list) else "no id list"
+        return [Unknown(f"SMTP2Go answered the batch of {count} with 200 and {got}")] * count
+    outcomes: list[Outcome] = []
+    for index, item in enumerate(data):
+        ident = (item.get("email_id") or item.get("schedule_id")) if isinstance(item, dict) else None
+        outcomes.append(Accepted(str(ident)) if ident else
+                        Unknown(f"SMTP2Go answered the batch with 200 but no email_id for item {index}"))
+    return outcomes
+
+
+def build_batch_item(email_msg: OutgoingEmail, *, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One item of ``POST /email/batch``: the ``/email/send`` body (with ``X-Mailworker-Id``), without the
+    request-level ``fastaccept`` option."""
+    item = build_payload(email_msg, options=None)
+    encode_json(item)  # a value JSON cannot carry fails here, for this item alone, before anything leaves
+    return item
+
+
+def send_batch_outcomes(transport: Smtp2GoTransport, emails: list[OutgoingEmail],
+                        departing: Callable[[list[str]], None] | None = None) -> list[Outcome]:
+    """Send ``emails`` in one ``POST /email/batch``: one outcome per email, in order.
+
+    Every item is built first; one that cannot be built is ``NotSent(unbuildable)`` and left out of the request.
+    ``departing`` gets the tracking ids that leave, just before the request. A request that never left is
+    ``NotSent`` (retryable) for each; one that may have left without an answer is :class:`Unknown` for each.
+    """
+    if len(emails) > BATCH_MAX:
+        raise ValueError(f"emails: at most {BATCH_MAX} in one SMTP2Go batch, got {len(emails)}")
+    outcomes: list[Outcome | None] = [None] * len(emails)
+    items: list[dict[str, Any]] = []
+    leaving: list[int] = []
+    for index, email_msg in enumerate(emails):
+        try:
+            items.append(build_batch_item(email_msg, options=transport.options))
+            leaving.append(index)
+        except Exception as err:  # noqa: BLE001 - whatever the build raised, this item never leaves
+            outcomes[index] = unbuildable(PROVIDER, err)
+    if leaving:
+        try:
+            body = encode_json({"emails": items})
+        except Exception as err:  # noqa: BLE001 - each item encoded alone; the list cannot fail, but be honest
+            return [unbuildable(PROVIDER, err)] * len(emails)
+        if departing is not None:
+            departing([emails[i].tracking_id for i in leaving])
+        answered: list[Outcome]
+        try:
+            answer = _post("/email/batch", body, api_key=transport.api_key, api_url=transport.api_url,
+                           timeout=transport.timeout, connect_timeout=transport.connect_timeout,
+                           verify=transport.verify)
+        except DeliveryError as err:
+            answered = [outcome_of(err)] * len(leaving)
+        except ConfigurationError as err:
+            answered = [held(err)] * len(leaving)
+        else:
+            answered = interpret_batch_response(answer.status, answer.body, len(leaving),
+                                                retry_after=answer.retry_after)
+        for index, outcome in zip(leaving, answered, strict=True):
+            outcomes[index] = outcome
+    return [o for o in outcomes if o is not None]
