@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.conftest import wait_until
-from worker import enqueue_email, get_email_status
+from worker import enqueue_email
+from worker import get_email_status as _get_email_status
 from worker.celery_app import app
 from worker.devtools.fake_smtp2go import Scripted
 from worker.infrastructure.config import reset_settings
@@ -30,6 +31,12 @@ def stored(n: int, *, prefix: str = "bulk") -> list[str]:
         session.execute(update(Message).where(Message.id.in_(ids)).values(
             next_attempt_at=utcnow() - timedelta(seconds=1), send_at=None))
     return ids
+
+
+def get_email_status(tracking_id: str) -> dict[str, Any]:
+    status = _get_email_status(tracking_id)
+    assert status is not None, tracking_id
+    return status
 
 
 def publish(ids: list[str], size: int = 100) -> None:
