@@ -9,7 +9,7 @@ deliveries of new events and publishes one task per due delivery (``mailworker.d
 
 Each attempt is bounded: an HTTP attempt by a total deadline (``CALLBACK_TIMEOUT``) and at most 64 KB read of
 the answer, to public addresses only (:mod:`worker.callbacks.http`); the hook by ``CALLBACK_HOOK_TIMEOUT``
-(:mod:`worker.callbacks.hook`). :func:`deliver` first takes the delivery (a conditional UPDATE that moves its
+(:mod:`worker.callbacks.hook`). :func:`attempt_delivery` first takes the delivery (a conditional UPDATE that moves its
 ``next_attempt_at`` and ``locked_until`` to the end of the attempt's lease): a second copy of the task arriving
 while it is in flight, or after it is done, finds it taken and does nothing.
 
@@ -67,7 +67,7 @@ DELIVER_TASK, HOOK_TASK = "mailworker.deliver_callback", "mailworker.status_hook
 #: 10 h -- eight attempts over about 27 hours. The default of ``CALLBACK_RETRY_SCHEDULE`` (settings_spec).
 RETRY_SCHEDULE: tuple[float, ...] = setting("CALLBACK_RETRY_SCHEDULE").default
 #: How long a published delivery task may wait in the queue for a worker before the dispatcher publishes it
-#: again (a late copy is harmless: :func:`deliver` finds the delivery taken or done).
+#: again (a late copy is harmless: :func:`attempt_delivery` finds the delivery taken or done).
 QUEUE_WAIT = 300.0
 
 
@@ -90,7 +90,7 @@ def task_time_limits(settings: Settings) -> tuple[float, float]:
 
 
 def lease_seconds(settings: Settings) -> float:
-    """How long :func:`deliver` holds a delivery it took: beyond the task's hard time limit (a task killed at
+    """How long :func:`attempt_delivery` holds a delivery it took: beyond the task's hard time limit (a task killed at
     it leaves the delivery to be taken again after this), with room for the attempt to run twice as long."""
     return max(task_time_limits(settings)[1], 2 * attempt_seconds(settings)) + 30
 
@@ -187,7 +187,7 @@ def dispatch(publish: bool = True) -> dict[str, int]:
             app.send_task(HOOK_TASK if kind == HOOK else DELIVER_TASK, args=[delivery_id], soft_time_limit=soft,
                           time_limit=hard)
         else:
-            deliver(delivery_id)
+            attempt_delivery(delivery_id)
     return {"dispatched": dispatched, "due": len(due)}
 
 
@@ -215,7 +215,7 @@ def _take(delivery_id: int, lease: float) -> datetime | None:
     return until if taken == 1 else None
 
 
-def deliver(delivery_id: int) -> str:
+def attempt_delivery(delivery_id: int) -> str:
     """One attempt of one delivery; returns its state afterwards (``pending`` when a retry is scheduled, or when
     another copy of the task has it in flight)."""
     settings = get_settings()

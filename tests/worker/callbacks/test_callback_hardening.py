@@ -181,7 +181,7 @@ def test_a_trickled_answer_is_cut_at_the_total_deadline(hardening_env: pytest.Mo
     _add(receiver.url)
     delivery_id = _one_delivery()
     started = time.monotonic()
-    assert dispatcher.deliver(delivery_id) == "pending"  # a retry is scheduled
+    assert dispatcher.attempt_delivery(delivery_id) == "pending"  # a retry is scheduled
     elapsed = time.monotonic() - started
     assert elapsed < 4, f"one attempt took {elapsed:.1f}s with CALLBACK_TIMEOUT=1"
     assert len(receiver.requests) == 1
@@ -218,7 +218,7 @@ def test_a_huge_answer_is_read_at_most_64_kb_and_kept_as_a_clean_excerpt(hardeni
     receiver = serve(servers, huge)
     _add(receiver.url)
     delivery_id = _one_delivery()
-    assert dispatcher.deliver(delivery_id) == "pending"
+    assert dispatcher.attempt_delivery(delivery_id) == "pending"
     assert finished.wait(20), "the receiver never saw the client close"
     # 64 KB read, plus what the two kernels buffer (a few hundred KB on loopback): nowhere near the 64 MB offered
     assert sent[0] < 8 * 1024 * 1024, f"{sent[0]} bytes of the answer were taken"
@@ -239,7 +239,7 @@ def test_a_hook_that_overruns_is_cut_at_its_time_limit(hardening_env: pytest.Mon
     try:
         delivery_id = _one_delivery()
         started = time.monotonic()
-        assert dispatcher.deliver(delivery_id) == "pending"
+        assert dispatcher.attempt_delivery(delivery_id) == "pending"
         elapsed = time.monotonic() - started
         assert hooks.stalled.wait(5), "the hook was never called"
     finally:
@@ -290,11 +290,12 @@ def test_two_copies_of_one_delivery_post_once(hardening_env: pytest.MonkeyPatch,
     _add(receiver.url)
     delivery_id = _one_delivery()
     states: list[str] = []
-    run_threads(2, lambda _: states.append(dispatcher.deliver(delivery_id)))
+    run_threads(2, lambda _: states.append(dispatcher.attempt_delivery(delivery_id)))
     assert len(receiver.requests) == 1
     assert len(_attempts(delivery_id)) == 1
     assert _state(delivery_id) == "delivered" and sorted(states) == ["delivered", "pending"]
-    assert dispatcher.deliver(delivery_id) == "delivered" and len(receiver.requests) == 1  # a late copy: nothing
+    # a late copy: nothing
+    assert dispatcher.attempt_delivery(delivery_id) == "delivered" and len(receiver.requests) == 1
 
 
 def test_a_published_delivery_stays_locked_beyond_its_worst_case(hardening_env: pytest.MonkeyPatch, db: str) -> None:
@@ -375,7 +376,7 @@ def test_a_host_that_resolves_elsewhere_at_delivery_is_refused_before_sending(ha
     _add(f"http://rebind.example.test:{receiver.port}/hooks")
     answer["address"] = "127.0.0.1"
     delivery_id = _one_delivery()
-    assert dispatcher.deliver(delivery_id) == "dead"
+    assert dispatcher.attempt_delivery(delivery_id) == "dead"
     assert receiver.requests == []
     [attempt] = _attempts(delivery_id)
     assert attempt.error == f"callback URL resolves to 127.0.0.1, {REFUSED}"
@@ -387,7 +388,7 @@ def test_an_endpoint_no_longer_allowed_gets_nothing(hardening_env: pytest.Monkey
     _add(receiver.url)  # allowed when added
     _set(hardening_env, CALLBACK_ALLOWED_NETWORKS="")  # the allowance withdrawn
     delivery_id = _one_delivery()
-    assert dispatcher.deliver(delivery_id) == "dead"
+    assert dispatcher.attempt_delivery(delivery_id) == "dead"
     assert receiver.requests == []
     assert _attempts(delivery_id)[0].error == f"callback URL resolves to 127.0.0.1, {REFUSED}"
 
@@ -420,7 +421,7 @@ def test_a_password_in_an_endpoint_url_is_never_shown_but_still_used(hardening_e
         assert listing.exit_code == 0 and "pw-Zq8x1" not in listing.output and "hookuser:***@" in listing.output
     delivery_id = _one_delivery()
     with caplog.at_level(logging.DEBUG):
-        assert dispatcher.deliver(delivery_id) == "pending"
+        assert dispatcher.attempt_delivery(delivery_id) == "pending"
     assert "pw-Zq8x1" not in caplog.text and "busy" in caplog.text
     head = receiver.requests[0].decode()
     assert "\r\nAuthorization: Basic aG9va3VzZXI6cHctWnE4eDE=" in head  # the credentials still go to it
