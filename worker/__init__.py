@@ -2,7 +2,7 @@
 
 Public API::
 
-    from worker import enqueue_email, get_email_status, get_email_stats, cancel_email, InvalidEmail
+    from worker import enqueue_email, enqueue_many, get_email_status, get_email_stats, cancel_email, InvalidEmail
 
 Importing ``worker`` has no side effects: nothing connects and no environment is read until a call needs it.
 
@@ -16,6 +16,7 @@ database, models, crypto, logging), ``devtools`` (dev stack and SMTP2Go simulato
 from datetime import datetime
 from typing import Any
 
+from worker.api.bulk import enqueue_many
 from worker.api.cancel import cancel_email
 from worker.api.enqueue import enqueue_email, get_email_status
 from worker.celery_app import app
@@ -31,4 +32,5 @@ def get_email_stats(since: datetime | None = None, until: datetime | None = None
     return _stats(since=since, until=until)
 
 
-__all__ = ["InvalidEmail", "app", "cancel_email", "celery", "enqueue_email", "get_email_stats", "get_email_status"]
+__all__ = ["InvalidEmail", "app", "cancel_email", "celery", "enqueue_email", "enqueue_many", "get_email_stats",
+           "get_email_status"]

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
@@ -34,11 +37,13 @@ from worker.api.validation import (
     parse_address,
     parse_address_list,
 )
+from worker.celery_app import app
 from worker.errors import InvalidEmail
 from worker.infrastructure.config import get_settings
 from worker.infrastructure.db import get_engine, session_scope
 from worker.infrastructure.models import (
     AttemptOutcome,
+    Lane,
     Message,
     MessageStatus,
     RecipientKind,
@@ -46,13 +51,15 @@ from worker.infrastructure.models import (
     utcnow,
 )
 from worker.sending.jobs import A, M, R
-from worker.sending.publish import publish_send
+from worker.sending.publish import _send, publish_send
 
 log = logging.getLogger(__name__)
 
 #: ``send_at`` closer than this is published with a broker ETA; later ones wait for the sweeper, so no
 #: broker message ever carries a long countdown (Redis redelivers those after the visibility timeout).
 SHORT_ETA = timedelta(seconds=60)
+#: The bulk lane's task: ``send_batch(tracking_ids)`` on the bulk queue.
+BATCH_TASK = "mailworker.send_batch"
 
 
 def enqueue_email(
@@ -73,15 +80,88 @@ def enqueue_email(
     idempotency_key: str | None = None,
     send_at: datetime | None = None,
     expires_at: datetime | None = None,
+    lane: str = "transactional",
+    list_id: str | None = None,
     connection: Connection | Session | scoped_session[Any] | None = None,
 ) -> str:
     """Validate and store an email, then hand it to the worker. Returns the tracking id (UUID string).
 
     ``expires_at`` (aware): not handed to a transport by then, the email is ``expired`` instead of sent.
+    ``lane``: ``transactional`` (a ``send_email`` task of its own) or ``bulk`` (a ``send_batch`` task on the bulk
+    queue). ``list_id``: the mailing list it belongs to (a short token; unsubscribes are scoped to it).
     ``connection`` (a SQLAlchemy ``Connection`` or ``Session`` on DATABASE_URL's database): the rows are written
     in the caller's transaction and the task is published only once that transaction commits -- nothing is sent
     if it rolls back (see :func:`_publish_after_commit`).
     """
+    item = prepare(
+        to, subject, html_body=html_body, text_body=text_body, sender=sender, cc=cc, bcc=bcc, reply_to=reply_to,
+        headers=headers, attachments=attachments, template_id=template_id, template_data=template_data,
+        reference=reference, idempotency_key=idempotency_key, send_at=send_at, expires_at=expires_at, lane=lane,
+        list_id=list_id)
+    caller = _caller_connection(connection) if connection is not None else None
+    return store_and_publish([item], caller, batch_size=1)[0]
+
+
+#: ``list_id``: a short token (RFC 2919 list-label characters plus a few separators), one line by construction.
+_LIST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+@/=-]{0,63}")
+
+
+def check_lane(raw: Any) -> Lane:
+    if isinstance(raw, str):
+        try:
+            return Lane(raw)
+        except ValueError:
+            pass
+    raise InvalidEmail("lane", f"{raw!r} is not a lane; use 'transactional' or 'bulk'")
+
+
+def check_list_id(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise InvalidEmail("list_id", f"expected a string, got {type(raw).__name__}")
+    if not _LIST_ID.fullmatch(raw):
+        raise InvalidEmail("list_id", f"{raw[:80]!r} is not a list id: 1 to 64 letters, digits or . _ : + @ / = -, "
+                                      "starting with a letter or digit")
+    return raw
+
+
+@dataclass
+class Prepared:
+    """One validated email, as the rows ``store_and_publish`` writes (``published_at`` and ``batch_id`` are filled
+    in there)."""
+
+    tracking_id: str
+    message: dict[str, Any]
+    recipients: list[dict[str, Any]]
+    attachments: list[dict[str, Any]]
+    when: datetime | None
+    idempotency_key: str | None
+    lane: Lane
+
+
+def prepare(
+    to: str | list[str],
+    subject: str | None = None,
+    *,
+    html_body: str | None = None,
+    text_body: str | None = None,
+    sender: str | None = None,
+    cc: str | list[str] | None = None,
+    bcc: str | list[str] | None = None,
+    reply_to: str | None = None,
+    headers: dict[str, str] | None = None,
+    attachments: list[tuple[str, bytes, str]] | None = None,
+    template_id: str | None = None,
+    template_data: dict[str, Any] | None = None,
+    reference: str | None = None,
+    idempotency_key: str | None = None,
+    send_at: datetime | None = None,
+    expires_at: datetime | None = None,
+    lane: str = "transactional",
+    list_id: str | None = None,
+) -> Prepared:
+    """Validate one email (raises :class:`InvalidEmail` naming the field) and build its rows; stores nothing."""
     settings = get_settings()
     to_list = parse_address_list("to", to, required=True)
     cc_list = parse_address_list("cc", cc)
@@ -96,7 +176,8 @@ def enqueue_email(
     files = check_attachments(attachments)
     when = check_send_at(send_at)
     expiry = check_send_at(expires_at, "expires_at")
-    caller = _caller_connection(connection) if connection is not None else None
+    the_lane = check_lane(lane)
+    list_id = check_list_id(list_id)
     reference = check_optional_str("reference", reference, header=False)
     idempotency_key = check_optional_str("idempotency_key", idempotency_key, header=False)
     template_id = check_optional_str("template_id", template_id)
@@ -124,18 +205,9 @@ def enqueue_email(
         to=sum(len(a.formatted.encode()) for a in (*to_list, *cc_list, *bcc_list, from_addr, *_opt(reply))),
     )
 
-    if idempotency_key:
-        existing = _find_by_idempotency_key(idempotency_key, caller[0] if caller else None)
-        if existing:
-            return existing
-
     tracking_id = str(uuid.uuid4())
     now = utcnow()
-    # A far ``send_at`` is published by the sweeper shortly before it is due (published_at stays NULL).
-    publish_now = when is None or when - now <= SHORT_ETA
     domain = from_addr.address.rsplit("@", 1)[1]
-    # Core inserts on one connection: three round trips (message, recipients, commit); the ORM unit of work
-    # cost more CPU than the rest of enqueue_email together (docs/benchmarks.md).
     message = {
         "id": tracking_id, "status": MessageStatus.QUEUED, "sender": from_addr.formatted,
         "reply_to": reply.formatted if reply else None, "subject": subject, "text_body": text_body,
@@ -143,10 +215,8 @@ def enqueue_email(
         "template_data": template_data, "reference": reference, "idempotency_key": idempotency_key,
         "message_id_header": make_msgid(idstring=tracking_id.replace("-", ""), domain=domain),
         "size_bytes": size, "queued_at": now, "send_at": when, "expires_at": expiry, "next_attempt_at": when,
-        "attempts": 0, "crashes": 0, "updated_at": now,
-        # Recorded before the publish: a worker may claim the row before this function returns. Left NULL in
-        # the caller's transaction: if its commit or the publish after it goes wrong, the sweeper's grace covers it.
-        "published_at": now if publish_now and caller is None else None,
+        "attempts": 0, "crashes": 0, "updated_at": now, "lane": the_lane, "list_id": list_id, "batch_id": None,
+        "published_at": None,
     }
     recipients = [
         {"message_id": tracking_id, "address": addr.address, "display_name": addr.name, "kind": kind,
@@ -159,42 +229,138 @@ def enqueue_email(
          "content": content}
         for filename, content, mimetype in files
     ]
-    if caller is not None:
-        conn, session = caller
+    return Prepared(tracking_id, message, recipients, attachment_rows, when, idempotency_key, the_lane)
+
+
+def _publish_now(item: Prepared, now: datetime) -> bool:
+    """Published at enqueue: a transactional email due within :data:`SHORT_ETA` (with a broker ETA), a bulk email
+    due now. A later one is published by the sweeper shortly before it is due (``published_at`` stays NULL)."""
+    if item.when is None:
+        return True
+    if item.lane == Lane.BULK:
+        return item.when <= now
+    return item.when - now <= SHORT_ETA
+
+
+def store_and_publish(items: list[Prepared], caller: tuple[Connection, Session | None] | None, *,
+                      batch_size: int) -> list[str]:
+    """Write validated emails and publish them; the tracking ids in the order of ``items``.
+
+    An item whose idempotency key is on record already (or repeated earlier in ``items``) is not written: its
+    existing id comes back. The rest go in with one multi-row INSERT per table per ``batch_size`` items, all in
+    one transaction (the caller's, when given). After the commit, transactional emails are published one
+    ``send_email`` each; bulk emails due now one ``send_batch`` per ``batch_size`` of them, whose ``batch_id``
+    (also the task id) their rows carry.
+    """
+    conn = caller[0] if caller else None
+    for _ in range(2):  # a second pass when a concurrent call stored one of our keys first
+        ids, new = _resolve_keys(items, conn)
+        now = utcnow()
+        batches = _assign(new, now, batch_size, mark_published=caller is None)
         try:
-            _insert_rows(conn, message, recipients, attachment_rows)
+            if conn is not None:
+                _insert_chunks(conn, new, batch_size)
+            elif new:
+                with get_engine().begin() as own:
+                    _insert_chunks(own, new, batch_size)
         except IntegrityError:
-            existing = _find_by_idempotency_key(idempotency_key, conn) if idempotency_key else None
-            if existing:
-                return existing
-            raise
-        if publish_now:
-            _publish_after_commit(conn, session, tracking_id, when)
-        log.info("email queued in the caller's transaction tracking_id=%s recipients=%d send_at=%s", tracking_id,
-                 len(recipients), when.isoformat() if when else "now")
-        return tracking_id
+            if not any(i.idempotency_key for i in new):
+                raise
+            continue
+        break
+    else:
+        raise RuntimeError("idempotency keys kept colliding with concurrent calls")  # pragma: no cover
+    singles = [i for i in new if i.lane == Lane.TRANSACTIONAL and _publish_now(i, now)]
+    if caller is not None:
+        for item in singles:
+            _publish_after_commit(*caller, _single_publisher(item.tracking_id, item.when))
+        for batch_id, batch_ids in batches:
+            _publish_after_commit(*caller, _batch_publisher(batch_id, batch_ids))
+    else:
+        unpublished = [i.tracking_id for i in singles if not publish_send(i.tracking_id, eta=i.when)]
+        for batch_id, batch_ids in batches:
+            if not publish_batch(batch_id, batch_ids):
+                unpublished.extend(batch_ids)
+        if unpublished:
+            _clear_published(unpublished)
+    if new:
+        log.info("%d email(s) queued%s lane=%s recipients=%d batches=%d%s", len(new),
+                 " in the caller's transaction" if caller else "", ",".join(sorted({i.lane.value for i in new})),
+                 sum(len(i.recipients) for i in new), len(batches),
+                 f" tracking_id={new[0].tracking_id}" if len(new) == 1 else "")
+    return [ids[n] for n in range(len(items))]
+
+
+def _resolve_keys(items: list[Prepared], conn: Connection | None) -> tuple[dict[int, str], list[Prepared]]:
+    """``{position: tracking id}`` for every item, and the items to write (keys not on record, first of each)."""
+    keys = sorted({i.idempotency_key for i in items if i.idempotency_key})
+    known = _find_by_idempotency_keys(keys, conn) if keys else {}
+    ids: dict[int, str] = {}
+    new: list[Prepared] = []
+    for n, item in enumerate(items):
+        key = item.idempotency_key
+        if key and key in known:
+            ids[n] = known[key]
+            continue
+        if key:
+            known[key] = item.tracking_id
+        ids[n] = item.tracking_id
+        new.append(item)
+    return ids, new
+
+
+def _assign(new: list[Prepared], now: datetime, batch_size: int, *,
+            mark_published: bool) -> list[tuple[str, list[str]]]:
+    """Fill in ``published_at`` and ``batch_id``; the ``send_batch`` chunks to publish as ``(batch_id, ids)``."""
+    batches: list[tuple[str, list[str]]] = []
+    for item in new:
+        due = _publish_now(item, now)
+        # Recorded before the publish: a worker may claim the row before this function returns. Left NULL in
+        # the caller's transaction: if its commit or the publish after it goes wrong, the sweeper's grace covers it.
+        item.message["published_at"] = now if due and mark_published else None
+        item.message["batch_id"] = None
+        if item.lane == Lane.BULK and due:
+            if not batches or len(batches[-1][1]) >= batch_size:
+                batches.append((str(uuid.uuid4()), []))
+            batches[-1][1].append(item.tracking_id)
+            item.message["batch_id"] = batches[-1][0]
+    return batches
+
+
+def _insert_chunks(conn: Connection, items: list[Prepared], batch_size: int) -> None:
+    """One multi-row INSERT per table per ``batch_size`` items (executemany: MariaDB's driver sends multi-row
+    ``VALUES`` statements, SQLite steps one prepared statement)."""
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        conn.execute(insert(M), [i.message for i in chunk])
+        conn.execute(insert(R), [r for i in chunk for r in i.recipients])
+        files = [a for i in chunk for a in i.attachments]
+        if files:
+            conn.execute(insert(A), files)
+
+
+def _clear_published(tracking_ids: list[str]) -> None:
+    """Broker down: no publish on record, so the sweeper's next pass after its grace publishes the rows."""
     try:
         with get_engine().begin() as conn:
-            _insert_rows(conn, message, recipients, attachment_rows)
-    except IntegrityError:
-        if idempotency_key:
-            existing = _find_by_idempotency_key(idempotency_key)
-            if existing:
-                return existing
-        raise
+            conn.execute(update(M).where(M.c.id.in_(tracking_ids)).values(published_at=None))
+    except SQLAlchemyError as err:
+        # The emails are stored: raising now would make the caller send them twice. The sweeper still
+        # publishes them, only after SWEEP_REPUBLISH_AFTER instead of its grace.
+        log.warning("could not clear published_at of %d email(s): %s", len(tracking_ids), type(err).__name__)
 
-    if publish_now and not publish_send(tracking_id, eta=when):
-        # Broker down: no publish on record, so the sweeper's next pass after its grace publishes the row.
-        try:
-            with get_engine().begin() as conn:
-                conn.execute(update(M).where(M.c.id == tracking_id).values(published_at=None))
-        except SQLAlchemyError as err:
-            # The email is stored: raising now would make the caller send it twice. The sweeper still
-            # publishes it, only after SWEEP_REPUBLISH_AFTER instead of its grace.
-            log.warning("could not clear published_at tracking_id=%s: %s", tracking_id, type(err).__name__)
-    log.info("email queued tracking_id=%s recipients=%d send_at=%s", tracking_id,
-             len(recipients), when.isoformat() if when else "now")
-    return tracking_id
+
+def publish_batch(batch_id: str, tracking_ids: list[str], *, countdown: float | None = None) -> bool:
+    """Publish ``send_batch(tracking_ids)`` on the bulk queue with ``batch_id`` as task id; False when the broker
+    is unreachable (the sweeper publishes the emails later)."""
+    try:
+        _send(BATCH_TASK, args=[tracking_ids], task_id=batch_id, queue=app.conf.bulk_queue,
+              countdown=countdown or None)
+    except Exception as err:  # noqa: BLE001 - any broker failure is repaired by the sweeper
+        log.warning("publish failed batch_id=%s size=%d (the sweeper will publish it): %s", batch_id,
+                    len(tracking_ids), type(err).__name__)
+        return False
+    return True
 
 
 def _base64_len(n: int) -> int:
@@ -216,19 +382,18 @@ def _encoded_size(**parts: int) -> int:
     return size
 
 
-def _insert_rows(conn: Connection, message: dict[str, Any], recipients: list[dict[str, Any]],
-                 attachments: list[dict[str, Any]]) -> None:
-    conn.execute(insert(M), message)
-    conn.execute(insert(R), recipients)
-    if attachments:
-        conn.execute(insert(A), attachments)
-
-
-def _find_by_idempotency_key(key: str, conn: Connection | None = None) -> str | None:
-    if conn is not None:  # the caller's transaction: its own uncommitted rows count too
-        return conn.scalar(select(M.c.id).where(M.c.idempotency_key == key))
-    with session_scope() as session:
-        return session.scalar(select(Message.id).where(Message.idempotency_key == key))
+def _find_by_idempotency_keys(keys: list[str], conn: Connection | None = None) -> dict[str, str]:
+    """``{key: tracking id}`` of the keys on record (in the caller's transaction, its own uncommitted rows count)."""
+    found: dict[str, str] = {}
+    for start in range(0, len(keys), 500):
+        stmt = select(M.c.idempotency_key, M.c.id).where(M.c.idempotency_key.in_(keys[start:start + 500]))
+        if conn is not None:
+            rows = conn.execute(stmt).all()
+        else:
+            with get_engine().connect() as own:
+                rows = own.execute(stmt).all()
+        found.update({key: tid for key, tid in rows})
+    return found
 
 
 # ------------------------------------------------------------------------------- the caller's transaction
@@ -260,23 +425,37 @@ def _same_database(theirs: URL, ours: URL) -> bool:
         ours.host or "localhost", ours.port or 3306, ours.database)
 
 
-#: Tracking ids written in a caller's transaction and not yet published, per Session / Connection. One pair of
-#: listeners per transaction owner (registered once), however many emails it enqueues.
+#: Publishes waiting for a caller's transaction to commit, per Session / Connection: each is called with the
+#: countdown to give the task. One pair of listeners per transaction owner (registered once), however many emails.
+Publisher = Callable[[float], None]
 _PENDING_KEY = "mailworker_pending_publishes"
-_pending_conns: weakref.WeakKeyDictionary[Connection, list[tuple[str, datetime | None]]] = \
-    weakref.WeakKeyDictionary()
+_pending_conns: weakref.WeakKeyDictionary[Connection, list[Publisher]] = weakref.WeakKeyDictionary()
 
 #: A Connection's ``commit`` event fires just before the database commits: the publish waits this long, so the
 #: worker finds the row committed (a slower commit only means the sweeper publishes it after its grace).
 CONNECTION_COMMIT_DELAY = 1.0
 
 
-def _publish_after_commit(conn: Connection, session: Session | None, tracking_id: str,
-                          when: datetime | None) -> None:
-    """Publish ``send_email(tracking_id)`` once the caller's transaction commits; never if it rolls back.
+def _single_publisher(tracking_id: str, when: datetime | None) -> Publisher:
+    def publish(delay: float) -> None:
+        if delay and when is None:
+            publish_send(tracking_id, countdown=delay)
+        else:
+            publish_send(tracking_id, eta=when)
+    return publish
+
+
+def _batch_publisher(batch_id: str, tracking_ids: list[str]) -> Publisher:
+    def publish(delay: float) -> None:
+        publish_batch(batch_id, tracking_ids, countdown=delay or None)
+    return publish
+
+
+def _publish_after_commit(conn: Connection, session: Session | None, publisher: Publisher) -> None:
+    """Run ``publisher`` once the caller's transaction commits; never if it rolls back.
 
     A Session: its ``after_commit`` event (after the database committed). A Connection: its ``commit`` event
-    (just before the database commits; the publish carries a short countdown). The row's ``published_at`` stays
+    (just before the database commits; the publish carries a short countdown). The rows' ``published_at`` stays
     NULL, so a publish lost anywhere on this path is made by the sweeper after its grace.
     """
     if session is not None:
@@ -285,23 +464,20 @@ def _publish_after_commit(conn: Connection, session: Session | None, tracking_id
             pending = session.info[_PENDING_KEY] = []
             event.listen(session, "after_commit", _session_committed)
             event.listen(session, "after_rollback", _session_rolled_back)
-        pending.append((tracking_id, when))
+        pending.append(publisher)
         return
     pending_c = _pending_conns.get(conn)
     if pending_c is None:
         pending_c = _pending_conns[conn] = []
         event.listen(conn, "commit", _connection_committed)
         event.listen(conn, "rollback", _connection_rolled_back)
-    pending_c.append((tracking_id, when))
+    pending_c.append(publisher)
 
 
-def _publish_all(pending: list[tuple[str, datetime | None]], *, delay: float = 0.0) -> None:
+def _publish_all(pending: list[Publisher], *, delay: float = 0.0) -> None:
     items, pending[:] = list(pending), []
-    for tracking_id, when in items:
-        if delay and when is None:
-            publish_send(tracking_id, countdown=delay)
-        else:
-            publish_send(tracking_id, eta=when)
+    for publish in items:
+        publish(delay)
 
 
 def _session_committed(session: Session) -> None:
@@ -311,7 +487,7 @@ def _session_committed(session: Session) -> None:
 def _session_rolled_back(session: Session) -> None:
     pending = session.info.get(_PENDING_KEY)
     if pending:
-        log.info("caller's transaction rolled back: %d email(s) not published", len(pending))
+        log.info("caller's transaction rolled back: %d publish(es) dropped", len(pending))
         pending.clear()
 
 
@@ -322,7 +498,7 @@ def _connection_committed(conn: Connection) -> None:
 def _connection_rolled_back(conn: Connection) -> None:
     pending = _pending_conns.get(conn)
     if pending:
-        log.info("caller's transaction rolled back: %d email(s) not published", len(pending))
+        log.info("caller's transaction rolled back: %d publish(es) dropped", len(pending))
         pending.clear()
 
 
@@ -367,6 +543,9 @@ def get_email_status(tracking_id: str) -> dict[str, Any] | None:
             "ambiguous": message.status == MessageStatus.PARKED,
             "held": message.status == MessageStatus.HELD,
             "reference": message.reference,
+            "lane": message.lane.value,
+            "list_id": message.list_id,
+            "batch_id": message.batch_id,
             "sender": message.sender,
             "subject": message.subject,
             "queued_at": _iso(message.queued_at),
