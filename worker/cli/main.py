@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from console_app.cli import console as console_command
-from worker.cli import callbacks, compliance, dev, lanes, ops
+from worker.cli import bulk, callbacks, compliance, dev, lanes, ops
 from worker.cli.common import (
     FlagError,
     as_json_error,
@@ -391,6 +391,7 @@ compliance.register(main)
 callbacks.register(main)
 dev.register(main)
 lanes.register(main)
+bulk.register(main)
 main.add_command(console_command)
 
 
