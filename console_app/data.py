@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session, defer, selectinload
 
 from console_app.charts import fmt_time
 from worker.infrastructure.models import (
+    ACCEPTED_STATUSES,
+    PENDING_STATUSES,
     AuditEntry,
     Message,
     MessageStatus,
@@ -434,3 +436,34 @@ def per_transport(message: Any) -> str:
     """`` (SMTP2Go API n, relay m)`` where the database counts attempts per transport, else nothing."""
     api, smtp = getattr(message, "api_attempts", None), getattr(message, "smtp_attempts", None)
     return f" (SMTP2Go API {api}, relay {smtp})" if api is not None and smtp is not None else ""
+
+
+@dataclass
+class BatchProgress:
+    """Where the emails of one ``send_batch`` stand: queued (still in the send path), sent (a provider accepted
+    them), failed, and the rest (suppressed, cancelled, expired)."""
+
+    batch_id: str
+    queued: int
+    sent: int
+    failed: int
+    other: int
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.sent + self.failed + self.other
+
+
+def batch_progress(session: Session, message: Any) -> BatchProgress | None:
+    """The progress of the batch ``message`` was sent in (one GROUP BY over ix_messages_batch_id); None for an
+    email sent on its own."""
+    batch_id = getattr(message, "batch_id", None)
+    if not batch_id:
+        return None
+    rows = session.execute(select(Message.status, func.count()).where(Message.batch_id == batch_id)
+                           .group_by(Message.status)).all()
+    counts: dict[MessageStatus, int] = {status: int(n) for status, n in rows}
+    pending = sum(counts.get(s, 0) for s in PENDING_STATUSES)
+    sent = sum(counts.get(s, 0) for s in ACCEPTED_STATUSES)
+    failed = counts.get(MessageStatus.FAILED, 0)
+    return BatchProgress(batch_id, pending, sent, failed, sum(counts.values()) - pending - sent - failed)

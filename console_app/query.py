@@ -4,6 +4,8 @@ Grammar (terms are ANDed; values may be quoted: ``subject:"password reset"``)::
 
     to:alice@example.com      a recipient (to, cc or bcc), exact address            ix_recipients_address
     status:failed,bounced     one or more statuses; also ``parked`` and ``held``     ix_messages_status_queued_at
+    lane:bulk                 the lane: transactional or bulk (bounded by the other terms and the page)
+    batch:<batch id>          the emails one send_batch task carried                ix_messages_batch_id
     reference:ticket_reply:42 the application's reference, exact                    ix_messages_reference
     id:<tracking id>          exact                                                 primary key
     email_id:<smtp2go id>     SMTP2Go's email_id, exact                             unique index
@@ -28,9 +30,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from worker.infrastructure.models import Message, MessageStatus, Recipient, utcnow
+from worker.infrastructure.models import Lane, Message, MessageStatus, Recipient, utcnow
 
-KEYS = ("to", "status", "reference", "id", "email_id", "subject", "before", "after")
+KEYS = ("to", "status", "lane", "batch", "reference", "id", "email_id", "subject", "before", "after")
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -45,6 +47,8 @@ class Query:
     text: str = ""
     to: list[str] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
+    lanes: list[str] = field(default_factory=list)
+    batch: str | None = None
     reference: str | None = None
     ids: list[str] = field(default_factory=list)
     email_id: str | None = None
@@ -107,6 +111,15 @@ def parse(text: str, now: datetime | None = None) -> Query:
                     known = ", ".join(s.value for s in MessageStatus)
                     raise QueryError(f"status: {word!r} is not a status ({known})")
                 query.statuses.append(word)
+        elif key == "lane":
+            for word in value.lower().split(","):
+                if not word:
+                    continue
+                if word not in {lane.value for lane in Lane}:
+                    raise QueryError(f"lane: {_shown(word)} is not a lane ({', '.join(lane.value for lane in Lane)})")
+                query.lanes.append(word)
+        elif key == "batch":
+            query.batch = value
         elif key == "reference":
             query.reference = value
         elif key == "id":
@@ -147,6 +160,10 @@ def conditions(query: Query, dialect: str = "mysql") -> list[ColumnElement[bool]
         where.append(_recipient_is(address, dialect))
     if query.statuses:
         where.append(_status_condition(query.statuses))
+    if query.lanes:
+        where.append(Message.lane.in_([Lane(lane) for lane in query.lanes]))
+    if query.batch is not None:
+        where.append(Message.batch_id == query.batch)
     if query.reference is not None:
         where.append(Message.reference == query.reference)
     if query.ids:

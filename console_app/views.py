@@ -171,7 +171,8 @@ def message(tracking_id: str) -> str:
                                timeline=data.timeline(m, audit, ended), audit=audit, suppressions=supp,
                                headers=data.headers_for(m), retry=actions.retry_preview(m),
                                cancel=actions.cancel_preview(m), attempts=data.attempts_for(session, m.id),
-                               ended=ended, provider=provider, provider_id=provider_id)
+                               ended=ended, provider=provider, provider_id=provider_id,
+                               batch=data.batch_progress(session, m))
 
 
 # ------------------------------------------------------------------------------------------------ actions
