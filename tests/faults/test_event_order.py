@@ -100,7 +100,7 @@ def test_resubscribe_before_a_suppressing_reject_is_order_independent(db: str) -
 
 
 def test_a_later_reject_suppresses_whatever_its_text(db: str) -> None:
-    """A reject means SMTP2Go itself holds the address on its suppression list, whatever its text says (issue 9):
+    """A reject means SMTP2Go itself holds the address on its suppression list, whatever its text says:
     a reject later than a resubscribe keeps the address suppressed, in whichever order the events arrive."""
     finals = []
     for arrival in ((0, 1, 2), (0, 2, 1)):  # event-time order; then the resubscribe arrives last

@@ -176,7 +176,7 @@ def test_0003_on_a_database_with_data(url: str) -> None:
 
 
 def test_idempotency_keys_differing_in_case_are_two_emails_on_mariadb(db: str, redis_client: Any) -> None:
-    """Regression (issue 9, item 3): on MariaDB ``Order-1`` and ``order-1`` were one key and the second email was
+    """Regression: on MariaDB ``Order-1`` and ``order-1`` were one key and the second email was
     never sent; they are two emails now, and the same key twice is still one."""
     from worker import enqueue_email
 

@@ -1,4 +1,4 @@
-"""cancel_email and expires_at (issue 12), on MariaDB and SQLite, with the real fake SMTP2Go."""
+"""cancel_email and expires_at, on MariaDB and SQLite, with the real fake SMTP2Go."""
 
 from __future__ import annotations
 

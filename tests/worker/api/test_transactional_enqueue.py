@@ -1,5 +1,5 @@
 """enqueue_email(connection=...): the rows are written in the caller's transaction and the task is published only
-after it commits; a rollback publishes nothing (issue 12). MariaDB and SQLite, Session and Connection."""
+after it commits; a rollback publishes nothing. MariaDB and SQLite, Session and Connection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Status callbacks (issue 12): the outbox is written with each change, a real HTTP receiver on loopback checks
+"""Status callbacks: the outbox is written with each change, a real HTTP receiver on loopback checks
 every request with its own Standard Webhooks verifier, retries, 410, dead letters, replay, the Python hook.
 MariaDB and SQLite."""
 

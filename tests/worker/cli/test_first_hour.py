@@ -1,4 +1,4 @@
-"""The first mistakes a newcomer makes, through the real ``mailworker`` command (issue 14).
+"""The first mistakes a newcomer makes, through the real ``mailworker`` command.
 
 Each explains itself in one line: a bad or missing DATABASE_URL, a shell whose explicit settings override a
 running dev stack, a busy port, ``make run``'s options and installs, the README's command list, and the

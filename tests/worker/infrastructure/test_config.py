@@ -104,7 +104,7 @@ def test_good_database_urls_load(env: pytest.MonkeyPatch, url: str) -> None:
 
 
 def test_send_with_a_garbage_database_url_blames_database_url(env: pytest.MonkeyPatch) -> None:
-    """Issue 14: it used to blame MAIL_DEFAULT_SENDER."""
+    """The error names the variable that is missing, not MAIL_DEFAULT_SENDER."""
     from worker.cli import main
 
     env.setenv("DATABASE_URL", "garbage")

@@ -185,7 +185,7 @@ def mariadb_missing_a_column(base_env: pytest.MonkeyPatch) -> Iterator[tuple[str
 
 def test_send_task_fails_at_once_on_a_missing_column(mariadb_missing_a_column: tuple[str, str],
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    """Regression (issue 9, item 10): an unknown column was retried forever as "database unavailable"."""
+    """Regression: an unknown column was retried forever as "database unavailable"."""
     from worker.tasks import send_email
 
     url, tracking_id = mariadb_missing_a_column

@@ -1,4 +1,4 @@
-"""The state machine's fences (issue 9, items 6 and 10), on MariaDB and SQLite, with the real fake SMTP2Go."""
+"""The state machine's fences, on MariaDB and SQLite, with the real fake SMTP2Go."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""An operator's mistake holds mail, it never fails it (issue 9, item 8), on MariaDB and on SQLite.
+"""An operator's mistake holds mail, it never fails it, on MariaDB and on SQLite.
 
 A revoked SMTP2Go key, a host without SETTINGS_ENCRYPTION_KEY, or no usable transport keep the message
 ``retrying`` with ``last_error`` naming the problem; a refused key opens the shared breaker so one trial per

@@ -139,7 +139,7 @@ def database(request: pytest.FixtureRequest, redis_client: Any) -> Any:
 
 def test_relay_deferring_one_recipient_retries_only_that_recipient(smtp_sink: Any, database: str) -> None:
     """A 451 for one recipient (greylisting, mailbox full) while the others are accepted: the others are sent
-    once, the deferred one stays queued and is sent alone on the next attempt (issue 9, item 4)."""
+    once, the deferred one stays queued and is sent alone on the next attempt."""
     from worker.sending.delivery import OutcomeKind, deliver
 
     smtp_sink.refuse["grey@example.com"] = "451 4.7.1 greylisted, try again later"

@@ -113,7 +113,7 @@ def test_real_http_success_sends_key_in_header_only() -> None:
 
 
 def test_wrong_key_is_a_credentials_problem_not_a_message_outcome() -> None:
-    """Was PermanentDeliveryError: that failed every email sent while a key was revoked (issue 9, item 8).
+    """A refused key would fail every email sent while it is revoked if it were a message outcome.
     A refused key is an operator problem; the message says what to do and never contains the key."""
     with FakeSMTP2Go(api_key="right") as api, pytest.raises(CredentialsRejected) as excinfo:
         smtp2go.send(email=email(), api_key="wrong-key-123", api_url=api.url)
