@@ -24,6 +24,12 @@ message is harmless (the claim is atomic); the very first sweep against a Redis 
 after an upgrade) cannot tell "new" from "flushed", so it republishes the backlog once. Other brokers keep the
 ordinary path only.
 
+Rows of the bulk lane (``lane == bulk``) are republished as ``mailworker.send_batch`` tasks on the bulk queue, in
+chunks of ``BULK_BATCH_SIZE`` (due ones together; ones due later with the latest due time of their chunk, so none
+is claimed early), never as one ``send_email`` each: the bulk lane's claim, in-flight mark and request stay one
+per batch after a repair too, and transactional mail never queues behind bulk mail. Transactional rows are
+published one ``send_email`` each, as before. The same holds after a broker loss.
+
 A sweep also watches the spam complaint rate of the last 7 days (:mod:`worker.tracking.complaints`): computed at
 most every 10 minutes per process, one WARNING a day across processes while it is at or above
 ``COMPLAINT_RATE_THRESHOLD`` (marker ``<send queue>:complaint-warning``).
@@ -32,19 +38,23 @@ most every 10 minutes per process, one WARNING a day across processes while it i
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, not_, or_, select, update
 
+from worker.celery_app import app
 from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import session_scope
-from worker.infrastructure.models import Message, MessageStatus, utcnow
-from worker.sending.publish import publish_send
+from worker.infrastructure.models import Lane, Message, MessageStatus, utcnow
+from worker.sending.publish import _send, publish_send
 from worker.tracking.complaints import ComplaintWatch
 
 log = logging.getLogger(__name__)
+
+BATCH_TASK = "mailworker.send_batch"
 
 _PENDING = (MessageStatus.QUEUED, MessageStatus.RETRYING, MessageStatus.HELD)
 
@@ -123,14 +133,14 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
     unpublished_due = soon if report.broker_lost else stale
     with session_scope() as session:
         scheduled = session.execute(
-            select(Message.id, Message.next_attempt_at)
+            select(Message.id, Message.next_attempt_at, Message.lane)
             .where(Message.status == MessageStatus.QUEUED, Message.published_at.is_(None),
                    Message.send_at.is_not(None), Message.next_attempt_at <= soon,
                    Message.next_attempt_at > stale)
             .limit(batch)
         ).all()
         lost = session.execute(
-            select(Message.id, due)
+            select(Message.id, due, Message.lane)
             .where(
                 Message.status.in_(pending),
                 Message.ambiguous_since.is_(None),
@@ -140,33 +150,45 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
             )
             .limit(batch)
         ).all()
-        expired = session.scalars(
-            select(Message.id)
+        expired = session.execute(
+            select(Message.id, Message.lane)
             .where(Message.status == MessageStatus.SENDING, Message.lease_expires_at < now,
                    or_(Message.published_at.is_(None), Message.published_at <= stale))
             .limit(batch)
         ).all()
     published: list[str] = []
     failed = 0
-    for tracking_id, eta in scheduled:
-        if publish_send(tracking_id, eta=eta if eta and eta > now else None):
+    bulk: list[tuple[str, datetime | None, str]] = []  # (tracking id, due time if later, report field)
+    for tracking_id, eta, lane in scheduled:
+        when = eta if eta and _aware(eta) > now else None
+        if _is_bulk(lane):
+            bulk.append((tracking_id, when, "scheduled"))
+        elif publish_send(tracking_id, eta=when):
             published.append(tracking_id)
             report.scheduled += 1
         else:
             failed += 1
-    already = set(published)
-    for tracking_id, when in lost:
+    already = set(published) | {tracking_id for tracking_id, _, _ in bulk}
+    for tracking_id, when, lane in lost:
         if tracking_id in already:
             continue
-        if publish_send(tracking_id, eta=when if _aware(when) > now else None):
+        later = when if _aware(when) > now else None
+        if _is_bulk(lane):
+            bulk.append((tracking_id, later, "republished"))
+        elif publish_send(tracking_id, eta=later):
             published.append(tracking_id)
             report.republished += 1
         else:
             failed += 1
-    for tracking_id in expired:
-        if publish_send(tracking_id):
+    for tracking_id, lane in expired:
+        if _is_bulk(lane):
+            bulk.append((tracking_id, None, "expired_leases"))
+        elif publish_send(tracking_id):
             published.append(tracking_id)
             report.expired_leases += 1
+    sent, not_sent = _publish_bulk(bulk, settings.bulk_batch_size, report)
+    published += sent
+    failed += not_sent
     if published:
         with session_scope() as session:
             for chunk_start in range(0, len(published), 500):
@@ -219,6 +241,38 @@ def _heartbeat(epoch: BrokerEpoch, now: datetime, interval: float) -> None:
                          ex=max(3600, int(interval * 40)))
     except Exception as err:  # noqa: BLE001 - only the console's beat health misses it
         log.info("sweep: cannot write the heartbeat: %s", type(err).__name__)
+
+
+def _is_bulk(lane: Any) -> bool:
+    return bool(lane == Lane.BULK or lane == Lane.BULK.value)
+
+
+def _publish_bulk(rows: list[tuple[str, datetime | None, str]], size: int, report: SweepReport
+                  ) -> tuple[list[str], int]:
+    """Bulk-lane rows as ``send_batch`` tasks on the bulk queue, ``size`` ids each: the due ones together, then the
+    later ones in due order, each such chunk published for its latest due time (none of its emails claimed early).
+    Returns the ids published and how many could not be (the broker refused: the next sweep tries again)."""
+    now_rows = [row for row in rows if row[1] is None]
+    later_rows = sorted((row for row in rows if row[1] is not None), key=lambda row: _aware(row[1]))  # type: ignore[arg-type]
+    step = max(1, size)
+    chunks = [now_rows[i:i + step] for i in range(0, len(now_rows), step)]
+    chunks += [later_rows[i:i + step] for i in range(0, len(later_rows), step)]
+    published: list[str] = []
+    failed = 0
+    for chunk in chunks:
+        ids = [tracking_id for tracking_id, _, _ in chunk]
+        dues = [_aware(when) for _, when, _ in chunk if when is not None]
+        try:
+            _send(BATCH_TASK, args=[ids], task_id=str(uuid.uuid4()), queue=app.conf.bulk_queue,
+                  eta=max(dues) if dues else None)
+        except Exception as err:  # noqa: BLE001 - the broker is down: these rows are published by a later sweep
+            log.warning("sweep: could not publish a batch of %d bulk email(s): %s", len(ids), type(err).__name__)
+            failed += len(ids)
+            continue
+        published += ids
+        for _, _, field in chunk:
+            setattr(report, field, getattr(report, field) + 1)
+    return published, failed
 
 
 def _lost(epoch: BrokerEpoch) -> bool:

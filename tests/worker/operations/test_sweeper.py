@@ -229,3 +229,118 @@ def test_other_brokers_keep_the_ordinary_path(db: str, redis_client: Any, monkey
     monkeypatch.setattr(publish.app.conf, "broker_write_url", "memory://")
     assert BrokerEpoch.of_broker() is None
     assert sweep().broker_lost is False
+
+
+# ------------------------------------------------------------------------------------------- the bulk lane
+
+
+def _bulk_queue(redis_client: Any) -> list[tuple[str, list[str], Any]]:
+    """(task name, tracking ids, eta) of every task waiting on the bulk queue, decoded from the kombu message."""
+    import base64
+
+    from worker import app
+
+    out = []
+    for raw in reversed(redis_client.lrange(app.conf.bulk_queue, 0, -1)):
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        out.append((message["headers"]["task"], list(args[0]), message["headers"].get("eta")))
+    return out
+
+
+def _send_tasks(redis_client: Any) -> Counter[str]:
+    """Task names waiting on the (transactional) send queue."""
+    return Counter(json.loads(raw)["headers"]["task"] for raw in redis_client.lrange(SEND_QUEUE, 0, -1))
+
+
+def _enqueue_many_with_broker_down(monkeypatch: pytest.MonkeyPatch, n: int, tag: str) -> list[str]:
+    from worker import enqueue_many
+    from worker.sending import publish
+
+    with monkeypatch.context() as patch:
+        patch.setattr(publish.app.conf, "broker_write_url", "redis://127.0.0.1:1/0")
+        return enqueue_many([{"to": f"{tag}{i}@example.com", "subject": f"{tag} {i}", "text_body": "b"}
+                             for i in range(n)])
+
+
+@pytest.mark.parametrize("backend", ["db", "sqlite_db"])
+def test_lost_bulk_publishes_are_republished_as_send_batch_on_the_bulk_queue(
+        backend: str, request: pytest.FixtureRequest, redis_client: Any, base_env: pytest.MonkeyPatch,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.infrastructure.config import reset_settings
+
+    request.getfixturevalue(backend)
+    base_env.setenv("BULK_BATCH_SIZE", "3")
+    reset_settings()
+    _sweeper_has_run()
+    bulk = _enqueue_many_with_broker_down(monkeypatch, 7, "bulk")
+    single = _enqueue_with_broker_down(monkeypatch, "transactional")
+    for tid in [*bulk, single]:
+        _age(tid, 120)
+    assert _bulk_queue(redis_client) == [] and _queued(redis_client) == Counter()
+
+    report = sweep(grace=60)
+
+    assert report.republished == 8
+    batches = _bulk_queue(redis_client)
+    assert [name for name, _, _ in batches] == ["mailworker.send_batch"] * 3  # 7 emails, BULK_BATCH_SIZE 3
+    assert [len(ids) for _, ids, _ in batches] == [3, 3, 1]
+    assert sorted(t for _, ids, _ in batches for t in ids) == sorted(bulk)  # each bulk email once
+    assert _send_tasks(redis_client) == Counter({"mailworker.send_email": 1})  # never a send_email for bulk
+    assert _queued(redis_client) == Counter({single: 1})
+    assert sweep(grace=60).republished == 0  # the repair is on record
+
+
+def test_bulk_rows_due_later_are_republished_for_their_due_time(db: str, redis_client: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _sweeper_has_run()
+    due, later = _enqueue_many_with_broker_down(monkeypatch, 2, "later")
+    _age(due, 120)
+    _age(later, 120)
+    soon = utcnow() + timedelta(seconds=5)
+    _set(later, status=MessageStatus.RETRYING, next_attempt_at=soon)
+    _wipe_broker(redis_client)  # a loss publishes every row due soon at once, each with its ETA
+
+    report = sweep(grace=60)
+
+    assert report.broker_lost and report.republished == 2
+    (first, now_ids, now_eta), (second, later_ids, later_eta) = _bulk_queue(redis_client)
+    assert (first, now_ids, now_eta) == ("mailworker.send_batch", [due], None)
+    assert (second, later_ids) == ("mailworker.send_batch", [later])
+    assert datetime.fromisoformat(later_eta) >= soon - timedelta(seconds=1)  # not claimed before it is due
+
+
+def test_broker_loss_republishes_bulk_as_batches_and_transactional_as_send_email(
+        db: str, redis_client: Any) -> None:
+    from worker import enqueue_many
+
+    _sweeper_has_run()
+    bulk = enqueue_many([{"to": f"n{i}@example.com", "subject": "news", "text_body": "b"} for i in range(5)])
+    single = enqueue_email("a@example.com", "reset", text_body="b")
+    assert len(_bulk_queue(redis_client)) == 1 and _queued(redis_client) == Counter({single: 1})
+    assert sweep(grace=60).republished == 0  # all on record
+    _wipe_broker(redis_client)
+
+    report = sweep(grace=60)
+
+    assert report.broker_lost and report.republished == 6
+    batches = _bulk_queue(redis_client)
+    assert [(name, sorted(ids)) for name, ids, _ in batches] == [("mailworker.send_batch", sorted(bulk))]
+    assert _send_tasks(redis_client) == Counter({"mailworker.send_email": 1})
+    assert _queued(redis_client) == Counter({single: 1})
+
+
+def test_bulk_rows_of_a_dead_worker_are_republished_as_a_batch(db: str, redis_client: Any,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _sweeper_has_run()
+    tids = _enqueue_many_with_broker_down(monkeypatch, 2, "dead")
+    gone = utcnow() - timedelta(seconds=600)
+    for tid in tids:
+        _set(tid, status=MessageStatus.SENDING, lease_owner="dead", lease_expires_at=gone, published_at=gone)
+
+    report = sweep(grace=60)
+
+    assert report.expired_leases == 2
+    assert [(name, sorted(ids)) for name, ids, _ in _bulk_queue(redis_client)] == [
+        ("mailworker.send_batch", sorted(tids))]
+    assert _queued(redis_client) == Counter()
