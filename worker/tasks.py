@@ -121,6 +121,9 @@ def send_batch(self: Task, tracking_ids: list[str]) -> dict[str, Any]:
             raise
         raise failure from None
     if report.parked:
+        from worker.operations.reconcile import mark_settling
+
+        mark_settling(report.parked)  # the periodic reconciler leaves them to settle_batch
         app.send_task("mailworker.settle_batch", args=[report.parked], countdown=SETTLE_FIRST)
     if report.later and report.retry_delay is not None:
         visibility = int(app.conf.broker_transport_options.get("visibility_timeout", 3600))
@@ -133,13 +136,17 @@ def send_batch(self: Task, tracking_ids: list[str]) -> dict[str, Any]:
 def settle_batch(self: Task, tracking_ids: list[str]) -> dict[str, Any]:
     """Settle the parked emails of one batch with one activity search over its window; released emails are
     sent again as a batch, undecided ones are looked at again later."""
+    from worker.operations.reconcile import clear_settling, mark_settling
     from worker.sending.batch import SETTLE_AGAIN, settle_parked
 
-    report = settle_parked([str(t) for t in tracking_ids])
+    ids = [str(t) for t in tracking_ids]
+    report = settle_parked(ids)
     if report.released:
         app.send_task("mailworker.send_batch", args=[report.released])
     if report.waiting:
+        mark_settling(ids)  # still on it: the periodic reconciler keeps leaving them alone
         raise self.retry(countdown=SETTLE_AGAIN, exc=None)
+    clear_settling(ids)
     return report.as_dict()
 
 

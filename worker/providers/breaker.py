@@ -149,6 +149,23 @@ def _take_token(client: Any, settings: Settings, now: float, name: str = DEFAULT
     return 1.0 / rate
 
 
+def take_activity_request(settings: Settings | None = None, account: str = "", per_minute: int = 60) -> float:
+    """One request of an account's activity-search budget (SMTP2Go: 60 a minute per API key), shared by every
+    process that searches -- the periodic reconciler and each batch's settle -- through one token bucket in Redis
+    (burst ``per_minute``, refilled at ``per_minute``/60 a second). ``account`` names the budget (a digest of the
+    key, never the key). Returns 0 to go, else the seconds until a request is free; fails open without Redis."""
+    settings = settings or get_settings()
+    client = _redis(settings)
+    if client is None or per_minute <= 0:
+        return 0.0
+    try:
+        return float(client.eval(_BUCKET_SCRIPT, 1, f"{_prefix()}activity:{account}", per_minute / 60.0,
+                                 float(per_minute), time.time()))
+    except Exception as err:  # noqa: BLE001 - any Redis trouble: fail open (each run keeps its own budget)
+        _fail_open(err)
+        return 0.0
+
+
 def record_success(settings: Settings | None = None, gate: Gate | None = None, name: str = DEFAULT) -> None:
     settings = settings or get_settings()
     client = _redis(settings)

@@ -13,7 +13,10 @@
   left to webhooks (they would double count).
 
 The API allows 60 requests a minute per key; every page is a request. A run makes at most ``max_requests``
-(capped at 60) and stops at the first 429, 5xx or credentials error: the report names which.
+(capped at 60) and stops at the first 429, 5xx or credentials error: the report names which. The 60 a minute are
+shared by every searcher (the periodic reconciler, each bulk batch's settle, on every host) through one token
+bucket in Redis per API key (:func:`worker.providers.breaker.take_activity_request`); a run that finds it empty
+stops as ``rate_limited``.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class _Activity:
         while True:
             if self.report.requests >= self.max_requests:
                 self._stop("budget", f"request budget for this run used ({self.max_requests})")
+            self._take_shared_request()
             self.report.requests += 1
             body = {**query, "limit": self.page_size, **({"continue_token": token} if token else {})}
             try:
@@ -84,6 +88,24 @@ class _Activity:
             if not page.continue_token:
                 return
             token = page.continue_token
+
+    def _take_shared_request(self) -> None:
+        """One request of the key's shared budget; a wait of up to a second is slept, a longer one ends the run."""
+        import hashlib
+        import time
+
+        from worker.providers.breaker import take_activity_request
+
+        account = hashlib.sha256(self.api_key.encode()).hexdigest()[:16]
+        for _ in range(2):
+            wait = take_activity_request(self.settings, account, ACTIVITY_REQUESTS_PER_MINUTE)
+            if wait <= 0:
+                return
+            if wait > 1.0:
+                break
+            time.sleep(wait)
+        self._stop("rate_limited", f"the shared /activity/search budget ({ACTIVITY_REQUESTS_PER_MINUTE} a minute "
+                   "per API key) is used up for now")
 
     def _stop(self, kind: str, error: str) -> NoReturn:
         self.report.stopped, self.report.error = kind, error
