@@ -15,10 +15,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 
-def _serve(conn: Connection, latency: float, api_key: str) -> None:
+def _serve(conn: Connection, latency: float, api_key: str, per_email: float) -> None:
     from worker.devtools.fake_smtp2go import FakeSMTP2Go
 
-    fake = FakeSMTP2Go(api_key=api_key, latency=latency).start()
+    fake = FakeSMTP2Go(api_key=api_key, latency=latency)
+    fake.batch_latency_per_email = per_email
+    fake.start()
     conn.send(fake.url)
     while True:
         cmd, arg = conn.recv()
@@ -26,6 +28,11 @@ def _serve(conn: Connection, latency: float, api_key: str) -> None:
             conn.send(len(fake.sends))
         elif cmd == "times":  # (tracking id, arrival time) of every accepted send from index ``arg`` on
             conn.send([(s["tracking_id"], s["time"]) for s in fake.sends[arg:]])
+        elif cmd == "accepts":  # (tracking id, time its answer left) of every accepted send from ``arg`` on
+            conn.send(_accepts(fake, arg))
+        elif cmd == "requests":  # HTTP send requests so far: (/email/send, /email/batch)
+            batches = sum(r.get("path") == "/email/batch" for r in fake.requests)
+            conn.send((len(fake.requests) - batches, batches))
         elif cmd == "cpu":
             t = os.times()
             conn.send(t.user + t.system)
@@ -38,13 +45,27 @@ def _serve(conn: Connection, latency: float, api_key: str) -> None:
             return
 
 
+def _accepts(fake: Any, start: int) -> list[tuple[str | None, float]]:
+    """Each send's acceptance: its arrival plus the answer's delay (``latency``, plus ``batch_latency_per_email``
+    per email of its batch for an ``/email/batch`` item). The fake records a send on arrival, before the delay."""
+    size: dict[str, int] = {}
+    for r in list(fake.requests):
+        if r.get("path") == "/email/batch" and isinstance(r.get("payload"), dict):
+            n = len(r["payload"].get("emails") or [])
+            size.update({eid: n for eid in r.get("email_ids") or [] if eid})
+    per = fake.batch_latency_per_email
+    return [(s["tracking_id"], s["time"] + fake.latency + per * size.get(s["email_id"], 0))
+            for s in fake.sends[start:]]
+
+
 class FakeProcess:
     """Start/stop the fake in a child process; every call is a synchronous request over the pipe."""
 
-    def __init__(self, latency: float, api_key: str) -> None:
+    def __init__(self, latency: float, api_key: str, batch_latency_per_email: float = 0.0) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, latency, api_key), name="fake-smtp2go",
+        self._proc = ctx.Process(target=_serve, args=(child, latency, api_key, batch_latency_per_email),
+                                 name="fake-smtp2go",
                                  daemon=True)
         self._proc.start()
         self.url: str = self._conn.recv()
@@ -65,6 +86,15 @@ class FakeProcess:
 
     def times(self, start: int = 0) -> list[tuple[str | None, float]]:
         return list(self._call("times", start))
+
+    def accepts(self, start: int = 0) -> list[tuple[str | None, float]]:
+        """(tracking id, acceptance time) of every send from ``start`` on: arrival + the answer's delay."""
+        return list(self._call("accepts", start))
+
+    def requests(self) -> tuple[int, int]:
+        """How many ``/email/send`` and ``/email/batch`` requests arrived since the last reset."""
+        single, batches = self._call("requests")
+        return int(single), int(batches)
 
     def cpu(self) -> float:
         return float(self._call("cpu"))

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.run [--quick] [--only send|webhook|scale|census] [-n N] [--configs ...]`` (``make bench``).
+"""``python -m benchmarks.run [--quick] [--only send|webhook|scale|census|bulk|lanes] [-n N] [--configs ...]``.
 
 Runs the send-pipeline, webhook-ingest and scale benchmarks against real MariaDB and Redis on 127.0.0.1, prints
 each figure with its ratio to a baseline measured in the same run, and saves everything as JSON (the path is
@@ -17,6 +17,11 @@ workers drain them; rate from the stand-in's first to last acceptance, ``benchma
 ``--configs`` replaces the send benchmark's rows (``benchmarks.send_bench.CONFIGS``) with a comma-separated list
 of ``pool:concurrency`` or ``pool:concurrencyxprocesses``, e.g. ``--configs threads:8,threads:16x2,prefork:2``
 (``16x2``: two separate worker processes of 16 threads each on the same queue), for quick targeted runs.
+
+``--only bulk`` and ``--only lanes`` (:mod:`benchmarks.bulk_bench`): 3,000 personalised emails through
+``enqueue_many`` and the bulk lane against django-post_office's ``mail.send_many`` and the bare baseline, and
+20,000 bulk emails draining in the Procfile's ``mailworker worker`` while a transactional email is enqueued
+every 250 ms. ``make bench`` runs them too.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def _machine() -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small N everywhere (a smoke run, ~3 minutes)")
-    ap.add_argument("--only", choices=("send", "webhook", "scale", "census"), action="append",
+    ap.add_argument("--only", choices=("send", "webhook", "scale", "census", "bulk", "lanes"), action="append",
                     help="run only this benchmark (repeatable)")
     ap.add_argument("-n", type=int, default=None, help="emails per send row (default 2000, --quick 300)")
     ap.add_argument("--memory-emails", type=int, default=None,
@@ -61,9 +66,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="send benchmark: concurrent (one caller enqueues while the workers drain), drain (all N "
                          "enqueued with no worker running, then fresh workers drain them) or both, each row "
                          "running one phase after the other (default both)")
+    ap.add_argument("--bulk-emails", type=int, default=None,
+                    help="emails per bulk row (default 3000, --quick 600)")
+    ap.add_argument("--bulk-threads", default=None, metavar="T,...",
+                    help="thread counts of the bulk rows, same for every kind (default 4,16: the bulk lane's "
+                         "default and the send benchmark's headline row)")
+    ap.add_argument("--lanes-emails", type=int, default=None,
+                    help="bulk emails draining in the lanes benchmark (default 20000, --quick 3000)")
     ap.add_argument("--json", type=Path, default=None, help="where to save results (default var/bench-*.json)")
     args = ap.parse_args(argv)
-    only = set(args.only or ("send", "webhook", "scale"))
+    only = set(args.only or ("send", "webhook", "scale", "bulk", "lanes"))
+    try:
+        bulk_threads = tuple(int(t) for t in (args.bulk_threads or "4,16").split(",") if t.strip())
+    except ValueError:
+        ap.error(f"--bulk-threads: expected comma-separated thread counts, got {args.bulk_threads!r}")
+    if not bulk_threads or min(bulk_threads) < 1:
+        ap.error(f"--bulk-threads: expected thread counts >= 1, got {args.bulk_threads!r}")
     n = args.n or (300 if args.quick else 2000)
     configs = None
     if args.configs is not None:
@@ -112,6 +130,20 @@ def main(argv: list[str] | None = None) -> int:
 
             say("\n## 3. Scale")
             results["scale"] = scale_bench.run(quick=args.quick, memory_emails=args.memory_emails)
+        if "bulk" in only:
+            from benchmarks import bulk_bench
+
+            bulk_n = args.bulk_emails or (600 if args.quick else bulk_bench.BULK_N)
+            say(f"\n## 4. Bulk: {bulk_n} personalised emails, stand-in 20 ms + 0.2 ms per email of a batch, "
+                f"load {os.getloadavg()}")
+            results["bulk"] = bulk_bench.run_bulk(bulk_n, bulk_threads, post_office=not args.no_post_office)
+        if "lanes" in only:
+            from benchmarks import bulk_bench
+
+            lanes_n = args.lanes_emails or (3000 if args.quick else bulk_bench.LANES_N)
+            say(f"\n## 5. Lanes: {lanes_n} bulk emails draining in the Procfile's `mailworker worker`, one "
+                f"transactional email every 250 ms, load {os.getloadavg()}")
+            results["lanes"] = bulk_bench.run_lanes(lanes_n)
     finally:
         clean_redis()
     results["seconds"] = round(time.monotonic() - started, 1)
