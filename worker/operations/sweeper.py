@@ -190,16 +190,7 @@ def sweep(settings: Settings | None = None, *, grace: float | None = None, repub
     published += sent
     failed += not_sent
     if published:
-        with session_scope() as session:
-            for chunk_start in range(0, len(published), 500):
-                chunk = published[chunk_start:chunk_start + 500]
-                session.execute(
-                    # updated_at keeps its value (no onupdate bump), so this publish is "on record"
-                    # unless a worker wrote the row after ``now``, i.e. already consumed something.
-                    update(Message).where(Message.id.in_(chunk))
-                    .values(published_at=now, updated_at=Message.updated_at)
-                    .execution_options(synchronize_session=False)
-                )
+        _record_published(published, now)
         log.info("sweep published %s", report.as_dict())
     if report.broker_lost and epoch is not None and not failed:
         # Only now: a sweep that died or could not publish leaves the loss to be noticed again next time.
@@ -241,6 +232,41 @@ def _heartbeat(epoch: BrokerEpoch, now: datetime, interval: float) -> None:
                          ex=max(3600, int(interval * 40)))
     except Exception as err:  # noqa: BLE001 - only the console's beat health misses it
         log.info("sweep: cannot write the heartbeat: %s", type(err).__name__)
+
+
+#: Rows per bookkeeping UPDATE, and tries per chunk when it meets a deadlock with the workers' claims.
+_RECORD_CHUNK, _RECORD_TRIES = 100, 3
+
+
+def _record_published(published: list[str], now: datetime) -> None:
+    """Put the publishes on record, in small chunks of their own transactions, in primary-key order (the order
+    the workers' claims lock rows in). A chunk that keeps meeting deadlocks (MariaDB, workers claiming the same
+    rows) is left off the record: a later sweep publishes those rows again, a second broker message that the
+    atomic claim makes harmless, instead of the whole sweep failing."""
+    from sqlalchemy.exc import OperationalError
+
+    from worker.infrastructure.dberrors import is_transient
+
+    ids = sorted(published)
+    for start in range(0, len(ids), _RECORD_CHUNK):
+        chunk = ids[start:start + _RECORD_CHUNK]
+        for attempt in range(1, _RECORD_TRIES + 1):
+            try:
+                with session_scope() as session:
+                    session.execute(
+                        # updated_at keeps its value (no onupdate bump), so this publish is "on record"
+                        # unless a worker wrote the row after ``now``, i.e. already consumed something.
+                        update(Message).where(Message.id.in_(chunk))
+                        .values(published_at=now, updated_at=Message.updated_at)
+                        .execution_options(synchronize_session=False)
+                    )
+                break
+            except OperationalError as err:
+                if not is_transient(err):
+                    raise
+                if attempt == _RECORD_TRIES:
+                    log.info("sweep: %d publish(es) left off the record after %d deadlocks (%s); a later sweep "
+                             "publishes them again", len(chunk), attempt, type(err).__name__)
 
 
 def _is_bulk(lane: Any) -> bool:
