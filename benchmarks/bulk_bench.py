@@ -149,7 +149,7 @@ def _sent_mailworker() -> int:
 
 
 def _measure(kind: str, threads: int, n: int, fake: FakeProcess, workers: list[Service], counts: str | None,
-             enqueue: Callable[[], None], done: Callable[[], int], already: int) -> BulkRow:
+             enqueue: Callable[[], object], done: Callable[[], int], already: int) -> BulkRow:
     """The measured part of one row: the workers run and are warm; ``enqueue`` hands over the N emails."""
     from benchmarks.census import counting
     from benchmarks.send_bench import _Run
