@@ -140,8 +140,8 @@ def test_erase_removes_the_address_and_keeps_counts(database: str, fake_api: Any
     again = _one_message(["alice@example.com", "carol@example.com"])  # the hash still suppresses her
     deliver(again, owner="t")
     with session_scope() as session:
-        statuses = dict(session.execute(select(Recipient.address, Recipient.status)
-                                        .where(Recipient.message_id == again)).all())
+        statuses = {row.address: row.status for row in session.execute(
+            select(Recipient.address, Recipient.status).where(Recipient.message_id == again))}
     assert statuses["alice@example.com"].value == "suppressed" and statuses["carol@example.com"].value != "suppressed"
 
 

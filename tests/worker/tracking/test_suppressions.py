@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -21,7 +22,7 @@ from worker.tracking.suppressions import (
 )
 
 
-def _add(address: str, reason: str = "manual", **kw: str) -> bool:
+def _add(address: str, reason: str = "manual", **kw: Any) -> bool:
     with session_scope() as session:
         return add_suppression(session, address, reason, **kw)
 
