@@ -29,7 +29,7 @@ from worker.providers.base import Accepted, Held, NotSent, Outcome, OutgoingEmai
 from worker.providers.breaker import Breaker
 from worker.sending import lifecycle
 from worker.sending.jobs import SendJob, load_job
-from worker.sending.lifecycle import ClaimKind, Lease, LeaseLost
+from worker.sending.lifecycle import AttemptEnd, ClaimKind, Lease, LeaseLost
 from worker.sending.policy import Policy, Step, Transition, backoff_delay, decide
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,10 @@ def _deliver(conn: Connection, tracking_id: str, owner: str, settings: Settings)
     job = load_job(conn, tracking_id)
     if lease.kind == ClaimKind.TAKEOVER:
         if job.inflight_since is not None:
-            if job.inflight_attempt is not None:
-                lifecycle.finish_attempt(conn, job.inflight_attempt, AttemptOutcome.UNKNOWN,
-                                         error="its worker died during the send")
+            died = (AttemptEnd(job.inflight_attempt, AttemptOutcome.UNKNOWN, error="its worker died during the send")
+                    if job.inflight_attempt is not None else None)
             return AttemptResult(OutcomeKind.PARKED, lifecycle.park_unknown(
-                conn, lease, "a worker died during the send; the provider may have accepted it"))
+                conn, lease, "a worker died during the send; the provider may have accepted it", attempt=died))
         if job.crashes >= settings.max_task_crashes:
             reason = f"worker died {job.crashes} times while preparing this message"
             lifecycle.fail(conn, lease, reason)
@@ -145,22 +144,27 @@ def _attempt(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail,
     outcome = transport.send(email, departing)
     policy = policy_for(name, settings)
     transition = decide(outcome, job.used(name), policy, providers_left=providers_left, provider=name)
-    if attempt_id is not None:
-        _finish(conn, attempt_id, outcome, started)
-    return _apply(conn, lease, job, name, outcome, transition, policy)
+    end = _end(attempt_id, outcome, started) if attempt_id is not None else None
+    return _apply(conn, lease, job, name, outcome, transition, policy, end=end)
 
 
 def _finish(conn: Connection, attempt_id: int, outcome: Outcome, started: datetime) -> None:
+    """Write what came back for one attempt by itself (for a caller that applies the outcome apart)."""
+    end = _end(attempt_id, outcome, started)
+    lifecycle.finish_attempt(conn, attempt_id, end.outcome, error=end.error,
+                             provider_message_id=end.provider_message_id, started=started)
+
+
+def _end(attempt_id: int, outcome: Outcome, started: datetime) -> AttemptEnd:
+    """What the attempt row records; the transition that applies the outcome writes it in its own UPDATE."""
     if isinstance(outcome, Accepted):
-        lifecycle.finish_attempt(conn, attempt_id, AttemptOutcome.ACCEPTED, started=started,
-                                 provider_message_id=outcome.provider_id)
-    elif isinstance(outcome, Unknown):
-        lifecycle.finish_attempt(conn, attempt_id, AttemptOutcome.UNKNOWN, error=outcome.reason, started=started)
-    elif isinstance(outcome, Held):
-        lifecycle.finish_attempt(conn, attempt_id, AttemptOutcome.HELD, error=outcome.problem, started=started)
-    else:
-        kind = AttemptOutcome.NOT_SENT if outcome.retryable else AttemptOutcome.REFUSED
-        lifecycle.finish_attempt(conn, attempt_id, kind, error=outcome.reason, started=started)
+        return AttemptEnd(attempt_id, AttemptOutcome.ACCEPTED, started=started, provider_message_id=outcome.provider_id)
+    if isinstance(outcome, Unknown):
+        return AttemptEnd(attempt_id, AttemptOutcome.UNKNOWN, error=outcome.reason, started=started)
+    if isinstance(outcome, Held):
+        return AttemptEnd(attempt_id, AttemptOutcome.HELD, error=outcome.problem, started=started)
+    kind = AttemptOutcome.NOT_SENT if outcome.retryable else AttemptOutcome.REFUSED
+    return AttemptEnd(attempt_id, kind, error=outcome.reason, started=started)
 
 
 def _at(delay: float) -> datetime:
@@ -168,7 +172,9 @@ def _at(delay: float) -> datetime:
 
 
 def _apply(conn: Connection, lease: Lease, job: SendJob, name: str, outcome: Outcome, transition: Transition,
-           policy: Policy) -> AttemptResult | None:
+           policy: Policy, *, end: AttemptEnd | None = None) -> AttemptResult | None:
+    """Apply ``transition`` with one lifecycle transition; ``end`` (the attempt row's outcome) is written in the
+    transition's own UPDATE."""
     step = transition.step
     if step == Step.ACCEPT:
         assert isinstance(outcome, Accepted)
@@ -178,16 +184,17 @@ def _apply(conn: Connection, lease: Lease, job: SendJob, name: str, outcome: Out
             deferred = {}
         pause = backoff_delay(job.used(name), policy)
         lifecycle.record_accepted(conn, lease, name, outcome.provider_id, refused=refused,
-                                  deferred=deferred, retry_at=_at(pause) if deferred else None)
+                                  deferred=deferred, retry_at=_at(pause) if deferred else None, attempt=end)
         if deferred:
             return AttemptResult(OutcomeKind.RETRY, f"{len(deferred)} recipient(s) deferred", pause, name)
         return AttemptResult(OutcomeKind.SENT, outcome.provider_id, provider=name)
     if step == Step.PARK:
-        return AttemptResult(OutcomeKind.PARKED, lifecycle.park_unknown(conn, lease, transition.reason), provider=name)
+        return AttemptResult(OutcomeKind.PARKED, lifecycle.park_unknown(conn, lease, transition.reason, attempt=end),
+                             provider=name)
     if step == Step.HOLD:
-        return _hold(conn, lease, transition.reason, None, delay=transition.delay)
+        return _hold(conn, lease, transition.reason, None, delay=transition.delay, attempt=end)
     if step == Step.NEXT:
-        lifecycle.next_provider(conn, lease, transition.reason)
+        lifecycle.next_provider(conn, lease, transition.reason, attempt=end)
         return None
     refused = dict(outcome.refused) if isinstance(outcome, NotSent) else {}
     if step == Step.RETRY:
@@ -195,11 +202,11 @@ def _apply(conn: Connection, lease: Lease, job: SendJob, name: str, outcome: Out
         if isinstance(outcome, NotSent) and outcome.deferred:
             reason += "; deferred: " + "; ".join(f"{a}: {w}" for a, w in outcome.deferred.items())
         assert transition.delay is not None
-        lifecycle.retry_later(conn, lease, reason, _at(transition.delay), refused=refused)
+        lifecycle.retry_later(conn, lease, reason, _at(transition.delay), refused=refused, attempt=end)
         return AttemptResult(OutcomeKind.RETRY, reason, transition.delay, name)
     if isinstance(outcome, NotSent):
         refused.update(outcome.deferred)
-    lifecycle.fail(conn, lease, transition.reason, refused=refused)
+    lifecycle.fail(conn, lease, transition.reason, refused=refused, attempt=end)
     return AttemptResult(OutcomeKind.FAILED, transition.reason, provider=name)
 
 
@@ -208,11 +215,11 @@ _warned_at: dict[str, float] = {}
 
 
 def _hold(conn: Connection, lease: Lease, problem: str, settings: Settings | None, *,
-          delay: float | None = None) -> AttemptResult:
+          delay: float | None = None, attempt: AttemptEnd | None = None) -> AttemptResult:
     """Hold the message for an operator problem, logging the problem as a WARNING once per cool-down."""
     cooldown = max(1.0, (settings or get_settings()).smtp2go_breaker_cooldown)
     wait = max(1.0, delay if delay is not None else cooldown) + random.uniform(0, 1)
-    lifecycle.hold(conn, lease, problem, _at(wait))
+    lifecycle.hold(conn, lease, problem, _at(wait), attempt=attempt)
     now = time.monotonic()
     with _warned_lock:
         loud = now - _warned_at.get(problem, -cooldown - 1) > cooldown

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, exists, func, or_, select
+from sqlalchemy import Connection, Table, and_, exists, func, or_, select
 
 from worker.api.validation import format_address
 from worker.infrastructure.models import (
@@ -99,42 +99,63 @@ _JOB_COLUMNS = (M.c.id, M.c.crashes, M.c.attempts, M.c.inflight_since, M.c.sende
                 M.c.message_id_header)
 
 
-def load_job(conn: Connection, tracking_id: str) -> SendJob:
-    """The claimed message with its queued recipients (each flagged if suppressed) and its attachments."""
-    head = conn.execute(select(*_JOB_COLUMNS).where(M.c.id == tracking_id)).one_or_none()
-    if head is None:
-        raise LookupError(f"tracking_id={tracking_id}: no such message")
-    job = SendJob(**head._asdict())
+def _job_statement() -> Any:
+    """The message (with ``list_id`` and whether it has attachments) LEFT JOINed to its queued recipients, each
+    flagged when its address is suppressed for every list or for this message's list: one round trip. The
+    message's columns repeat on every recipient row (transactional mail has one or a few recipients; a message
+    without queued recipients gives one row with NULL recipient columns)."""
+    from worker.compliance.keys import HASH_PREFIX
+
     list_column = M.c.get("list_id")
-    if list_column is not None:
-        job.list_id = conn.scalar(select(list_column).where(M.c.id == tracking_id)) or None
-    # Suppressed for every list, or for this email's list; transactional mail (no list) only by global entries.
+    scope = S.c.scope == "" if list_column is None else or_(S.c.scope == "", S.c.scope == list_column)
+    suppressed = exists().where(S.c.address == func.lower(R.c.address), scope)
+    erased = exists().where(S.c.address.like(f"{HASH_PREFIX}%"), scope)  # any erased address in these scopes
+    queued = R.c.message_id == M.c.id
+    return (select(*_JOB_COLUMNS, *([list_column.label("list_id")] if list_column is not None else []),
+                   exists().where(A.c.message_id == M.c.id).label("has_attachments"), erased.label("has_erased"),
+                   R.c.id.label("r_id"), R.c.address.label("r_address"), R.c.display_name.label("r_display_name"),
+                   R.c.kind.label("r_kind"), suppressed.label("r_suppressed"))
+            .select_from(M.outerjoin(R, and_(queued, R.c.status == RecipientStatus.QUEUED)))
+            .order_by(R.c.id))
+
+
+_JOB_FIELDS = tuple(c.name for c in _JOB_COLUMNS)
+
+
+def load_job(conn: Connection, tracking_id: str) -> SendJob:
+    """The claimed message with its queued recipients (each flagged if suppressed) and its attachments: one
+    SELECT, plus one for the attachments when it has any and one for its attempt history when it has any."""
+    rows = conn.execute(_job_statement().where(M.c.id == tracking_id)).all()
+    if not rows:
+        raise LookupError(f"tracking_id={tracking_id}: no such message")
+    head = rows[0]._mapping
+    job = SendJob(**{name: head[name] for name in _JOB_FIELDS})
+    job.list_id = head.get("list_id") or None
     scopes = ["", job.list_id] if job.list_id else [""]
-    suppressed = exists().where(S.c.address == func.lower(R.c.address), S.c.scope.in_(scopes))
-    queued = (select(R.c.id, R.c.address, R.c.display_name, R.c.kind, suppressed.label("suppressed"))
-              .where(R.c.message_id == tracking_id, R.c.status == RecipientStatus.QUEUED).order_by(R.c.id))
-    job.recipients = [JobRecipient(id=r.id, address=r.address, display_name=r.display_name, kind=r.kind,
-                                   suppressed=bool(r.suppressed)) for r in conn.execute(queued)]
-    _flag_erased(conn, job, scopes)
-    job.attachments = [JobAttachment(a.filename, a.mimetype, a.content) for a in conn.execute(
-        select(A.c.filename, A.c.mimetype, A.c.content).where(A.c.message_id == tracking_id).order_by(A.c.id))]
+    job.recipients = [JobRecipient(id=r.r_id, address=r.r_address, display_name=r.r_display_name, kind=r.r_kind,
+                                   suppressed=bool(r.r_suppressed)) for r in rows if r.r_id is not None]
+    if head["has_erased"]:
+        _flag_erased(conn, job, scopes)
+    if head["has_attachments"]:
+        job.attachments = [JobAttachment(a.filename, a.mimetype, a.content) for a in conn.execute(
+            select(A.c.filename, A.c.mimetype, A.c.content).where(A.c.message_id == tracking_id).order_by(A.c.id))]
     if job.attempts:
-        rows = conn.execute(select(T.c.id, T.c.provider, T.c.outcome).where(T.c.message_id == tracking_id)
-                            .order_by(T.c.id.desc()).limit(job.attempts)).all()
-        job.history = [(r.provider, r.outcome) for r in reversed(rows)]
-        if job.inflight_since is not None and rows and rows[0].outcome == AttemptOutcome.IN_FLIGHT:
-            job.inflight_attempt = rows[0].id
+        history = conn.execute(select(T.c.id, T.c.provider, T.c.outcome).where(T.c.message_id == tracking_id)
+                               .order_by(T.c.id.desc()).limit(job.attempts)).all()
+        job.history = [(r.provider, r.outcome) for r in reversed(history)]
+        if job.inflight_since is not None and history and history[0].outcome == AttemptOutcome.IN_FLIGHT:
+            job.inflight_attempt = history[0].id
     return job
 
 
 def _flag_erased(conn: Connection, job: SendJob, scopes: list[str]) -> None:
-    """Flag recipients whose address was erased while suppressed: the entry holds its keyed hash only."""
-    from worker.compliance.keys import HASH_PREFIX, address_hash, secret
+    """Flag recipients whose address was erased while suppressed: the entry holds its keyed hash only (called
+    when the job's SELECT saw such an entry in its scopes)."""
+    from worker.compliance.keys import address_hash, secret
 
     open_ = [r for r in job.recipients if not r.suppressed]
     master = secret()
-    if not open_ or not master or conn.scalar(
-            select(S.c.id).where(S.c.address.like(f"{HASH_PREFIX}%"), S.c.scope.in_(scopes)).limit(1)) is None:
+    if not open_ or not master:
         return
     hashes = {address_hash(r.address, master): r for r in open_}
     for value in conn.scalars(select(S.c.address).where(S.c.address.in_(list(hashes)), S.c.scope.in_(scopes))):

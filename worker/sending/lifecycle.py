@@ -166,14 +166,51 @@ def claim(conn: Connection, tracking_id: str, *, owner: str, lease_seconds: floa
     return None
 
 
-def _write(conn: Connection, lease: Lease, values: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class AttemptEnd:
+    """What came back for one attempt row: written by the transition that follows, in the same statement."""
+
+    id: int
+    outcome: AttemptOutcome
+    error: str | None = None
+    provider_message_id: str | None = None
+    started: datetime | None = None  # when the send began (gives ``latency_ms``)
+
+    def values(self, now: datetime) -> dict[str, Any]:
+        values: dict[str, Any] = {"outcome": self.outcome, "finished_at": now, "error": self.error,
+                                  "provider_message_id": self.provider_message_id}
+        if self.started is not None:
+            values["latency_ms"] = int((now - self.started).total_seconds() * 1000)
+        return values
+
+
+def _write(conn: Connection, lease: Lease, values: dict[str, Any], attempt: AttemptEnd | None = None) -> None:
     """One UPDATE of the leased message, fenced by the lease owner; :class:`LeaseLost` when it is no longer ours.
-    ``values`` maps columns to values or SQL expressions (``messages.c.attempts + 1``)."""
-    fenced = _update(lease.tracking_id).where(messages.c.lease_owner == lease.owner,
-                                              messages.c.status == MessageStatus.SENDING)
-    if conn.execute(fenced.values({**values, "updated_at": utcnow()})).rowcount != 1:
+    ``values`` maps columns to values or SQL expressions (``messages.c.attempts + 1``).
+
+    With ``attempt``, the attempt row gets what came back in the same statement on MariaDB (a multi-table
+    UPDATE: the join matches nothing once the lease is lost, so neither row changes), a second UPDATE elsewhere.
+    """
+    now = utcnow()
+    fence = (messages.c.id == lease.tracking_id, messages.c.lease_owner == lease.owner,
+             messages.c.status == MessageStatus.SENDING)
+    if attempt is not None and conn.dialect.name in ("mysql", "mariadb"):
+        # MariaDB appends a table hint to the whole table list, so listing ``messages`` last gives it the primary
+        # key (see _update); the attempt row is found through its own primary key either way.
+        both = (update(attempts).with_hint("FORCE INDEX (PRIMARY)", dialect_name="mysql")
+                .where(attempts.c.id == attempt.id, attempts.c.message_id == messages.c.id, *fence)
+                .values({**{attempts.c[k]: v for k, v in attempt.values(now).items()},
+                         **{messages.c[k]: v for k, v in values.items()}, messages.c.updated_at: now}))
+        if conn.execute(both).rowcount != 2:  # rows matched (the dialect asks for FOUND_ROWS): both or none
+            conn.rollback()
+            raise LeaseLost(f"tracking_id={lease.tracking_id}: the lease of {lease.owner} was taken over")
+        return
+    fenced = update(messages).with_hint("FORCE INDEX (PRIMARY)", dialect_name="mysql").where(*fence)
+    if conn.execute(fenced.values({**values, "updated_at": now})).rowcount != 1:
         conn.rollback()
         raise LeaseLost(f"tracking_id={lease.tracking_id}: the lease of {lease.owner} was taken over")
+    if attempt is not None:
+        conn.execute(update(attempts).where(attempts.c.id == attempt.id).values(attempt.values(now)))
 
 
 def _reject_recipients(conn: Connection, lease: Lease, refused: dict[str, str] | None,
@@ -271,18 +308,15 @@ def mark_batch_in_flight(conn: Connection, leases: list[Lease], provider: str, *
 
 def finish_attempt(conn: Connection, attempt_id: int, outcome: AttemptOutcome, *, error: str | None = None,
                    provider_message_id: str | None = None, started: datetime | None = None) -> None:
-    """Write what came back for one attempt (in the transaction of the transition that follows)."""
-    now = utcnow()
-    values: dict[str, Any] = {"outcome": outcome, "finished_at": now, "error": error,
-                              "provider_message_id": provider_message_id}
-    if started is not None:
-        values["latency_ms"] = int((now - started).total_seconds() * 1000)
-    conn.execute(update(attempts).where(attempts.c.id == attempt_id).values(values))
+    """Write what came back for one attempt (in the transaction of the transition that follows); a transition
+    given ``attempt=`` does this itself, in its own UPDATE."""
+    end = AttemptEnd(attempt_id, outcome, error, provider_message_id, started)
+    conn.execute(update(attempts).where(attempts.c.id == attempt_id).values(end.values(utcnow())))
 
 
-def next_provider(conn: Connection, lease: Lease, reason: str) -> None:
+def next_provider(conn: Connection, lease: Lease, reason: str, *, attempt: AttemptEnd | None = None) -> None:
     """This attempt moves on to the next provider of the chain (the reason is kept as the fallback reason)."""
-    _write(conn, lease, {"fallback_reason": reason, "last_error": reason})
+    _write(conn, lease, {"fallback_reason": reason, "last_error": reason}, attempt)
     log.warning("fallback to the next provider tracking_id=%s reason=%s", lease.tracking_id, reason)
 
 
@@ -303,7 +337,7 @@ def _recipients_sent(conn: Connection, tracking_id: str, now: datetime) -> None:
 
 def record_accepted(conn: Connection, lease: Lease, provider: str, provider_id: str, *,
                     refused: dict[str, str] | None = None, deferred: dict[str, str] | None = None,
-                    retry_at: datetime | None = None) -> int:
+                    retry_at: datetime | None = None, attempt: AttemptEnd | None = None) -> int:
     """The provider accepted the message (``provider_id``: the id its events carry, or the relay's Message-ID).
 
     ``refused`` recipients (5xx) are ``rejected`` for good. ``deferred`` recipients (a relay's per-recipient
@@ -317,10 +351,11 @@ def record_accepted(conn: Connection, lease: Lease, provider: str, provider_id: 
         text = "; ".join(f"{a}: {why}" for a, why in deferred.items())
         _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.RETRYING,
                              "sent_at": func.coalesce(messages.c.sent_at, now), "next_attempt_at": retry_at,
-                             "last_error": f"relay deferred {len(deferred)} recipient(s), retrying them: {text}"})
+                             "last_error": f"relay deferred {len(deferred)} recipient(s), retrying them: {text}"},
+               attempt)
     else:
         _write(conn, lease, {**_END_ATTEMPT, **ids, "status": MessageStatus.SENT, "sent_at": now,
-                             "next_attempt_at": None, "held_since": None})
+                             "next_attempt_at": None, "held_since": None}, attempt)
     _reject_recipients(conn, lease, refused, MessageStatus.RETRYING if deferred else MessageStatus.SENT)
     if deferred:
         conn.execute(update(recipients)
@@ -339,15 +374,15 @@ def record_accepted(conn: Connection, lease: Lease, provider: str, provider_id: 
 
 
 def retry_later(conn: Connection, lease: Lease, reason: str, retry_at: datetime, *,
-                refused: dict[str, str] | None = None) -> None:
+                refused: dict[str, str] | None = None, attempt: AttemptEnd | None = None) -> None:
     """Nothing was sent this time; try again at ``retry_at`` (refused recipients are ``rejected`` for good)."""
     _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.RETRYING, "next_attempt_at": retry_at,
-                         "last_error": reason, "held_since": None})
+                         "last_error": reason, "held_since": None}, attempt)
     _reject_recipients(conn, lease, refused, MessageStatus.RETRYING)
     log.info("retry scheduled tracking_id=%s at=%s reason=%s", lease.tracking_id, retry_at.isoformat(), reason)
 
 
-def park_unknown(conn: Connection, lease: Lease, reason: str) -> str:
+def park_unknown(conn: Connection, lease: Lease, reason: str, *, attempt: AttemptEnd | None = None) -> str:
     """The last send may have landed: park the message for reconciliation (never resent blindly).
 
     Its attempt row says which provider took it: reconciliation asks that one.
@@ -355,26 +390,28 @@ def park_unknown(conn: Connection, lease: Lease, reason: str) -> str:
     last_error = f"ambiguous: {reason}; parked until reconciliation settles it"
     _write(conn, lease, {"status": MessageStatus.PARKED, "ambiguous_since": utcnow(), "next_attempt_at": None,
                          "lease_owner": None, "lease_expires_at": None, "inflight_since": None,
-                         "last_error": last_error})
+                         "last_error": last_error}, attempt)
     log.warning("send outcome unknown tracking_id=%s reason=%s (parked for reconciliation)", lease.tracking_id,
                 reason)
     return last_error
 
 
-def hold(conn: Connection, lease: Lease, problem: str, retry_at: datetime) -> None:
+def hold(conn: Connection, lease: Lease, problem: str, retry_at: datetime, *,
+         attempt: AttemptEnd | None = None) -> None:
     """An operator problem stopped the attempt: the message is ``held`` (never ``failed``) with ``last_error``
     naming the problem, and tried again at ``retry_at`` (an attempt that met the problem is recorded ``held``
     and spends no retry budget)."""
     _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.HELD, "next_attempt_at": retry_at,
                          "last_error": f"held: {problem}",
-                         "held_since": func.coalesce(messages.c.held_since, utcnow())})
+                         "held_since": func.coalesce(messages.c.held_since, utcnow())}, attempt)
 
 
-def fail(conn: Connection, lease: Lease, reason: str, *, refused: dict[str, str] | None = None) -> None:
+def fail(conn: Connection, lease: Lease, reason: str, *, refused: dict[str, str] | None = None,
+         attempt: AttemptEnd | None = None) -> None:
     """Give up: every transport refused for good (refused recipients ``rejected``, the rest ``failed``)."""
     now = utcnow()
     _write(conn, lease, {**_END_ATTEMPT, "status": MessageStatus.FAILED, "failed_at": now,
-                         "last_error": reason, "next_attempt_at": None, "held_since": None})
+                         "last_error": reason, "next_attempt_at": None, "held_since": None}, attempt)
     _reject_recipients(conn, lease, refused, MessageStatus.FAILED)
     conn.execute(update(recipients)
                  .where(recipients.c.message_id == lease.tracking_id, recipients.c.status == RecipientStatus.QUEUED)
