@@ -621,3 +621,32 @@ def test_idle_housekeeping_lines_are_kept_out_of_the_output() -> None:
     assert isinstance(out.stream, io.StringIO)
     assert out.stream.getvalue().splitlines() == ["   worker | Task mailworker.send_email[abc] succeeded in 0.05s",
                                                   "mailworker.sweep is a word in our own line"]
+
+
+def test_sigint_to_make_alone_is_noticed(tmp_path: Path) -> None:
+    """An IDE sends SIGINT to `make run` only; make forwards it to nobody and waits for its child, so the stack must
+    notice by itself (make_parent_stopping, polled by the supervisor's loop) and stop."""
+    import shutil
+
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")  # .ci/run installs it; a developer machine may lack it
+    marker = tmp_path / "noticed"
+    child = (f"import sys, time; sys.path.insert(0, {str(PROJECT_ROOT)!r}); "
+             "from worker.devtools.devstack.children import make_parent_stopping; "
+             f"open({str(tmp_path / 'started')!r}, 'w').close(); end = time.monotonic() + 30\n"
+             "while time.monotonic() < end and not make_parent_stopping(): time.sleep(0.1)\n"
+             f"open({str(marker)!r}, 'w').write(str(make_parent_stopping()))")
+    (tmp_path / "child.py").write_text(child)
+    (tmp_path / "Makefile").write_text(f"run:\n\t{sys.executable} {tmp_path / 'child.py'}\n")
+    make = subprocess.Popen(["make", "-s", "-C", str(tmp_path), "run"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: (tmp_path / "started").exists(), 20, message="make's child running")
+        assert not marker.exists()  # nothing to notice while make runs undisturbed
+        make.send_signal(signal.SIGINT)  # to make alone, not its process group
+        wait_until(marker.exists, 20, message="the child noticed make's SIGINT")
+        assert marker.read_text() == "True"
+        assert make.wait(20) != 0  # make finishes its interrupt once its child is gone
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)

@@ -155,3 +155,29 @@ def _is_our_leader(pgid: int, program: str) -> bool:
     except (ProcessLookupError, PermissionError, OSError):
         return False
     return bool(program) and program in cmdline
+
+
+#: Signals that mean "stop" when a ``make`` that started us is handling them (bits of /proc's SigBlk mask).
+_STOP_SIGNAL_BITS = sum(1 << (sig - 1) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+
+
+def make_parent_stopping(pid: int | None = None, depth: int = 3) -> bool:
+    """Whether a ``make`` among our nearest ancestors is handling SIGINT/SIGTERM/SIGHUP right now (Linux).
+
+    ``make run`` is what an IDE or a supervisor signals, and make forwards SIGINT to nobody: it blocks in its
+    handler waiting for its children, so a stack that waited too would run for ever. While a handler runs, the
+    kernel adds its signal to the process's blocked mask, which /proc shows: that is the one trace make leaves.
+    """
+    pid = os.getppid() if pid is None else pid
+    for _ in range(depth):
+        if pid <= 1:
+            return False
+        try:
+            status = Path(f"/proc/{pid}/status").read_text(encoding="utf-8")
+        except OSError:
+            return False
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("Name", "").strip() in ("make", "gmake"):
+            return bool(int(fields.get("SigBlk", "0").strip() or "0", 16) & _STOP_SIGNAL_BITS)
+        pid = int(fields.get("PPid", "0").strip() or "0")
+    return False

@@ -21,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.devtools.devstack.children import Child, Output, clean_leftovers, record_children, stop_children
+from worker.devtools.devstack.children import (
+    Child,
+    Output,
+    clean_leftovers,
+    make_parent_stopping,
+    record_children,
+    stop_children,
+)
 from worker.devtools.devstack.embedded import start_embedded_redis
 from worker.devtools.devstack.envfile import _clear_stale_dev_env, _write_dev_env, dev_env_path
 from worker.devtools.devstack.errors import DevError
@@ -266,6 +273,7 @@ class DevStack:
     def run(self) -> int:
         """Start, wait until ready, supervise; 0 after Ctrl-C / SIGTERM, 1 when a part died or never came up."""
         _clear_stale_dev_env(self.env_file)
+        _stop_when_parent_dies()
         owner, stopped = clean_leftovers(self.children_file)
         if stopped:
             self.out.say(f"stopped {stopped} processes left by a dev stack that was killed (pid {owner}); "
@@ -315,6 +323,9 @@ class DevStack:
         while not self._stop.wait(0.5):
             if self._died("while running"):
                 return 1
+            if make_parent_stopping():
+                self.out.say("make was interrupted: stopping")
+                return 0
             if time.monotonic() - renewed > CLAIM_SECONDS / 3:
                 self._claim_queues()
                 renewed = time.monotonic()
@@ -468,6 +479,14 @@ def _dev_encryption_key(var_dir: Path) -> str:
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as fh:
         fh.write(key + "\n")
     return key
+
+
+def _stop_when_parent_dies() -> None:
+    """SIGTERM (a clean stop) when whatever started us dies, e.g. an IDE that kills ``make run`` (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
