@@ -24,7 +24,7 @@ import requests
 
 from tests.conftest import free_port, wait_until
 from tests.console.conftest import PASSWORD, USER, add_attachment, add_event, make_message
-from worker.infrastructure.models import EventType, MessageStatus, RecipientStatus, utcnow
+from worker.infrastructure.models import AttemptOutcome, EventType, MessageStatus, RecipientStatus, utcnow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -177,6 +177,21 @@ def _keep(driver: Any, name: str, tmp_path: Path) -> None:
         shutil.copy(tmp_path / name, Path(target) / name)
 
 
+def _attempt(message_id: str, provider: str, outcome: Any, seconds: float, **values: Any) -> None:
+    """The message's send attempt as the send path records it: it ended when the message was sent."""
+    from datetime import timedelta
+
+    from worker.infrastructure.db import session_scope
+    from worker.infrastructure.models import Attempt, Message
+
+    with session_scope() as session:
+        message = session.get(Message, message_id)
+        assert message is not None and message.sent_at is not None
+        session.add(Attempt(message_id=message_id, provider=provider, outcome=outcome,
+                            started_at=message.sent_at - timedelta(seconds=seconds), finished_at=message.sent_at,
+                            latency_ms=int(seconds * 1000), **values))
+
+
 def test_overview_search_retry_and_a_sandboxed_body(console_server: str, running_worker: None, browser: Any,
                                                     tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
@@ -188,6 +203,7 @@ def test_overview_search_retry_and_a_sandboxed_body(console_server: str, running
     add_event(delivered, EventType.DELIVERED, "alice@example.com",
               payload={"event": "delivered", "rcpt": "alice@example.com", "email_id": f"em-{delivered[:8]}"})
     add_attachment(delivered, "receipt.pdf", b"%PDF-1.7" + b"0" * 4088)
+    _attempt(delivered, "smtp2go", AttemptOutcome.ACCEPTED, 0.18, provider_message_id=f"em-{delivered[:8]}")
     failed = make_message(MessageStatus.FAILED, to="bob@example.com", subject="Your invoice", failed_at=now,
                           last_error="550 5.1.1 mailbox unavailable", attempts=4, api_attempts=3, smtp_attempts=1)
     for i in range(5):
@@ -232,7 +248,9 @@ def test_overview_search_retry_and_a_sandboxed_body(console_server: str, running
     timeline = browser.find_element(By.CSS_SELECTOR, "ol.timeline").text
     assert "delivered" in timeline and "alice@example.com" in timeline
     assert timeline.index("Enqueued") < timeline.index("Accepted by") < timeline.index("delivered")
-    assert "Cancel is not offered yet" not in browser.find_element(By.TAG_NAME, "main").text
+    main = browser.find_element(By.TAG_NAME, "main").text
+    assert "Cancel is not offered yet" not in main
+    assert "No send attempt yet" not in main and "180 ms" in main  # its attempt row, in the Send attempts table
     _keep(browser, "console-message.png", tmp_path)
     browser.switch_to.frame(frame)
     assert browser.find_element(By.TAG_NAME, "h1").text == "Reset your password"
