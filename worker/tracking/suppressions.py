@@ -78,7 +78,8 @@ def add_suppression(session: Session, address: str, reason: str, *, detail: str 
 
     The first reason wins: a later complaint does not overwrite the hard bounce that suppressed the address first.
     """
-    addr = address if address.startswith(HASH_PREFIX) else validate_address(address)
+    hashed = isinstance(address, str) and address.startswith(HASH_PREFIX)
+    addr = address if hashed else validate_address(address)
     list_id = check_list_id(list_id)
     scope = list_id or ""
     if not isinstance(reason, str) or not reason.strip():

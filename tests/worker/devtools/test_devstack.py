@@ -479,8 +479,17 @@ def test_simulator_takes_its_secrets_from_the_environment() -> None:
     from worker.devtools.devstack.simulator import secret_flags
 
     assert secret_flags({"SMTP2GO_API_KEY": "api-k", "SMTP2GO_WEBHOOK_SECRET": "new, old"}) == [
-        "--api-key", "api-k", "--webhook-bearer", "new"]
+        "--api-key=api-k", "--webhook-bearer=new"]
     assert secret_flags({}) == []
+    # token_urlsafe() starts with "-" one time in 64: such a value must still be a value, not a flag.
+    flags = secret_flags({"SMTP2GO_API_KEY": "-k", "SMTP2GO_WEBHOOK_SECRET": "-bearer"})
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--api-key")
+    parser.add_argument("--webhook-bearer")
+    parsed = parser.parse_args(flags)
+    assert (parsed.api_key, parsed.webhook_bearer) == ("-k", "-bearer")
 
 
 def test_simulator_child_accepts_the_key_from_its_environment(tmp_path: Path) -> None:

@@ -21,10 +21,10 @@ def secret_flags(environ: Mapping[str, str]) -> list[str]:
     """The simulator's secret flags, built from the environment (never seen in any process's argv)."""
     flags: list[str] = []
     if environ.get(API_KEY_VAR):
-        flags += ["--api-key", environ[API_KEY_VAR]]
+        flags += [f"--api-key={environ[API_KEY_VAR]}"]  # one word: a value that starts with "-" is no flag
     secret = (environ.get(WEBHOOK_SECRET_VAR) or "").split(",")[0].strip()
     if secret:
-        flags += ["--webhook-bearer", secret]
+        flags += [f"--webhook-bearer={secret}"]
     return flags
 
 
