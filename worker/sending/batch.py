@@ -33,11 +33,11 @@ from worker import providers
 from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import get_engine, session_scope
 from worker.infrastructure.models import Attempt, AttemptOutcome, Message, MessageStatus, utcnow
-from worker.providers.base import Held, NotSent, Outcome, OutgoingEmail, ParkedSend, Transport, Unknown
+from worker.providers.base import Accepted, Held, NotSent, Outcome, OutgoingEmail, ParkedSend, Transport, Unknown
 from worker.providers.breaker import Breaker, before_api_send, pause_for_rate_limit, record_failure, record_success
 from worker.sending import lifecycle
 from worker.sending.delivery import AttemptResult, OutcomeKind, _apply, _attempt, _finish, _hold, deliver, policy_for
-from worker.sending.jobs import SendJob, load_job
+from worker.sending.jobs import SendJob, load_job, load_jobs
 from worker.sending.lifecycle import Lease, LeaseLost
 from worker.sending.policy import decide
 
@@ -103,9 +103,10 @@ def _send_chunk(ids: list[str], owner: str, settings: Settings, report: BatchRep
 
 def _send_claimed(conn: Connection, leases: list[Lease], settings: Settings, report: BatchReport) -> None:
     items: list[tuple[Lease, SendJob, OutgoingEmail]] = []
+    jobs = load_jobs(conn, [lease.tracking_id for lease in leases])
+    lifecycle.suppress_batch_recipients(conn, [r.id for job in jobs.values() for r in job.recipients if r.suppressed])
     for lease in leases:
-        job = load_job(conn, lease.tracking_id)
-        lifecycle.suppress_recipients(conn, lease, [r.id for r in job.recipients if r.suppressed])
+        job = jobs.get(lease.tracking_id) or load_job(conn, lease.tracking_id)  # load_job names a missing one
         job.recipients = [r for r in job.recipients if not r.suppressed]
         if not job.recipients:
             lifecycle.suppress(conn, lease)
@@ -140,7 +141,8 @@ def _send_claimed(conn: Connection, leases: list[Lease], settings: Settings, rep
         _tell_breaker(name, outcomes, settings)
     providers_left = len(chain) - chain.index(name) - 1
     policy = policy_for(name, settings)
-    for (lease, job, email), outcome in zip(items, outcomes, strict=True):
+    rest = _record_accepted(conn, items, outcomes, attempt_ids, name, started, report)
+    for (lease, job, email), outcome in rest:
         attempt_id = attempt_ids.get(lease.tracking_id)
         if isinstance(outcome, NotSent) and outcome.declined and not outcome.retryable:
             # refused with its batch, not for itself: this email alone finds out whether it is the offending one
@@ -161,6 +163,29 @@ def _send_claimed(conn: Connection, leases: list[Lease], settings: Settings, rep
         if result.kind in (OutcomeKind.RETRY, OutcomeKind.HELD) and result.delay is not None:
             report.later.append(lease.tracking_id)
             report.retry_delay = max(report.retry_delay or 0.0, result.delay)  # every one due by then
+
+
+def _record_accepted(conn: Connection, items: list[tuple[Lease, SendJob, OutgoingEmail]], outcomes: list[Outcome],
+                     attempt_ids: dict[str, int], name: str, started: datetime,
+                     report: BatchReport) -> list[tuple[tuple[Lease, SendJob, OutgoingEmail], Outcome]]:
+    """Record the common outcome -- accepted whole, every recipient taken -- for all such emails of the batch
+    together (:func:`~worker.sending.lifecycle.record_batch_accepted`, a statement per table, first in the
+    recording transaction); returns the other emails, which each take the per-email path. An email whose lease
+    was lost is not written (skipped, its attempt row left in flight, as the single path leaves it)."""
+    whole: list[lifecycle.BatchAccepted] = []
+    rest: list[tuple[tuple[Lease, SendJob, OutgoingEmail], Outcome]] = []
+    for item, outcome in zip(items, outcomes, strict=True):
+        attempt_id = attempt_ids.get(item[0].tracking_id)
+        if isinstance(outcome, Accepted) and not outcome.refused and not outcome.deferred and attempt_id is not None:
+            whole.append(lifecycle.BatchAccepted(item[0], outcome.provider_id, attempt_id))
+        else:
+            rest.append((item, outcome))
+    lost = lifecycle.record_batch_accepted(conn, whole, name, started=started)
+    if len(whole) > len(lost):
+        report.outcomes[OutcomeKind.SENT] += len(whole) - len(lost)
+    if lost:
+        report.outcomes[OutcomeKind.SKIPPED] += len(lost)
+    return rest
 
 
 def _count(report: BatchReport, result: AttemptResult) -> None:

@@ -169,3 +169,67 @@ def pending_event_ids(conn: Connection, tracking_id: str, provider_message_id: s
     if provider_message_id:
         ours.append(E.c.smtp2go_message_id == provider_message_id)
     return list(conn.scalars(select(E.c.id).where(E.c.applied_at.is_(None), or_(*ours))))
+
+
+def load_jobs(conn: Connection, tracking_ids: list[str]) -> dict[str, SendJob]:
+    """:func:`load_job` for a batch of claimed messages: ONE SELECT for every message with its queued recipients,
+    plus one for the attachments of those that have any and one for the attempt history of those that have
+    any (each only when needed). Missing ids are left out."""
+    if not tracking_ids:
+        return {}
+    jobs: dict[str, SendJob] = {}
+    erased: list[SendJob] = []
+    with_attachments: list[str] = []
+    for row in conn.execute(_job_statement().where(M.c.id.in_(tracking_ids))):
+        head = row._mapping
+        job = jobs.get(head["id"])
+        if job is None:
+            job = jobs[head["id"]] = SendJob(**{name: head[name] for name in _JOB_FIELDS})
+            job.list_id = head.get("list_id") or None
+            if head["has_erased"]:
+                erased.append(job)
+            if head["has_attachments"]:
+                with_attachments.append(job.id)
+        if row.r_id is not None:
+            job.recipients.append(JobRecipient(id=row.r_id, address=row.r_address, display_name=row.r_display_name,
+                                               kind=row.r_kind, suppressed=bool(row.r_suppressed)))
+    for job in erased:
+        _flag_erased(conn, job, ["", job.list_id] if job.list_id else [""])
+    if with_attachments:
+        for a in conn.execute(select(A.c.message_id, A.c.filename, A.c.mimetype, A.c.content)
+                              .where(A.c.message_id.in_(with_attachments)).order_by(A.c.id)):
+            jobs[a.message_id].attachments.append(JobAttachment(a.filename, a.mimetype, a.content))
+    retried = [job.id for job in jobs.values() if job.attempts]
+    if retried:
+        rows: dict[str, list[Any]] = {}
+        for r in conn.execute(select(T.c.id, T.c.message_id, T.c.provider, T.c.outcome)
+                              .where(T.c.message_id.in_(retried)).order_by(T.c.id)):
+            rows.setdefault(r.message_id, []).append(r)
+        for tid, history in rows.items():
+            job = jobs[tid]
+            last = history[-job.attempts:]
+            job.history = [(r.provider, r.outcome) for r in last]
+            if job.inflight_since is not None and last and last[-1].outcome == AttemptOutcome.IN_FLIGHT:
+                job.inflight_attempt = last[-1].id
+    return jobs
+
+
+def pending_event_owners(conn: Connection, provider_ids: dict[str, str | None]) -> set[str]:
+    """Which of the messages ``provider_ids`` (tracking id -> the provider id its events carry, or None) have
+    unapplied events waiting (:func:`pending_event_ids` for a batch, in ONE SELECT)."""
+    if not provider_ids:
+        return set()
+    ids = list(provider_ids)
+    by_provider_id = {pid: tid for tid, pid in provider_ids.items() if pid}
+    ours = [E.c.message_id.in_(ids), E.c.tracking_ref.in_(ids)]
+    if by_provider_id:
+        ours.append(E.c.smtp2go_message_id.in_(list(by_provider_id)))
+    owners: set[str] = set()
+    for row in conn.execute(select(E.c.message_id, E.c.tracking_ref, E.c.smtp2go_message_id)
+                            .where(E.c.applied_at.is_(None), or_(*ours))):
+        for key in (row.message_id, row.tracking_ref):
+            if key in provider_ids:
+                owners.add(key)
+        if row.smtp2go_message_id in by_provider_id:
+            owners.add(by_provider_id[row.smtp2go_message_id])
+    return owners

@@ -37,12 +37,28 @@ from __future__ import annotations
 
 import enum
 import logging
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, Update, and_, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    String,
+    Table,
+    Update,
+    and_,
+    case,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, selectinload
 
 from worker.callbacks import outbox
@@ -55,9 +71,10 @@ from worker.infrastructure.models import (
     Recipient,
     RecipientStatus,
     TrackingEvent,
+    UTCDateTime,
     utcnow,
 )
-from worker.sending.jobs import pending_event_ids
+from worker.sending.jobs import pending_event_ids, pending_event_owners
 from worker.tracking import apply as event_effects
 
 log = logging.getLogger(__name__)
@@ -371,6 +388,121 @@ def record_accepted(conn: Connection, lease: Lease, provider: str, provider_id: 
     log.info("accepted tracking_id=%s provider=%s provider_id=%s refused=%d deferred=%d", lease.tracking_id,
              provider, provider_id, len(refused or {}), len(deferred or {}))
     return _apply_early_events(conn, lease.tracking_id, _email_id(provider, provider_id))
+
+
+def suppress_batch_recipients(conn: Connection, recipient_ids: list[int]) -> None:
+    """:func:`suppress_recipients` for every email of a batch: one UPDATE (none when there are none)."""
+    if recipient_ids:
+        conn.execute(update(recipients)
+                     .where(recipients.c.id.in_(recipient_ids), recipients.c.status == RecipientStatus.QUEUED)
+                     .values(status=RecipientStatus.SUPPRESSED, error="address is on the suppression list"))
+
+
+@dataclass(frozen=True)
+class BatchAccepted:
+    """One email of a batch the provider accepted whole (no refused or deferred recipient)."""
+
+    lease: Lease
+    provider_id: str
+    attempt_id: int
+
+
+def record_batch_accepted(conn: Connection, accepted: list[BatchAccepted], provider: str, *,
+                          started: datetime) -> list[BatchAccepted]:
+    """:func:`record_accepted` for the emails of one batch (one lease owner, one ``provider``) that were accepted
+    whole, with a statement per table for the whole batch: the messages ``sent`` with their own provider ids
+    (fenced by the lease owner), their attempt rows finished, their queued recipients ``sent``, one
+    ``email.sent`` callback each (one multi-row INSERT), and events that arrived before the ids were known
+    looked up once and applied to the emails that have any.
+
+    Must open the caller's transaction (it may roll back): when the fenced UPDATE does not match every
+    message, the rows still ours are locked and read, the rest (their lease was lost) are left untouched, and
+    those are returned (nothing is written for them: their attempt rows stay in flight, as :func:`_write`
+    leaves them). Returns the emails NOT recorded.
+    """
+    if not accepted:
+        return []
+    owner = accepted[0].lease.owner
+    mine = accepted
+    for _ in range(3):
+        now = utcnow()
+        count = _mark_batch_sent(conn, mine, owner, provider, now)
+        if count == len(mine):
+            break
+        conn.rollback()  # nothing else written in this transaction yet: only this UPDATE is undone
+        locked = select(messages.c.id).where(messages.c.id.in_([a.lease.tracking_id for a in mine]),
+                                             messages.c.lease_owner == owner,
+                                             messages.c.status == MessageStatus.SENDING)
+        if conn.dialect.name != "sqlite":
+            locked = locked.with_hint(messages, "FORCE INDEX (PRIMARY)", "mysql").with_for_update()
+        ours = set(conn.scalars(locked))
+        mine = [a for a in mine if a.lease.tracking_id in ours]
+        if not mine:
+            break
+    else:
+        conn.rollback()
+        mine = []
+    kept = {a.lease.tracking_id for a in mine}
+    lost = [a for a in accepted if a.lease.tracking_id not in kept]
+    for a in lost:
+        log.error("lease lost before the batch's outcome was recorded tracking_id=%s owner=%s; left to the new "
+                  "owner and reconciliation", a.lease.tracking_id, owner)
+    if not mine:
+        return lost
+    ids = [a.lease.tracking_id for a in mine]
+    end = AttemptEnd(0, AttemptOutcome.ACCEPTED, started=started).values(now)
+    conn.execute(update(attempts).where(attempts.c.id.in_([a.attempt_id for a in mine]))
+                 .values({**end, "provider_message_id": case({a.attempt_id: a.provider_id for a in mine},
+                                                              value=attempts.c.id)}))
+    conn.execute(update(recipients).where(recipients.c.message_id.in_(ids),
+                                          recipients.c.status == RecipientStatus.QUEUED)
+                 .values(status=RecipientStatus.SENT, sent_at=now))
+    transport = provider.partition(":")[0]
+    _emit_sent_events(conn, ids, now, {"transport": transport})
+    log.info("accepted %d email(s) of a batch provider=%s", len(mine), provider)
+    if log.isEnabledFor(logging.DEBUG):
+        for a in mine:
+            log.debug("accepted tracking_id=%s provider=%s provider_id=%s", a.lease.tracking_id, provider,
+                      a.provider_id)
+    waiting = pending_event_owners(conn, {a.lease.tracking_id: _email_id(provider, a.provider_id) for a in mine})
+    for a in mine:
+        if a.lease.tracking_id in waiting:
+            _apply_early_events(conn, a.lease.tracking_id, _email_id(provider, a.provider_id))
+    return lost
+
+
+def _mark_batch_sent(conn: Connection, accepted: list[BatchAccepted], owner: str, provider: str,
+                     now: datetime) -> int:
+    """The messages of ``accepted`` ``sent``, each with its own provider id, in ONE UPDATE fenced by the lease
+    owner; returns how many rows matched."""
+    column = "message_id_header" if provider.partition(":")[0] == "smtp" else "smtp2go_message_id"
+    pids = {a.lease.tracking_id: a.provider_id for a in accepted if a.provider_id}
+    values: dict[str, Any] = {**_END_ATTEMPT, "status": MessageStatus.SENT, "sent_at": now, "next_attempt_at": None,
+                              "held_since": None, "transport": provider.partition(":")[0], "provider": provider,
+                              "updated_at": now}
+    if pids:
+        values[column] = case(pids, value=messages.c.id, else_=messages.c[column])
+    return int(conn.execute(
+        update(messages).with_hint("FORCE INDEX (PRIMARY)", dialect_name="mysql")
+        .where(messages.c.id.in_([a.lease.tracking_id for a in accepted]), messages.c.lease_owner == owner,
+               messages.c.status == MessageStatus.SENDING).values(values)).rowcount)
+
+
+def _emit_sent_events(conn: Connection, tracking_ids: list[str], now: datetime, data: dict[str, Any]) -> None:
+    """One ``email.sent`` callback per message of ``tracking_ids`` (each its own event id, next ``seq``,
+    ``reference`` and provider id copied from its row, as :func:`worker.callbacks.outbox.emit` writes one), in
+    ONE ``INSERT ... SELECT``; the caller's UPDATE holds the rows' locks."""
+    se = outbox.SE
+    event_ids = {t: f"evt_{uuid.uuid4().hex}" for t in tracking_ids}
+    seq = (select(func.coalesce(func.max(se.c.seq), 0) + 1).where(se.c.message_id == messages.c.id)
+           .scalar_subquery())
+    rows = select(
+        case(event_ids, value=messages.c.id), messages.c.id, seq, literal("email.sent", String()),
+        null(), literal(MessageStatus.SENT.value, String()), messages.c.reference, messages.c.smtp2go_message_id,
+        literal(now, UTCDateTime()), literal(utcnow(), UTCDateTime()), literal(data, JSON()),
+    ).where(messages.c.id.in_(tracking_ids))
+    conn.execute(insert(se).from_select(["event_id", "message_id", "seq", "type", "recipient", "status", "reference",
+                                         "smtp2go_message_id", "occurred_at", "created_at", "data"], rows))
 
 
 def retry_later(conn: Connection, lease: Lease, reason: str, retry_at: datetime, *,
