@@ -360,6 +360,9 @@ def point_broker_at(url: str) -> None:
     pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
+    # The remote-control mailbox caches the producer pool it first used (a cached_property): drop it too, or
+    # the next broadcast (enable_events, ping) acquires from the pool reset() just closed.
+    app.control.mailbox.__dict__.pop("producer_pool", None)
 
 
 # --------------------------------------------------------------------------------------------- TCP proxy

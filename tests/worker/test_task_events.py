@@ -48,9 +48,6 @@ def monitored_worker(db: str, fake_api: Any) -> Iterator[Any]:
     from celery.contrib.testing.worker import start_worker
 
     celery_app.conf.broker_url = REDIS_URL
-    # Earlier tests point this process at other brokers and reset kombu's pools; the remote-control broadcast
-    # below must not pick up a producer pool one of them closed.
-    celery_app.amqp._producer_pool = None
     queues = [q.name for q in celery_app.conf.task_queues]
     with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING",
                       queues=queues, shutdown_timeout=20, without_heartbeat=False) as worker:
