@@ -33,10 +33,10 @@ from worker import providers
 from worker.infrastructure.config import Settings, get_settings
 from worker.infrastructure.db import get_engine, session_scope
 from worker.infrastructure.models import Attempt, AttemptOutcome, Message, MessageStatus, utcnow
-from worker.providers.base import Accepted, Held, NotSent, Outcome, OutgoingEmail, ParkedSend, Transport, Unknown
-from worker.providers.breaker import Breaker, before_api_send, pause_for_rate_limit, record_failure, record_success
+from worker.providers.base import Accepted, Held, NotSent, Outcome, OutgoingEmail, ParkedSend, Unknown
+from worker.providers.breaker import before_api_send, pause_for_rate_limit, record_failure, record_success
 from worker.sending import lifecycle
-from worker.sending.delivery import AttemptResult, OutcomeKind, _apply, _attempt, _finish, _hold, deliver, policy_for
+from worker.sending.delivery import AttemptResult, OutcomeKind, _apply, _finish, deliver, policy_for, send_through_chain
 from worker.sending.jobs import SendJob, load_job, load_jobs
 from worker.sending.lifecycle import Lease, LeaseLost
 from worker.sending.policy import decide
@@ -119,7 +119,7 @@ def _send_claimed(conn: Connection, leases: list[Lease], settings: Settings, rep
     picked = _batch_provider(conn, chain, items, settings)
     if picked is None:  # no provider of the chain takes batches now: each email through the single-send path
         for lease, job, email in items:
-            _count(report, _single(conn, lease, job, email, chain, settings))
+            _count(report, send_through_chain(conn, lease, job, email, chain, settings))
         return
     name, transport = picked
     report.provider = name
@@ -149,14 +149,14 @@ def _send_claimed(conn: Connection, leases: list[Lease], settings: Settings, rep
             if attempt_id is not None:
                 lifecycle.finish_attempt(conn, attempt_id, AttemptOutcome.NOT_SENT, started=started,
                                          error=f"{outcome.reason}; sent alone")
-            _count(report, _single(conn, lease, job, email, chain, settings))
+            _count(report, send_through_chain(conn, lease, job, email, chain, settings))
             continue
         transition = decide(outcome, job.used(name), policy, providers_left=providers_left, provider=name)
         if attempt_id is not None:
             _finish(conn, attempt_id, outcome, started)
         result = _apply(conn, lease, job, name, outcome, transition, policy)
         if result is None:  # NEXT: the following providers of the chain send this attempt
-            result = _single(conn, lease, job, email, chain[chain.index(name) + 1:], settings)
+            result = send_through_chain(conn, lease, job, email, chain[chain.index(name) + 1:], settings)
         _count(report, result)
         if result.kind == OutcomeKind.PARKED and isinstance(outcome, Unknown):
             report.parked.append(lease.tracking_id)
@@ -234,30 +234,6 @@ def _tell_breaker(name: str, outcomes: list[Outcome], settings: Settings) -> Non
         record_failure(settings, None, name)
     elif not isinstance(first, Held):
         record_success(settings, None, name)
-
-
-def _single(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail, names: list[str],
-            settings: Settings) -> AttemptResult:
-    """One email of the batch through the single-send path (``/email/send``, the relay), with its lease: the
-    providers ``names`` in order, as :func:`worker.sending.delivery.deliver` walks the chain."""
-    problems: list[str] = []
-    usable: list[tuple[str, Transport]] = []
-    for name in names:
-        if job.gave_up(name, policy_for(name, settings).retries):
-            continue
-        transport = providers.get(name).transport(name, providers.variant_of(name), conn, settings)
-        if isinstance(transport, Held):
-            problems.append(f"{name}: {transport.problem}")
-        elif transport is not None:
-            usable.append((name, Breaker(transport, name, settings)))
-    if not usable:
-        return _hold(conn, lease, "; ".join(problems) or "no provider of MAIL_PROVIDERS can take this message",
-                     settings)
-    for index, (name, transport) in enumerate(usable):
-        result = _attempt(conn, lease, job, email, name, transport, settings, providers_left=len(usable) - index - 1)
-        if result is not None:
-            return result
-    raise AssertionError("the last provider never hands on")
 
 
 # ------------------------------------------------------------------------------------------ reconciliation

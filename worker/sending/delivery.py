@@ -104,10 +104,16 @@ def _deliver(conn: Connection, tracking_id: str, owner: str, settings: Settings)
     if not job.recipients:
         lifecycle.suppress(conn, lease)
         return AttemptResult(OutcomeKind.SUPPRESSED)
-    email = OutgoingEmail.from_message(job)
+    return send_through_chain(conn, lease, job, OutgoingEmail.from_message(job), providers.chain(settings), settings)
+
+
+def send_through_chain(conn: Connection, lease: Lease, job: SendJob, email: OutgoingEmail, names: list[str],
+                       settings: Settings) -> AttemptResult:
+    """One attempt of a claimed message through the providers ``names`` in order: each usable one (not given up
+    on, configured, wrapped in its breaker) until a decision stops the walk; none usable holds the message."""
     problems: list[str] = []
     usable: list[tuple[str, Transport]] = []
-    for name in providers.chain(settings):
+    for name in names:
         if job.gave_up(name, policy_for(name, settings).retries):
             continue
         transport = providers.get(name).transport(name, providers.variant_of(name), conn, settings)
