@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.faults.harness import WorkerProcess, purge_unacked, worker_env
+from tests.conftest import REDIS_URL
+from tests.faults.harness import PrivateRedis, WorkerProcess, point_broker_at, purge_unacked, worker_env
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -41,3 +42,17 @@ def workers(request: pytest.FixtureRequest, tmp_path: Path, redis_client: Any, d
             for proc in started:
                 print(f"\n----- log tail of {proc.name} ({proc.log_path}) -----\n{proc.tail(80)}", flush=True)
         purge_unacked(redis_client)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, base_env: pytest.MonkeyPatch) -> Iterator[PrivateRedis]:
+    """A redis-server of our own as this test's broker (it may be killed or emptied); the shared one afterwards."""
+    server = PrivateRedis(tmp_path).start()
+    base_env.setenv("CELERY_BROKER_URL", server.url)
+    point_broker_at(server.url)
+    try:
+        yield server
+    finally:
+        server.kill()
+        base_env.setenv("CELERY_BROKER_URL", REDIS_URL)
+        point_broker_at(REDIS_URL)

@@ -347,6 +347,21 @@ class PrivateRedis:
         client.flushall()
         client.close()
 
+    def delete_every_key(self) -> int:
+        """Everything in this Redis is gone, key by key (what a flush or a failover to an empty replica leaves,
+        without FLUSHALL/FLUSHDB); returns how many keys there were, at least one."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        try:
+            keys = list(client.scan_iter(count=1000))
+            assert keys, "the broker held nothing to lose"
+            client.delete(*keys)
+            assert client.dbsize() == 0
+            return len(keys)
+        finally:
+            client.close()
+
 
 def point_broker_at(url: str) -> None:
     """Make this (test) process publish to ``url``: settings, Celery's broker and kombu's pools."""

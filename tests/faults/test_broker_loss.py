@@ -10,13 +10,11 @@ sweep (the broker epoch marker), so mail moves again within 2 minutes, with noth
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.conftest import REDIS_URL
 from tests.faults import harness
 from tests.faults.harness import (
     Driver,
@@ -25,7 +23,6 @@ from tests.faults.harness import (
     WorkerProcess,
     all_sent,
     enqueue_many,
-    point_broker_at,
     report,
     send_totals,
     worker_env,
@@ -34,19 +31,6 @@ from tests.faults.harness import (
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
 N = 300
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path, base_env: pytest.MonkeyPatch) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path).start()
-    base_env.setenv("CELERY_BROKER_URL", server.url)
-    point_broker_at(server.url)
-    try:
-        yield server
-    finally:
-        server.kill()
-        base_env.setenv("CELERY_BROKER_URL", REDIS_URL)
-        point_broker_at(REDIS_URL)
 
 
 def _run(name: str, fault: Callable[[PrivateRedis], list[str]], private_redis: PrivateRedis, fake_api: Any,
@@ -116,18 +100,8 @@ def test_redis_flushed_mid_run(private_redis: PrivateRedis, fake_api: Any,
 
 
 def _wipe(server: PrivateRedis) -> list[str]:
-    """Everything in the (private) Redis is gone, key by key: what a flush or a failover to an empty replica
-    leaves, without FLUSHALL/FLUSHDB."""
-    import redis
-
-    client = redis.Redis.from_url(server.url, socket_timeout=2)
-    try:
-        keys = list(client.scan_iter(count=1000))
-        assert keys, "the broker held nothing to lose"
-        client.delete(*keys)
-        assert client.dbsize() == 0
-    finally:
-        client.close()
+    """Everything in the (private) Redis is gone, key by key."""
+    server.delete_every_key()
     return enqueue_many(3, "after-wipe")
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import REDIS_URL
 from tests.faults.harness import (
     ALL_QUEUES,
     Driver,
@@ -30,7 +29,6 @@ from tests.faults.harness import (
     Supervisor,
     WorkerProcess,
     all_sent,
-    point_broker_at,
     purge_unacked,
     report,
     send_totals,
@@ -150,34 +148,6 @@ def test_kill9_mid_bulk_then_new_worker(fake_api: Any, bulk_workers: Callable[..
     assert not driver.totals.errors, driver.totals.errors
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path, base_env: pytest.MonkeyPatch) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path).start()
-    base_env.setenv("CELERY_BROKER_URL", server.url)
-    point_broker_at(server.url)
-    try:
-        yield server
-    finally:
-        server.kill()
-        base_env.setenv("CELERY_BROKER_URL", REDIS_URL)
-        point_broker_at(REDIS_URL)
-
-
-def _delete_every_key(server: PrivateRedis) -> int:
-    """Everything in the test's own Redis is gone, key by key: what a flush leaves, without FLUSHALL/FLUSHDB."""
-    import redis
-
-    client = redis.Redis.from_url(server.url, socket_timeout=2)
-    try:
-        keys = list(client.scan_iter(count=1000))
-        assert keys, "the broker held nothing to lose"
-        client.delete(*keys)
-        assert client.dbsize() == 0
-        return len(keys)
-    finally:
-        client.close()
-
-
 def test_broker_flushed_mid_bulk(private_redis: PrivateRedis, fake_api: Any,
                                  bulk_workers: Callable[..., WorkerProcess]) -> None:
     from worker.operations.sweeper import sweep
@@ -194,7 +164,7 @@ def test_broker_flushed_mid_bulk(private_redis: PrivateRedis, fake_api: Any,
     sent_before = len(fake_api.sends)
     requests_before = len(fake_api.requests)
     assert sent_before < N, "everything was sent before the flush"
-    deleted = _delete_every_key(private_redis)
+    deleted = private_redis.delete_every_key()
 
     first = sweep(grace=3)
     assert first.broker_lost, "the sweep after the flush did not notice it"
