@@ -2,7 +2,7 @@
 
 The send benchmark enqueues as fast as one caller can, so its p50/p99 are mostly time spent behind the burst.
 Here one caller enqueues at a fixed pace (``--rate`` emails/s, default 45: about half of the ~90-98/s a single
-threads-16 worker drained in docs/benchmarks.md "Session 4, round 2") into one fresh mailworker worker against
+threads-16 worker drained in the send benchmark of docs/benchmarks.md) into one fresh mailworker worker against
 the 20 ms stand-in, and the latency is ``sent_at - queued_at`` from the database: ``queued_at`` is stamped in
 ``enqueue_email`` before the INSERT, ``sent_at`` by ``record_accepted`` right after SMTP2Go's stand-in accepted,
 so the figure covers the caller's commit and publish, the broker, the claim and the API call.
